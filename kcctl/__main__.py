@@ -1,0 +1,3 @@
+from kcctl.cli import main
+
+main()

@@ -1,0 +1,320 @@
+"""kcctl: the command-line client of kcd.
+
+Exit codes: 0 success (a run that completed), 1 a run that ended without
+completing, 2 usage or config errors, 3 the daemon is unreachable.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import msgspec
+
+from kcctl.client import Client, DaemonError, DaemonUnreachable, connect, start_user_daemon
+from kcctl.render import render_event
+
+EXIT_OK, EXIT_NOT_COMPLETED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+class Ctx:
+    def __init__(self, socket: str | None, autostart: bool):
+        self.socket = socket
+        self.autostart = autostart
+
+    def client(self) -> Client:
+        return connect(self.socket, autostart=self.autostart, echo=lambda m: click.echo(m, err=True))
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"kcctl: {message}", err=True)
+    sys.exit(code)
+
+
+def _guard(fn):
+    """Map client errors to the documented exit codes."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except DaemonUnreachable as exc:
+            _fail(str(exc), EXIT_UNREACHABLE)
+        except DaemonError as exc:
+            code = EXIT_USAGE if exc.status in (400, 404, 413, 422) or exc.code == "version_mismatch" else 1
+            _fail(exc.message, code)
+    return wrapper
+
+
+def _print_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=False))
+
+
+@click.group()
+@click.option("--socket", envvar=None, help="control socket path (default: KYLECODE_HOST, then the user "
+              "socket, then /run/kylecode/kcd.sock)")
+@click.option("--no-autostart", is_flag=True, help="never start a user-mode kcd when none answers")
+@click.version_option(package_name="kylecode", prog_name="kcctl")
+@click.pass_context
+def main(ctx: click.Context, socket: str | None, no_autostart: bool) -> None:
+    """Control the KyleCode daemon."""
+    ctx.obj = Ctx(socket, not no_autostart)
+
+
+# ---- run ----------------------------------------------------------------------
+
+def _read_task(task: str) -> str:
+    if task.startswith("@"):
+        path = Path(task[1:])
+        try:
+            return path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise click.BadParameter(f"cannot read task file {path}: {exc.strerror}", param_hint="--task")
+    return task
+
+
+def follow_run(client: Client, run_id: str, *, as_json: bool, since: int = 0) -> dict | None:
+    """Stream a run's events until run.end; returns the run.end event."""
+    end = None
+    for line in client.stream_lines(f"/v1/runs/{run_id}/events", {"follow": "1", "since": str(since)}):
+        event = msgspec.json.decode(line)
+        if event.get("type") == "heartbeat":
+            continue
+        if as_json:
+            click.echo(line.decode() if isinstance(line, bytes) else line)
+        else:
+            text = render_event(event)
+            if text:
+                click.echo(text)
+        if event.get("type") == "run.end":
+            end = event
+            break
+    return end
+
+
+@main.command()
+@click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--task", "-t", required=True, help="task text, or @FILE to read it from a file")
+@click.option("--workspace", "-w", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="seed the run's workspace with a copy of DIR (DIR itself is never modified)")
+@click.option("--max-steps", "-m", type=click.IntRange(min=1), help="step limit (default: the config's)")
+@click.option("--stream/--no-stream", default=None, help="override the route's streaming setting")
+@click.option("--detach", is_flag=True, help="print the run id and return at once")
+@click.option("--json", "as_json", is_flag=True, help="print events as NDJSON")
+@click.pass_obj
+@_guard
+def run(obj: Ctx, config: Path, task: str, workspace: Path | None, max_steps: int | None,
+        stream: bool | None, detach: bool, as_json: bool) -> None:
+    """Start an agent run and stream its progress."""
+    body = {"config_text": config.read_text(encoding="utf-8"), "config_path": str(config.resolve()),
+            "task": _read_task(task), "workspace": str(workspace.resolve()) if workspace else None,
+            "max_steps": max_steps, "stream": stream}
+    with obj.client() as client:
+        try:
+            info = client.call("POST", "/v1/runs", {k: v for k, v in body.items() if v is not None})
+        except DaemonError as exc:
+            if exc.status == 400:
+                _fail(exc.message, EXIT_USAGE)
+            raise
+        run_id = info["id"]
+        if detach:
+            if as_json:
+                _print_json(info)
+            else:
+                click.echo(f"run {run_id} started\n  run dir: {info['run_dir']}\n"
+                           f"  follow:  kcctl runs events {run_id} --follow")
+            return
+        try:
+            end = follow_run(client, run_id, as_json=as_json)
+        except KeyboardInterrupt:
+            click.echo(f"\ndetached from run {run_id}; it keeps running. "
+                       f"Cancel it with: kcctl runs cancel {run_id}", err=True)
+            sys.exit(130)
+    if end is None:
+        _fail(f"the event stream of run {run_id} ended before run.end", EXIT_NOT_COMPLETED)
+    sys.exit(EXIT_OK if end["data"].get("completed") else EXIT_NOT_COMPLETED)
+
+
+# ---- status, runs -----------------------------------------------------------------
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@_guard
+def status(obj: Ctx, as_json: bool) -> None:
+    """Show the daemon's health."""
+    with obj.client() as client:
+        h = client.call("GET", "/v1/health")
+    if as_json:
+        _print_json(h)
+        return
+    ex = h["executor"]
+    click.echo(f"kcd {h['version']} (api {h['api']}) pid {h['pid']} uid {h['uid']}  state={h['state']}  "
+               f"up {h['uptime_s']:.0f}s")
+    click.echo(f"  socket:    {h['socket']}")
+    click.echo(f"  runs root: {h['runs_root']}")
+    click.echo(f"  executor:  {ex['mode']} ({ex['state']}) {json.dumps(ex.get('detail') or {})}")
+    click.echo(f"  active runs: {h['runs_active']}")
+    if h.get("peer"):
+        click.echo(f"  you:       uid {h['peer']['uid']} pid {h['peer']['pid']}")
+
+
+@main.group()
+def runs() -> None:
+    """Inspect and control runs."""
+
+
+@runs.command("list")
+@click.option("--limit", default=20, show_default=True)
+@click.option("--status", "status_", help="only runs with this status")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@_guard
+def runs_list(obj: Ctx, limit: int, status_: str | None, as_json: bool) -> None:
+    """List recent runs, newest first."""
+    with obj.client() as client:
+        data = client.call("GET", "/v1/runs", params={"limit": limit, **({"status": status_} if status_ else {})})
+    if as_json:
+        _print_json(data)
+        return
+    rows = data["runs"]
+    if not rows:
+        click.echo("no runs")
+        return
+    click.echo(f"{'ID':<13} {'STATUS':<11} {'EXIT':<20} {'STEPS':>5}  {'ROUTE':<28} CREATED")
+    for r in rows:
+        click.echo(f"{r['id']:<13} {r['status']:<11} {r.get('exit_reason') or '-':<20} "
+                   f"{r.get('steps') if r.get('steps') is not None else '-':>5}  {r.get('route') or '-':<28} "
+                   f"{r['created_at']}")
+
+
+@runs.command("show")
+@click.argument("run_id")
+@click.pass_obj
+@_guard
+def runs_show(obj: Ctx, run_id: str) -> None:
+    """Show one run."""
+    with obj.client() as client:
+        _print_json(client.call("GET", f"/v1/runs/{run_id}"))
+
+
+@runs.command("events")
+@click.argument("run_id")
+@click.option("--follow", "-f", is_flag=True, help="keep streaming until the run ends")
+@click.option("--since", default=0, show_default=True, help="only events with seq > N")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@_guard
+def runs_events(obj: Ctx, run_id: str, follow: bool, since: int, as_json: bool) -> None:
+    """Print a run's events (a finished run replays from meta/events.jsonl)."""
+    with obj.client() as client:
+        if follow:
+            try:
+                follow_run(client, run_id, as_json=as_json, since=since)
+            except KeyboardInterrupt:
+                sys.exit(130)
+            return
+        for line in client.stream_lines(f"/v1/runs/{run_id}/events", {"since": str(since)}):
+            if as_json:
+                click.echo(line.decode())
+            else:
+                text = render_event(msgspec.json.decode(line))
+                if text:
+                    click.echo(text)
+
+
+@runs.command("cancel")
+@click.argument("run_id")
+@click.pass_obj
+@_guard
+def runs_cancel(obj: Ctx, run_id: str) -> None:
+    """Cancel a run (its artifacts are still written)."""
+    with obj.client() as client:
+        info = client.call("POST", f"/v1/runs/{run_id}/cancel")
+    click.echo(f"cancel requested for run {info['id']} (status: {info['status']})")
+
+
+# ---- config, daemon -------------------------------------------------------------------
+
+@main.group()
+def config() -> None:
+    """Agent configs."""
+
+
+@config.command("check")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.pass_obj
+@_guard
+def config_check(obj: Ctx, file: Path) -> None:
+    """Validate an agent config the way the daemon will load it."""
+    with obj.client() as client:
+        res = client.call("POST", "/v1/config/check",
+                          {"config_text": file.read_text(encoding="utf-8"), "config_path": str(file.resolve())})
+    for w in res.get("warnings") or []:
+        click.echo(f"warning: {w}", err=True)
+    if not res["ok"]:
+        _fail(res["error"]["message"], EXIT_USAGE)
+    click.echo(f"ok: {file} (route {res['route']}, {res['digest']})")
+
+
+@main.group()
+def daemon() -> None:
+    """Start or stop a user-mode daemon."""
+
+
+@daemon.command("start")
+@click.pass_obj
+@_guard
+def daemon_start(obj: Ctx) -> None:
+    """Start kcd in the background if none answers."""
+    from kcd.api.paths import resolve_socket
+
+    path, _ = resolve_socket(obj.socket)
+    start_user_daemon(path, echo=lambda m: click.echo(m, err=True))
+    with Client(path) as client:
+        h = client.call("GET", "/v1/health")
+    click.echo(f"kcd {h['version']} running, pid {h['pid']}, socket {h['socket']}")
+
+
+def _alive(pid: int) -> bool:
+    """Whether the daemon process still exists (it finalises runs before exiting)."""
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@daemon.command("stop")
+@click.option("--timeout", default=60.0, show_default=True)
+@click.pass_obj
+@_guard
+def daemon_stop(obj: Ctx, timeout: float) -> None:
+    """Stop the daemon: running runs are cancelled and finalised first."""
+    import time
+
+    from kcd.api.paths import resolve_socket
+
+    path, _ = resolve_socket(obj.socket)
+    with Client(path) as client:
+        h = client.call("GET", "/v1/health")
+        client.call("POST", "/v1/shutdown")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(h["pid"]) and not path.exists():
+            click.echo(f"kcd (pid {h['pid']}) stopped")
+            return
+        time.sleep(0.05)
+    _fail(f"kcd (pid {h['pid']}) did not stop within {timeout:.0f}s", 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,335 @@
+"""The agent loop: one LLM call per turn, then that turn's tool calls.
+
+Readable in one sitting on purpose. Provider calls go through the daemon's
+gateway; tool calls go to the executor (a Ray task or in-process); every turn
+is recorded in the run directory and on the run's event stream.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from kcd.agent import prompts
+from kcd.agent.calls import ToolInvocation, ToolOutcome, ToolSettings
+from kcd.agent.dialects import parse_text_calls, render_text_catalogue
+from kcd.agent.tools import TOOL_SPECS, tool_schemas
+from kcd.config.agent import LoadedConfig
+from kcd.execution.base import Executor
+from kcd.observe import conversation as conv
+from kcd.observe.conversation import Conversation
+from kcd.observe.eventlog import EventLog
+from kcd.observe.rundir import RunDir
+from kcd.providers.errors import ProviderFailure
+from kcd.providers.gateway import ProviderGateway
+from kcd.providers.openai_compat import Attempt
+from kcd.providers.routes import Route
+from kcd.providers.types import ChatMessage, ChatRequest, ChatResponse
+
+EXCERPT = 400
+
+# Sentinels every config gets (reference §4.9); matched on word boundaries.
+DEFAULT_SENTINELS = (">>>>>> END RESPONSE", "TASK COMPLETE", "ALL TESTS PASSED",
+                     "IMPLEMENTATION COMPLETE")
+
+
+class RunResult(msgspec.Struct, omit_defaults=True):
+    exit_reason: str
+    completed: bool
+    steps: int
+    method: str
+    exit_kind: str = "loop_exit"  # or "provider_error"
+    summary: str | None = None  # the final assistant text
+    error: str | None = None
+    error_type: str | None = None
+    hint: str | None = None
+    details: dict[str, Any] | None = None
+
+
+@dataclass
+class RunSpec:
+    run_id: str
+    loaded: LoadedConfig
+    task: str
+    workspace: Path
+    max_steps: int
+    stream: bool
+
+
+@dataclass
+class RunServices:
+    gateway: ProviderGateway
+    executor: Executor
+
+
+def _excerpt(text: str | None, limit: int = EXCERPT) -> str:
+    text = text or ""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def uses_native_tools(route: Route, use_native: bool | None) -> bool:
+    """Native tool schemas unless the config says no; OpenRouter defaults to
+    native only for `openai/*` models, as in the original."""
+    if use_native is not None:
+        return use_native
+    if route.provider == "openrouter":
+        return route.model.startswith("openai/")
+    return True
+
+
+def sentinel_hit(text: str, sentinels: list[str]) -> str | None:
+    for sentinel in sentinels:
+        if re.search(r"(?<!\w)" + re.escape(sentinel) + r"(?!\w)", text):
+            return sentinel
+    return None
+
+
+class AgentRun:
+    def __init__(self, spec: RunSpec, services: RunServices, rundir: RunDir, events: EventLog):
+        self.spec = spec
+        self.services = services
+        self.rundir = rundir
+        self.events = events
+        self.conversation = Conversation(rundir)
+        self.cfg = spec.loaded.config
+        self.route = self.cfg.default_route()
+        self.tool_settings = ToolSettings(shell_timeout_s=float(self.cfg.tool_timeout))
+        self.steps = 0
+        self.messages: list[ChatMessage] = []
+        self.last_text: str | None = None
+
+    # ---- set-up -------------------------------------------------------------
+
+    def _tools(self) -> list[str]:
+        return self.cfg.select_tools(list(TOOL_SPECS))
+
+    def _pack_texts(self) -> list[str]:
+        refs = list(getattr(getattr(self.cfg.prompts, "injection", None), "system_order", None) or [])
+        return [self.spec.loaded.pack_text(ref) for ref in refs]
+
+    async def _setup(self) -> tuple[list[str], bool, str | None]:
+        tools = self._tools()
+        native = uses_native_tools(self.route, self.cfg.provider_tools.use_native)
+        mode = self.cfg.prompts.tool_prompt_mode
+        if native:
+            # With native tools the catalogue travels as schemas, not prompt text.
+            catalogue = None
+        else:
+            catalogue = render_text_catalogue(tools)
+        system = prompts.system_prompt(self._pack_texts(), catalogue, mode)
+        per_turn = prompts.per_turn_catalogue(catalogue, mode)
+        self.messages = [ChatMessage(role="system", content=system),
+                         ChatMessage(role="user", content=self.spec.task)]
+        await self.rundir.write_text("prompts/compiled_system.md", system)
+        await self.conversation.start()
+        await self.conversation.section(conv.SYSTEM, system)
+        await self.conversation.section(conv.USER, self.spec.task)
+        if native:
+            await self.conversation.section(conv.TOOLS_NATIVE, "\n".join(f"- {t}" for t in tools))
+        for unknown in self.cfg.unknown_tools(list(TOOL_SPECS)):
+            self.events.emit("warning", message=f"tool {unknown!r} is not implemented by kcd; ignored")
+        return tools, native, per_turn
+
+    # ---- one turn -----------------------------------------------------------
+
+    def _outgoing(self, per_turn: str | None) -> list[ChatMessage]:
+        """The messages to send: history, with the per-turn catalogue appended
+        to the last user message of this copy only (never persisted)."""
+        if not per_turn:
+            return list(self.messages)
+        out = list(self.messages)
+        for i in range(len(out) - 1, -1, -1):
+            if out[i].role == "user":
+                out[i] = msgspec.structs.replace(out[i], content=f"{out[i].content}\n\n{per_turn}")
+                break
+        return out
+
+    async def _record_attempt(self, route: Route, number: int, attempt: Attempt) -> None:
+        turn = self.steps
+        record = {
+            "turn": turn, "attempt": number, "route": route.id, "url": attempt.url,
+            "stream": attempt.streamed, "request": {
+                "headers": attempt.request_headers, "body_excerpt": attempt.body_excerpt,
+                "body_length": attempt.body_length},
+            "status_code": attempt.status_code, "request_id": attempt.request_id,
+            "latency_s": attempt.latency_s,
+        }
+        await self.rundir.write_json(f"meta/requests/turn_{turn}_attempt_{number}.json", record)
+        self.events.emit("llm.attempt", turn=turn, attempt=number, route=route.id,
+                         status=attempt.status_code, latency_s=round(attempt.latency_s or 0.0, 4),
+                         ok=attempt.failure is None,
+                         error=None if attempt.failure is None else attempt.failure.classification)
+        if attempt.failure is not None:
+            await self.rundir.write_json(f"errors/turn_{turn}.json", {
+                "turn": turn, "attempt": number, "route": route.id,
+                "error": str(attempt.failure), "error_type": attempt.failure.classification,
+                "details": attempt.failure.details})
+
+    async def _call_model(self, tools: list[str], native: bool, per_turn: str | None) -> ChatResponse:
+        turn = self.steps
+        request = ChatRequest(
+            messages=self._outgoing(per_turn),
+            tools=tool_schemas(tools) if native else [],
+            stream=self.spec.stream,
+            params=self.cfg.request_params(self.route.id),
+        )
+        await self.rundir.write_json(f"raw/requests/turn_{turn}.request.json", {
+            "model": self.route.id, "messages": request.messages,
+            "tools": request.tools or None, "stream": request.stream, "params": request.params})
+        if per_turn and turn == 1:
+            await self.conversation.section(conv.TOOLS_PROMPT, per_turn)
+        entry = self.cfg.model_entry(self.route.id)
+        response = await self.services.gateway.complete(
+            self.route, request, base_url=getattr(entry, "base_url", None),
+            listener=self._record_attempt)
+        await self.rundir.write_json(f"raw/responses/turn_{turn}.response.json",
+                                     response.raw or msgspec.to_builtins(response))
+        return response
+
+    def _native_invocations(self, response: ChatResponse) -> tuple[list[ToolInvocation], list[ToolOutcome]]:
+        calls, rejected = [], []
+        for tc in response.tool_calls:
+            name = self.cfg.canonical_tool_name(tc.name)
+            try:
+                args = msgspec.json.decode(tc.arguments or "{}")
+                if not isinstance(args, dict):
+                    raise ValueError("arguments must be a JSON object")
+            except (msgspec.DecodeError, ValueError) as exc:
+                rejected.append(ToolOutcome(
+                    call_id=tc.id, name=name, ok=False,
+                    output=f'<TOOL_ERROR tool="{name}">arguments are not valid JSON ({exc}); '
+                           f'nothing was executed</TOOL_ERROR>'))
+                continue
+            calls.append(ToolInvocation(call_id=tc.id, name=name, args=args, source="native"))
+        return calls, rejected
+
+    async def _execute(self, calls: list[ToolInvocation], allowed: list[str]) -> list[ToolOutcome]:
+        outcomes: list[ToolOutcome] = []
+        runnable = []
+        for call in calls:
+            if call.name not in allowed:
+                # Mode and config selection are enforced here, not only in the prompt.
+                outcomes.append(ToolOutcome(
+                    call_id=call.call_id, name=call.name, ok=False,
+                    output=f'<TOOL_ERROR tool="{call.name}">tool {call.name!r} is not available '
+                           f'in this mode; available: {", ".join(allowed)}</TOOL_ERROR>'))
+            else:
+                runnable.append(call)
+        for call in runnable:
+            self.events.emit("tool.call", turn=self.steps, call_id=call.call_id, name=call.name,
+                             args=_excerpt(msgspec.json.encode(call.args).decode(), 200))
+        if runnable:
+            outcomes.extend(await self.services.executor.run_turn(
+                str(self.spec.workspace), runnable, self.tool_settings))
+        order = {c.call_id: i for i, c in enumerate(calls)}
+        outcomes.sort(key=lambda o: order.get(o.call_id, len(order)))
+        for o in outcomes:
+            self.events.emit("tool.result", turn=self.steps, call_id=o.call_id, name=o.name,
+                             ok=o.ok, output=_excerpt(o.output, 300))
+        return outcomes
+
+    async def _relay_native(self, response: ChatResponse, outcomes: list[ToolOutcome]) -> None:
+        turn = self.steps
+        self.messages.append(ChatMessage(role="assistant", content=response.content or None,
+                                         tool_calls=list(response.tool_calls)))
+        await self.conversation.section(conv.NATIVE_CALLS, "\n".join(
+            f"- {tc.name} (id={tc.id})" for tc in response.tool_calls))
+        await self.rundir.write_json(f"provider_native/tool_calls/turn_{turn}.json", [
+            {"id": tc.id, "type": "function", "function": {"name": tc.name, "arguments": tc.arguments}}
+            for tc in response.tool_calls])
+        by_id = {o.call_id: o for o in outcomes}
+        for tc in response.tool_calls:
+            o = by_id.get(tc.id)
+            content = o.output if o else f'<TOOL_ERROR tool="{tc.name}">no result</TOOL_ERROR>'
+            self.messages.append(ChatMessage(role="tool", tool_call_id=tc.id, name=tc.name, content=content))
+        await self.rundir.write_json(f"provider_native/tool_results/turn_{turn}.json", [
+            {"fn": o.name, "call_id": o.call_id, "ok": o.ok, "out": o.output, "data": o.data}
+            for o in outcomes])
+        await self.conversation.section(conv.NATIVE_RESULTS, "\n\n".join(o.output for o in outcomes))
+
+    async def _relay_text(self, outcomes: list[ToolOutcome], errors: list[str]) -> None:
+        turn = self.steps
+        blocks = [o.output for o in outcomes] + errors
+        links = []
+        for i, o in enumerate(outcomes, 1):
+            rel = f"artifacts/tool_results/turn_{turn}/{i:02d}_{o.name}.txt"
+            await self.rundir.write_text(rel, o.output)
+            links.append(f"- {o.name}: See: {rel}")
+        self.messages.append(ChatMessage(role="user", content="Tool execution results:\n\n" + "\n\n".join(blocks)))
+        await self.conversation.section(conv.TEXT_RESULTS, "\n".join(links + errors) or "(none)")
+
+    # ---- the loop -----------------------------------------------------------
+
+    async def run(self) -> RunResult:
+        tools, native, per_turn = await self._setup()
+        sentinels = list(DEFAULT_SENTINELS) + list(self.cfg.completion.text_sentinels)
+        self.events.emit("run.start", route=self.route.id, native_tools=native, tools=tools,
+                         max_steps=self.spec.max_steps, stream=self.spec.stream,
+                         executor=self.services.executor.mode)
+        while self.steps < self.spec.max_steps:
+            self.steps += 1
+            turn = self.steps
+            self.events.emit("turn.start", turn=turn, route=self.route.id)
+            started = time.perf_counter()
+            try:
+                response = await self._call_model(tools, native, per_turn)
+            except ProviderFailure as failure:
+                await self.conversation.marker("provider-error", f"{failure.classification}: {failure}")
+                return RunResult(exit_reason="provider_error", completed=False, steps=turn,
+                                 method="provider_error", exit_kind="provider_error",
+                                 error=str(failure), error_type=failure.classification,
+                                 hint=failure.details.get("hint") if failure.details else None,
+                                 details=failure.details or None)
+            self.last_text = response.content or self.last_text
+            self.events.emit("llm.response", turn=turn, route=self.route.id,
+                             finish_reason=response.finish_reason, model=response.model,
+                             latency_s=round(time.perf_counter() - started, 4),
+                             usage=msgspec.to_builtins(response.usage) if response.usage else None,
+                             tool_calls=[tc.name for tc in response.tool_calls],
+                             text=_excerpt(response.content, 300))
+            await self.conversation.section(conv.ASSISTANT, response.content or "(no text)")
+
+            if native and response.tool_calls:
+                calls, rejected = self._native_invocations(response)
+                outcomes = rejected + await self._execute(calls, tools)
+                await self._relay_native(response, outcomes)
+            elif not native and response.content:
+                parsed = parse_text_calls(response.content, tools, turn=turn)
+                self.messages.append(ChatMessage(role="assistant", content=response.content))
+                if not parsed.calls and not parsed.errors:
+                    outcomes = None
+                else:
+                    outcomes = await self._execute(
+                        [msgspec.structs.replace(c, name=self.cfg.canonical_tool_name(c.name))
+                         for c in parsed.calls], tools)
+                    errors = [f"<TOOL_ERROR>{e}</TOOL_ERROR>" for e in parsed.errors]
+                    await self._relay_text(outcomes, errors)
+            else:
+                outcomes = None
+                if response.content:
+                    self.messages.append(ChatMessage(role="assistant", content=response.content))
+
+            if outcomes is not None:
+                done = next((o for o in outcomes if o.completes), None)
+                if done is not None:
+                    return RunResult(exit_reason="mark_task_complete", completed=True, steps=turn,
+                                     method="tool_mark_task_complete", summary=self.last_text)
+                continue
+
+            # A reply with no tool calls: completion by sentinel, an empty reply, or a nudge.
+            text = response.content or ""
+            hit = sentinel_hit(text, sentinels)
+            if hit:
+                return RunResult(exit_reason="completion_detected", completed=True, steps=turn,
+                                 method="text_sentinel", summary=text)
+            if not text.strip():
+                return RunResult(exit_reason="empty_response", completed=False, steps=turn,
+                                 method="provider_empty", summary=self.last_text)
+            self.messages.append(ChatMessage(role="user", content=prompts.TEXT_NUDGE))
+        return RunResult(exit_reason="max_steps_exhausted", completed=False, steps=self.steps,
+                         method="loop_exit", summary=self.last_text)

@@ -1,0 +1,117 @@
+"""msgspec Structs for every request, response and event on the control socket."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+RunStatus = Literal["queued", "running", "completed", "failed", "cancelled", "interrupted"]
+TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled", "interrupted"})
+
+# Exit reasons a run can end with (result.json, run.end, kcctl's exit code).
+EXIT_REASONS = (
+    "mark_task_complete",
+    "completion_detected",
+    "max_steps_exhausted",
+    "empty_response",
+    "provider_error",
+    "cancelled",
+    "run_loop_exception",
+)
+
+
+class ErrorDetail(msgspec.Struct):
+    code: str
+    message: str
+
+
+class ErrorBody(msgspec.Struct):
+    error: ErrorDetail
+
+
+class VersionInfo(msgspec.Struct):
+    api: str
+    min_api: str
+    daemon: str
+
+
+class PeerInfo(msgspec.Struct):
+    pid: int
+    uid: int
+    gid: int
+
+
+class ExecutorInfo(msgspec.Struct):
+    mode: str  # "ray" | "in-process"
+    state: str  # "starting" | "ready" | "degraded" | "stopped"
+    detail: dict[str, Any] = {}
+
+
+class Health(msgspec.Struct):
+    state: str  # "ok" | "stopping"
+    version: str
+    api: str
+    pid: int
+    uid: int
+    uptime_s: float
+    executor: ExecutorInfo
+    runs_active: int
+    socket: str
+    runs_root: str
+    peer: PeerInfo | None = None
+
+
+class RunRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    config_text: str
+    config_path: str | None = None  # where the text came from, for `extends` and pack files
+    task: str
+    workspace: str | None = None  # directory on the daemon host to seed the run's workspace
+    max_steps: int | None = None
+    stream: bool | None = None  # override the route's streaming setting
+
+
+class ConfigCheckRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    config_text: str
+    config_path: str | None = None
+
+
+class ConfigCheckResult(msgspec.Struct):
+    ok: bool
+    route: str | None = None
+    digest: str | None = None
+    warnings: list[str] = []
+    error: ErrorDetail | None = None
+
+
+class RunInfo(msgspec.Struct, omit_defaults=True):
+    id: str
+    status: RunStatus
+    run_dir: str
+    created_at: str
+    config_path: str | None = None
+    route: str | None = None
+    task: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    exit_reason: str | None = None
+    completed: bool | None = None
+    steps: int | None = None
+    peer_uid: int | None = None
+    peer_pid: int | None = None
+    error: str | None = None
+    warnings: list[str] = []
+
+
+class RunList(msgspec.Struct):
+    runs: list[RunInfo]
+
+
+class Event(msgspec.Struct):
+    """One line of a run's event stream and of `meta/events.jsonl`."""
+
+    seq: int
+    ts: str
+    run_id: str
+    type: str
+    data: dict[str, Any] = {}

@@ -1,0 +1,138 @@
+"""kcd: wires the components together and owns their lifetimes and signals.
+
+Start-up order: state store → executor (Ray connects in the background) →
+gateway → run manager → control socket → READY. Shutdown (SIGTERM/SIGINT or
+`POST /v1/shutdown`): stop accepting, cancel runs and wait for their
+finalisation, stop the server, close pools and Ray, remove the socket.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Mapping
+from pathlib import Path
+
+import anyio
+import anyio.abc
+
+from kcd import __version__
+from kcd.agent.loop import RunServices
+from kcd.config.daemon import DaemonConfig
+from kcd.execution.base import Executor
+from kcd.providers.gateway import ProviderGateway
+from kcd.runs import RunManager
+from kcd.sdnotify import activated_sockets, notify
+from kcd.server.app import ControlAPI
+from kcd.server.listener import bind_unix_socket, make_server
+from kcd.state import StateStore
+
+log = logging.getLogger("kcd")
+
+
+def make_executor(config: DaemonConfig) -> Executor:
+    if config.executor == "in-process":
+        from kcd.execution.inprocess import InProcessExecutor
+
+        return InProcessExecutor()
+    from kcd.execution.ray_executor import RayExecutor
+
+    return RayExecutor(config.ray_address, num_cpus=config.ray_num_cpus,
+                       temp_dir=config.ray_temp_dir, init_timeout=config.ray_init_timeout_s)
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig, env: Mapping[str, str]):
+        self.config = config
+        self.env = env
+        self.stopping = False
+        self._stop = anyio.Event()
+        self._sim_lock = anyio.Lock()
+        self._sim_url: str | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self.executor: Executor = make_executor(config)
+        self.store: StateStore | None = None
+        self.runs: RunManager  # set in run()
+
+    def log_exception(self, exc: BaseException) -> None:
+        log.error("unhandled error in a request handler", exc_info=exc)
+
+    def request_stop(self, why: str) -> None:
+        if not self._stop.is_set():
+            log.info("stopping: %s", why)
+            self._stop.set()
+
+    async def simulator_url(self) -> str:
+        """Start the built-in provider simulator on first use (a `mock/` route)."""
+        async with self._sim_lock:
+            if self._sim_url is None:
+                from kcd.simulator.server import serve_simulator
+
+                assert self._tg is not None
+                handle = await self._tg.start(serve_simulator, self.config.simulator_host,
+                                              self.config.simulator_port)
+                self._sim_url = handle.base_url
+                log.info("provider simulator listening on %s", self._sim_url)
+            return self._sim_url
+
+    async def _signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    continue  # reopen logs: telemetry sink arrives with observability
+                self.request_stop(signal.Signals(signum).name)
+
+    async def run(self) -> None:
+        cfg = self.config
+        assert cfg.state_dir and cfg.runs_root and cfg.socket
+        self.store = StateStore(cfg.state_dir / "state.db")
+        interrupted = self.store.mark_interrupted()
+        if interrupted:
+            log.warning("marked %d run(s) from a previous daemon as interrupted", len(interrupted))
+        sockets = activated_sockets()
+        sock = sockets[0] if sockets else bind_unix_socket(cfg.socket, cfg.socket_mode)
+        owns_socket_file = not sockets
+        gateway = ProviderGateway(self.env, simulator_url=self.simulator_url)
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                tg.start_soon(self._signals)
+                await self.executor.start()
+                self.runs = RunManager(
+                    runs_root=cfg.runs_root, store=self.store, task_group=tg,
+                    heartbeat_s=cfg.heartbeat_s,
+                    services=RunServices(gateway=gateway, executor=self.executor))
+                server = make_server(ControlAPI(self).asgi(), log_level="warning")
+                server_done = anyio.Event()
+
+                async def serve() -> None:
+                    try:
+                        await server.serve([sock])
+                    finally:
+                        server_done.set()
+
+                tg.start_soon(serve)
+                log.info("kcd %s listening on %s (executor: %s)", __version__, cfg.socket,
+                         self.executor.mode)
+                notify(f"READY=1\nSTATUS=listening on {cfg.socket}\nMAINPID={os.getpid()}")
+                await self._stop.wait()
+
+                self.stopping = True
+                notify("STOPPING=1")
+                await self.runs.shutdown(cfg.shutdown_grace_s)
+                server.should_exit = True  # uvicorn closes listeners, drains connections
+                with anyio.move_on_after(10):
+                    await server_done.wait()
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await gateway.aclose()
+                await self.executor.aclose()
+            self.store.close()
+            if owns_socket_file:
+                try:
+                    Path(cfg.socket).unlink()
+                except FileNotFoundError:
+                    pass
+            log.info("kcd stopped")

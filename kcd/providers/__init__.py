@@ -1,0 +1,1 @@
+"""Provider layer: route ids, wire adapters, SSE parsing and the gateway."""

@@ -1,0 +1,223 @@
+"""RunManager: accepts runs, runs each as a task, and always finalises them.
+
+A run is validated before it is accepted; then it gets a unique run
+directory, its own workspace, an event log, and one task in the daemon's task
+group. Whatever happens inside (completion, provider error, crash, cancel),
+finalisation writes result.json, workspace.diff, meta/run.json and `run.end`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import msgspec
+
+from kcd import __version__
+from kcd.agent.loop import AgentRun, RunResult, RunServices, RunSpec
+from kcd.agent.workspace import prepare_workspace, workspace_diff
+from kcd.api.types import TERMINAL_STATUSES, PeerInfo, RunInfo, RunRequest
+from kcd.config.agent import ConfigError, LoadedConfig, load_agent_config_text
+from kcd.observe.eventlog import EventLog, read_event_lines, utc_now
+from kcd.observe.rundir import RunDir, create_run_dir, new_run_id
+from kcd.state import StateStore
+
+
+class RunRejected(Exception):
+    """The request is invalid; nothing was started."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class ActiveRun:
+    info: RunInfo
+    events: EventLog
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+
+def load_config_for_request(config_text: str, config_path: str | None) -> LoadedConfig:
+    try:
+        return load_agent_config_text(config_text, config_path)
+    except ConfigError as exc:
+        raise RunRejected("config_error", str(exc)) from None
+
+
+class RunManager:
+    def __init__(self, *, runs_root: Path, store: StateStore, services: RunServices,
+                 task_group: anyio.abc.TaskGroup, heartbeat_s: float = 15.0):
+        self.runs_root = runs_root
+        self.store = store
+        self.services = services
+        self._tg = task_group
+        self.heartbeat_s = heartbeat_s
+        self._active: dict[str, ActiveRun] = {}
+        self._accepting = True
+
+    @property
+    def active_count(self) -> int:
+        return len(self._active)
+
+    # ---- accepting ------------------------------------------------------------
+
+    async def submit(self, req: RunRequest, peer: PeerInfo | None) -> RunInfo:
+        if not self._accepting:
+            raise RunRejected("shutting_down", "the daemon is shutting down")
+        if not req.task.strip():
+            raise RunRejected("invalid_request", "task is empty")
+        if req.max_steps is not None and req.max_steps < 1:
+            raise RunRejected("invalid_request", "max_steps must be at least 1")
+        seed = Path(req.workspace) if req.workspace else None
+        if seed is not None and not seed.is_dir():
+            raise RunRejected("invalid_request", f"workspace {req.workspace} is not a directory")
+        # Loading reads files (extends, packs): keep it off the event loop.
+        loaded = await anyio.to_thread.run_sync(load_config_for_request, req.config_text, req.config_path)
+        cfg = loaded.config
+        route = cfg.default_route()
+        entry = cfg.model_entry(route.id)
+        stream = req.stream if req.stream is not None else bool(getattr(entry, "stream", False))
+        max_steps = req.max_steps or cfg.max_iterations
+
+        run_id = new_run_id()
+        stem = Path(req.config_path).stem if req.config_path else "inline"
+        run_dir = create_run_dir(self.runs_root, stem, run_id)
+        info = RunInfo(id=run_id, status="running", run_dir=str(run_dir), created_at=utc_now(),
+                       started_at=utc_now(), config_path=req.config_path, route=route.id,
+                       task=req.task[:200], peer_uid=peer.uid if peer else None,
+                       peer_pid=peer.pid if peer else None, warnings=list(loaded.warnings))
+        self.store.save_run(info)
+        events = EventLog(run_id, run_dir / "meta" / "events.jsonl")
+        active = ActiveRun(info=info, events=events)
+        self._active[run_id] = active
+        for warning in loaded.warnings:
+            events.emit("warning", message=warning)
+        spec = RunSpec(run_id=run_id, loaded=loaded, task=req.task, workspace=run_dir / "workspace",
+                       max_steps=max_steps, stream=stream)
+        self._tg.start_soon(self._run, active, spec, seed, peer, name=f"run-{run_id}")
+        return info
+
+    # ---- running ----------------------------------------------------------------
+
+    async def _run(self, active: ActiveRun, spec: RunSpec, seed: Path | None, peer: PeerInfo | None) -> None:
+        rundir = RunDir(Path(active.info.run_dir))
+        agent: AgentRun | None = None
+        started = time.monotonic()
+        result: RunResult
+        with active.scope:
+            try:
+                await anyio.to_thread.run_sync(prepare_workspace, spec.workspace, seed)
+                agent = AgentRun(spec, self.services, rundir, active.events)
+                if self.services.executor.state != "ready":
+                    active.events.emit("executor.wait", mode=self.services.executor.mode,
+                                       state=self.services.executor.state)
+                    await self.services.executor.wait_ready()
+                result = await agent.run()
+            except Exception as exc:  # the loop itself failed: record it, never lose the run
+                tb = traceback.format_exc()
+                rundir.write_json_sync("errors/run_loop_exception.json",
+                                       {"type": type(exc).__name__, "message": str(exc), "traceback": tb})
+                result = RunResult(exit_reason="run_loop_exception", completed=False,
+                                   steps=agent.steps if agent else 0, method="loop_exit",
+                                   error=f"{type(exc).__name__}: {exc}", error_type=type(exc).__name__)
+        if active.scope.cancelled_caught:
+            result = RunResult(exit_reason="cancelled", completed=False,
+                               steps=agent.steps if agent else 0, method="loop_exit",
+                               summary=agent.last_text if agent else None)
+        # Finalisation must complete even while the daemon is being cancelled.
+        with anyio.CancelScope(shield=True):
+            await self._finalise(active, spec, seed, rundir, result, agent, peer, time.monotonic() - started)
+
+    async def _finalise(self, active: ActiveRun, spec: RunSpec, seed: Path | None, rundir: RunDir,
+                        result: RunResult, agent: AgentRun | None, peer: PeerInfo | None,
+                        elapsed: float) -> None:
+        info = active.info
+        status = ("completed" if result.completed else
+                  "cancelled" if result.exit_reason == "cancelled" else "failed")
+        try:
+            diff = await anyio.to_thread.run_sync(workspace_diff, seed, spec.workspace)
+            await rundir.write_text("workspace.diff", diff)
+        except Exception as exc:  # a diff failure must not lose the result
+            active.events.emit("warning", message=f"workspace.diff not written: {exc}")
+        rundir.write_json_sync("result.json", {
+            "run_id": info.id, "completion_reason": result.exit_reason, "completed": result.completed,
+            "exit_reason": result.exit_reason, "steps": result.steps,
+            "completion_summary": {
+                "completed": result.completed, "reason": result.exit_reason, "method": result.method,
+                "exit_kind": result.exit_kind, "steps_taken": result.steps, "max_steps": spec.max_steps},
+            "summary": result.summary, "error": result.error, "error_type": result.error_type,
+            "hint": result.hint, "details": result.details})
+        ended = utc_now()
+        rundir.write_json_sync("meta/run.json", {
+            "run_id": info.id, "kcd_version": __version__, "config_path": info.config_path,
+            "config_digest": spec.loaded.digest, "route": info.route, "task": spec.task,
+            "max_steps": spec.max_steps, "stream": spec.stream,
+            "executor": self.services.executor.mode,
+            "peer": {"uid": peer.uid, "pid": peer.pid, "gid": peer.gid} if peer else None,
+            "daemon_pid": os.getpid(),
+            "timings": {"created_at": info.created_at, "started_at": info.started_at,
+                        "ended_at": ended, "duration_s": round(elapsed, 3)},
+            "warnings": info.warnings, "resolved_config": spec.loaded.merged})
+        final = msgspec.structs.replace(
+            info, status=status, ended_at=ended, exit_reason=result.exit_reason,
+            completed=result.completed, steps=result.steps, error=result.error)
+        active.info = final
+        self.store.save_run(final)
+        active.events.emit("run.end", status=status, exit_reason=result.exit_reason,
+                           completed=result.completed, steps=result.steps, run_dir=info.run_dir,
+                           error=result.error, duration_s=round(elapsed, 3))
+        active.events.close()
+        self._active.pop(info.id, None)
+        active.done.set()
+
+    # ---- queries and control ----------------------------------------------------
+
+    def get(self, run_id: str) -> RunInfo | None:
+        active = self._active.get(run_id)
+        return active.info if active else self.store.get_run(run_id)
+
+    def list(self, limit: int = 50, status: str | None = None) -> list[RunInfo]:
+        return self.store.list_runs(limit=limit, status=status)
+
+    def cancel(self, run_id: str) -> RunInfo | None:
+        active = self._active.get(run_id)
+        if active is None:
+            return self.store.get_run(run_id)
+        active.scope.cancel()
+        return active.info
+
+    async def follow(self, run_id: str, since: int, follow: bool) -> AsyncIterator[bytes] | None:
+        active = self._active.get(run_id)
+        if active is not None:
+            return active.events.follow(since, follow=follow, heartbeat_s=self.heartbeat_s)
+        info = self.store.get_run(run_id)
+        if info is None:
+            return None
+        lines = read_event_lines(Path(info.run_dir) / "meta" / "events.jsonl", since)
+
+        async def replay() -> AsyncIterator[bytes]:
+            for line in lines:
+                yield line
+        return replay()
+
+    async def shutdown(self, grace: float = 30.0) -> None:
+        """Stop accepting, cancel every run, and wait for their finalisation."""
+        self._accepting = False
+        runs = list(self._active.values())
+        for active in runs:
+            active.scope.cancel()
+        with anyio.move_on_after(grace):
+            for active in runs:
+                await active.done.wait()
+
+    def is_terminal(self, info: RunInfo) -> bool:
+        return info.status in TERMINAL_STATUSES

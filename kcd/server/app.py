@@ -1,0 +1,142 @@
+"""The control API: routes of the daemon's Unix-socket HTTP server."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import anyio
+
+from kcd import API_VERSION, MIN_API_VERSION, __version__
+from kcd.api.types import (
+    ConfigCheckRequest,
+    ConfigCheckResult,
+    ErrorDetail,
+    ExecutorInfo,
+    Health,
+    RunList,
+    RunRequest,
+    VersionInfo,
+)
+from kcd.config.agent import ConfigError, load_agent_config_text
+from kcd.server.http import App, HTTPError, Request, Response, Router, StreamResponse, json_response
+
+if TYPE_CHECKING:
+    from kcd.daemon import Daemon
+
+
+def _bool(value: str | None) -> bool:
+    return value is not None and value.lower() in ("1", "true", "yes", "on")
+
+
+def _int(value: str | None, name: str, default: int) -> int:
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise HTTPError(400, "invalid_query", f"{name} must be an integer, got {value!r}") from None
+
+
+class ControlAPI:
+    def __init__(self, daemon: Daemon):
+        self.daemon = daemon
+        self.started = time.monotonic()
+
+    def asgi(self) -> App:
+        r = Router()
+        r.add("GET", "/version", self.version)
+        r.add("GET", "/v1/health", self.health)
+        r.add("POST", "/v1/runs", self.create_run)
+        r.add("GET", "/v1/runs", self.list_runs)
+        r.add("GET", "/v1/runs/{run_id}", self.get_run)
+        r.add("POST", "/v1/runs/{run_id}/cancel", self.cancel_run)
+        r.add("GET", "/v1/runs/{run_id}/events", self.run_events)
+        r.add("POST", "/v1/config/check", self.check_config)
+        r.add("POST", "/v1/shutdown", self.shutdown)
+        return App(r, max_body=self.daemon.config.max_body_bytes, on_error=self.daemon.log_exception)
+
+    async def version(self, req: Request) -> Response:
+        return json_response(VersionInfo(api=API_VERSION, min_api=MIN_API_VERSION, daemon=__version__))
+
+    async def health(self, req: Request) -> Response:
+        d = self.daemon
+        ex = d.executor
+        return json_response(Health(
+            state="stopping" if d.stopping else "ok", version=__version__, api=API_VERSION,
+            pid=os.getpid(), uid=os.getuid(), uptime_s=round(time.monotonic() - self.started, 3),
+            executor=ExecutorInfo(mode=ex.mode, state=ex.state, detail=dict(ex.detail)),
+            runs_active=d.runs.active_count, socket=str(d.config.socket),
+            runs_root=str(d.config.runs_root), peer=req.peer))
+
+    async def create_run(self, req: Request) -> Response:
+        from kcd.runs import RunRejected
+
+        body = await req.json(RunRequest)
+        try:
+            info = await self.daemon.runs.submit(body, req.peer)
+        except RunRejected as exc:
+            status = 503 if exc.code == "shutting_down" else 400
+            raise HTTPError(status, exc.code, exc.message) from None
+        return json_response(info, status=201)
+
+    async def list_runs(self, req: Request) -> Response:
+        q = req.query
+        limit = _int(q.get("limit"), "limit", 50)
+        return json_response(RunList(runs=self.daemon.runs.list(limit=max(1, min(limit, 1000)),
+                                                                status=q.get("status") or None)))
+
+    def _run_or_404(self, run_id: str):
+        info = self.daemon.runs.get(run_id)
+        if info is None:
+            raise HTTPError(404, "run_not_found", f"no run with id {run_id!r}")
+        return info
+
+    async def get_run(self, req: Request) -> Response:
+        return json_response(self._run_or_404(req.path_params["run_id"]))
+
+    async def cancel_run(self, req: Request) -> Response:
+        run_id = req.path_params["run_id"]
+        self._run_or_404(run_id)
+        info = self.daemon.runs.cancel(run_id)
+        return json_response(info, status=202)
+
+    async def run_events(self, req: Request) -> Response:
+        run_id = req.path_params["run_id"]
+        q = req.query
+        since = _int(q.get("since"), "since", 0)
+        self._run_or_404(run_id)
+        stream = await self.daemon.runs.follow(run_id, since, _bool(q.get("follow")))
+        if stream is None:
+            raise HTTPError(404, "run_not_found", f"no run with id {run_id!r}")
+        return StreamResponse(_detaching(stream), content_type="application/x-ndjson",
+                              headers={"cache-control": "no-store"})
+
+    async def check_config(self, req: Request) -> Response:
+        body = await req.json(ConfigCheckRequest)
+        try:
+            loaded = await anyio.to_thread.run_sync(load_agent_config_text, body.config_text, body.config_path)
+        except ConfigError as exc:
+            return json_response(ConfigCheckResult(ok=False, error=ErrorDetail("config_error", str(exc))))
+        return json_response(ConfigCheckResult(ok=True, route=loaded.config.default_route().id,
+                                               digest=loaded.digest, warnings=list(loaded.warnings)))
+
+    async def shutdown(self, req: Request) -> Response:
+        peer = req.peer
+        if peer is None or peer.uid not in (0, os.getuid()):
+            raise HTTPError(403, "forbidden", "only root or the daemon's own user may stop it")
+        self.daemon.request_stop("shutdown requested over the API")
+        return json_response({"stopping": True}, status=202)
+
+
+async def _detaching(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Closing the HTTP stream only detaches the follower; the run goes on."""
+    try:
+        async for line in stream:
+            yield line
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
