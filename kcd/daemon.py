@@ -98,7 +98,7 @@ class Daemon:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 tg.start_soon(self._signals)
-                await self.executor.start()
+                await self.executor.start(tg)  # Ray connects in the background
                 self.runs = RunManager(
                     runs_root=cfg.runs_root, store=self.store, task_group=tg,
                     heartbeat_s=cfg.heartbeat_s,

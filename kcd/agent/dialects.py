@@ -142,8 +142,8 @@ def _colon_keywords(source: str) -> str:
         tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
     except (tokenize.TokenError, SyntaxError):
         return source
-    line_starts = [0]
-    for line in source.splitlines(keepends=True):
+    line_starts = [0]  # split exactly as tokenize saw the lines (str.splitlines also splits on \u2028 ...)
+    for line in io.StringIO(source):
         line_starts.append(line_starts[-1] + len(line))
     chars = list(source)
     stack: list[str] = []

@@ -254,7 +254,11 @@ class AgentRun:
 
     async def _relay_text(self, outcomes: list[ToolOutcome], errors: list[str]) -> None:
         turn = self.steps
-        blocks = [o.output for o in outcomes] + errors
+        blocks: list[str] = []
+        for o in outcomes:  # a policy error is repeated on every call: relay it once
+            if o.output not in blocks or not (o.data or {}).get("policy_error"):
+                blocks.append(o.output)
+        blocks += errors
         links = []
         for i, o in enumerate(outcomes, 1):
             rel = f"artifacts/tool_results/turn_{turn}/{i:02d}_{o.name}.txt"
@@ -307,8 +311,7 @@ class AgentRun:
                     outcomes = await self._execute(
                         [msgspec.structs.replace(c, name=self.cfg.canonical_tool_name(c.name))
                          for c in parsed.calls], tools)
-                    errors = [f"<TOOL_ERROR>{e}</TOOL_ERROR>" for e in parsed.errors]
-                    await self._relay_text(outcomes, errors)
+                    await self._relay_text(outcomes, list(parsed.errors))
             else:
                 outcomes = None
                 if response.content:

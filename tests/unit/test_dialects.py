@@ -42,6 +42,9 @@ def test_colon_keywords_are_tolerated() -> None:
     parsed = parse('<TOOL_CALL> read_file(path: "notes: a.txt", offset: 2) </TOOL_CALL>')
     assert parsed.errors == []
     assert parsed.calls[0].args == {"path": "notes: a.txt", "offset": 2}
+    # Unusual line separators inside strings must not shift the rewrite.
+    odd = parse('<TOOL_CALL>create_file(path: "a\u2028b",\n content: "x\u2028y: z")</TOOL_CALL>')
+    assert odd.errors == [] and odd.calls[0].args == {"path": "a\u2028b", "content": "x\u2028y: z"}
 
 
 def test_several_calls_in_order_with_ids() -> None:

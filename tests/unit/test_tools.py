@@ -216,6 +216,14 @@ def test_read_file_through_symlink_out_is_refused(ws: Path, tmp_path: Path) -> N
     assert not out.ok and "secret" not in out.output
 
 
+def test_symlink_loop_is_a_tool_error(ws: Path) -> None:
+    os.symlink("loop_b", ws / "loop_a")
+    os.symlink("loop_a", ws / "loop_b")
+    for name, args in (("read_file", {"path": "loop_a"}), ("create_file", {"path": "loop_a/x"})):
+        out = run1(ws, name, **args)
+        assert not out.ok and out.output.startswith(f'<TOOL_ERROR tool="{name}">')
+
+
 def test_read_file_refuses_fifo(ws: Path) -> None:
     os.mkfifo(ws / "pipe")
     out = run1(ws, "read_file", path="pipe")
