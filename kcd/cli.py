@@ -65,7 +65,7 @@ def simulate(host: str, port: int) -> None:
     """Run the OpenAI-compatible provider simulator alone."""
     from kcd.simulator.server import run_standalone
 
-    run_standalone(port, host=host) if "host" in run_standalone.__code__.co_varnames else run_standalone(port)
+    run_standalone(port, host=host)
 
 
 if __name__ == "__main__":

@@ -83,6 +83,19 @@ class Daemon:
                     continue  # reopen logs: telemetry sink arrives with observability
                 self.request_stop(signal.Signals(signum).name)
 
+    async def _idle_watch(self, server, idle_exit_s: float) -> None:
+        """Exit after `idle_exit_s` with no runs and no open connections (auto-started daemons)."""
+        idle_since = anyio.current_time()
+        while True:
+            await anyio.sleep(min(30.0, idle_exit_s / 4))
+            busy = self.runs.active_count > 0 or bool(server.server_state.connections)
+            now = anyio.current_time()
+            if busy:
+                idle_since = now
+            elif now - idle_since >= idle_exit_s:
+                self.request_stop(f"idle for {idle_exit_s:.0f}s")
+                return
+
     async def run(self) -> None:
         cfg = self.config
         assert cfg.state_dir and cfg.runs_root and cfg.socket
@@ -116,6 +129,8 @@ class Daemon:
                 log.info("kcd %s listening on %s (executor: %s)", __version__, cfg.socket,
                          self.executor.mode)
                 notify(f"READY=1\nSTATUS=listening on {cfg.socket}\nMAINPID={os.getpid()}")
+                if cfg.idle_exit_s > 0:
+                    tg.start_soon(self._idle_watch, server, cfg.idle_exit_s)
                 await self._stop.wait()
 
                 self.stopping = True

@@ -96,6 +96,8 @@ class RunManager:
                        task=req.task[:200], peer_uid=peer.uid if peer else None,
                        peer_pid=peer.pid if peer else None, warnings=list(loaded.warnings))
         self.store.save_run(info)
+        RunDir(run_dir).write_json_sync("conversation/index.json", {
+            "run_id": run_id, "run_dir": run_dir.name, "created_utc": info.created_at, "session_id": run_id})
         events = EventLog(run_id, run_dir / "meta" / "events.jsonl")
         active = ActiveRun(info=info, events=events)
         self._active[run_id] = active

@@ -57,8 +57,9 @@ class Kcd:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"kcd exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                if self.http().get("/version").status_code == 200:
-                    return self
+                with self.http() as client:
+                    if client.get("/version").status_code == 200:
+                        return self
             except httpx.TransportError:
                 pass
             time.sleep(0.05)

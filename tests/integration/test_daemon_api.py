@@ -115,3 +115,37 @@ def test_unreachable_daemon_exit_code_3(kcd_root):
          "status"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 3
     assert "not running" in proc.stderr
+
+
+def test_idle_exit(make_kcd):
+    daemon = make_kcd("--executor", "in-process", "--idle-exit", "1")
+    assert daemon.proc.wait(timeout=30) == 0
+    assert not daemon.socket.exists()
+
+
+def test_kcd_simulate_runs_standalone(kcd_root):
+    import socket as s
+    import time
+
+    import httpx
+
+    with s.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "kcd", "simulate", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions",
+                               json={"model": "dev", "messages": [{"role": "user", "content": "hi"}]})
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "simulator did not start"
+                time.sleep(0.1)
+        assert r.status_code == 200
+        assert "<TOOL_CALL> list_dir" in r.json()["choices"][0]["message"]["content"]
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) in (0, -15)

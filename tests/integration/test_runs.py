@@ -74,6 +74,8 @@ def assert_complete_run_dir(run_dir: Path, *, native: bool) -> None:
     assert any(e["type"] == "tool.call" and e["data"]["name"] == "list_dir" for e in events)
     assert (run_dir / "workspace").is_dir()
     assert (run_dir / "workspace.diff").is_file()
+    index = json.loads((run_dir / "conversation/index.json").read_text())
+    assert index["run_id"] == events[0]["run_id"] and index["run_dir"] == run_dir.name
 
 
 def test_demo_run_completes_and_leaves_diagnostics(kcd):
