@@ -256,3 +256,24 @@ def test_event_lines_are_valid_structs(kcd):
     proc = kcd.kcctl("run", str(CONFIGS / "demo.yaml"), "--task", "list", "--json", check=True)
     for line in proc.stdout.splitlines():
         msgspec.json.decode(line, type=Event)
+
+
+def test_heartbeats_and_closing_the_stream_detaches(make_kcd):
+    daemon = make_kcd("--executor", "in-process", "--heartbeat", "0.3")
+    proc = daemon.kcctl("run", str(TEST_CONFIGS / "shell.yaml"), "--task", "sleep 2", "--detach", "--json",
+                        check=True)
+    run_id = json.loads(proc.stdout)["id"]
+    seen = []
+    with daemon.http() as c:
+        with c.stream("GET", f"/v1/runs/{run_id}/events", params={"follow": "1"}) as resp:
+            assert resp.headers["content-type"].startswith("application/x-ndjson")
+            for line in resp.iter_lines():
+                seen.append(json.loads(line)["type"])
+                if "heartbeat" in seen:
+                    break  # closing the stream here must not cancel the run
+        deadline = time.monotonic() + 30
+        while c.get(f"/v1/runs/{run_id}").json()["status"] == "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert c.get(f"/v1/runs/{run_id}").json()["status"] == "completed"
+    assert "heartbeat" in seen and "run.end" not in seen
