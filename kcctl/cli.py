@@ -238,6 +238,66 @@ def runs_cancel(obj: Ctx, run_id: str) -> None:
     click.echo(f"cancel requested for run {info['id']} (status: {info['status']})")
 
 
+# ---- routes ---------------------------------------------------------------------------
+
+def _ago(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    import time
+
+    return f"{max(time.time() - ts, 0):.0f}s ago"
+
+
+def _show_routes(obj: Ctx, route: str | None, as_json: bool) -> None:
+    with obj.client() as client:
+        data = client.call("GET", "/v1/routes", params={"route": route} if route else None)["routes"]
+    if as_json:
+        _print_json(data)
+        return
+    if not data:
+        click.echo("no route has been called yet")
+        return
+    click.echo(f"{'ROUTE':<40} {'STATE':<11} {'FAILS':>5} {'K':>2} {'LOCKOUT':>9}  LAST ERROR")
+    for name, r in sorted(data.items()):
+        left = r.get("reopens_in_s")
+        lockout = f"{left:.0f}s" if left else "-"
+        err = " ".join((r.get("last_error") or "-").split())
+        click.echo(f"{name:<40} {r['state']:<11} {r.get('window_failures', len(r.get('failures', []))):>5} "
+                   f"{r.get('k', 0):>2} {lockout:>9}  {err[:90]}"
+                   + (f" ({_ago(r.get('last_failure_ts'))})" if r.get("last_failure_ts") else ""))
+
+
+@main.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@_guard
+def routes(ctx: click.Context, as_json: bool) -> None:
+    """Circuit breakers per route: state, recent failures, lockout left, last error."""
+    if ctx.invoked_subcommand is None:
+        _show_routes(ctx.obj, None, as_json)
+
+
+@routes.command("show")
+@click.argument("route")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@_guard
+def routes_show(obj: Ctx, route: str, as_json: bool) -> None:
+    """One route's breaker."""
+    _show_routes(obj, route, as_json)
+
+
+@routes.command("reset")
+@click.argument("route")
+@click.pass_obj
+@_guard
+def routes_reset(obj: Ctx, route: str) -> None:
+    """Close a route's breaker now (an audited operator action)."""
+    with obj.client() as client:
+        data = client.call("POST", "/v1/routes/reset", {"route": route})["routes"]
+    click.echo(f"{route}: {data[route]['state']}")
+
+
 # ---- config, daemon -------------------------------------------------------------------
 
 @main.group()

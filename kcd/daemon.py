@@ -16,11 +16,13 @@ from pathlib import Path
 
 import anyio
 import anyio.abc
+import msgspec
 
 from kcd import __version__
 from kcd.agent.loop import RunServices
 from kcd.config.daemon import DaemonConfig
 from kcd.execution.base import Executor
+from kcd.providers.breaker import BreakerBoard, BreakerConfig, Transition
 from kcd.providers.gateway import ProviderGateway
 from kcd.runs import RunManager
 from kcd.sdnotify import activated_sockets, notify
@@ -53,6 +55,7 @@ class Daemon:
         self._tg: anyio.abc.TaskGroup | None = None
         self.executor: Executor = make_executor(config)
         self.store: StateStore | None = None
+        self.breakers: BreakerBoard | None = None
         self.runs: RunManager  # set in run()
 
     def log_exception(self, exc: BaseException) -> None:
@@ -75,6 +78,22 @@ class Daemon:
                 self._sim_url = handle.base_url
                 log.info("provider simulator listening on %s", self._sim_url)
             return self._sim_url
+
+    def _make_breakers(self) -> BreakerBoard:
+        """Breakers are daemon state shared by every run; restored from the store
+        so that a restart inside a lockout does not release a burst of calls."""
+        settings = self.config.breaker
+        board = BreakerBoard(
+            BreakerConfig(**msgspec.structs.asdict(settings)),
+            overrides={route: BreakerConfig(**msgspec.structs.asdict(o))
+                       for route, o in self.config.breaker_overrides.items()},
+            store=self.store, on_transition=self._on_transition)
+        board.restore()
+        return board
+
+    def _on_transition(self, t: Transition) -> None:
+        log.info("breaker %s: %s -> %s (%s)%s", t.route, t.from_state, t.to_state, t.reason,
+                 f"; last error: {t.last_error}" if t.last_error else "")
 
     async def _signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
@@ -106,7 +125,8 @@ class Daemon:
         sockets = activated_sockets()
         sock = sockets[0] if sockets else bind_unix_socket(cfg.socket, cfg.socket_mode)
         owns_socket_file = not sockets
-        gateway = ProviderGateway(self.env, simulator_url=self.simulator_url)
+        self.breakers = self._make_breakers()
+        gateway = ProviderGateway(self.env, breakers=self.breakers, simulator_url=self.simulator_url)
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
@@ -142,6 +162,7 @@ class Daemon:
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
+                self.breakers.flush()  # failure windows and decay clocks persist too
                 await gateway.aclose()
                 await self.executor.aclose()
             self.store.close()

@@ -26,6 +26,7 @@ from kcd.api.types import TERMINAL_STATUSES, PeerInfo, RunInfo, RunRequest
 from kcd.config.agent import ConfigError, LoadedConfig, load_agent_config_text
 from kcd.observe.eventlog import EventLog, read_event_lines, utc_now
 from kcd.observe.rundir import RunDir, create_run_dir, new_run_id
+from kcd.observe.run_metrics import RunMetrics
 from kcd.state import StateStore
 
 
@@ -150,6 +151,8 @@ class RunManager:
             await rundir.write_text("workspace.diff", diff)
         except Exception as exc:  # a diff failure must not lose the result
             active.events.emit("warning", message=f"workspace.diff not written: {exc}")
+        metrics = agent.metrics.snapshot() if agent is not None else RunMetrics().snapshot()
+        rundir.write_json_sync("meta/provider_metrics.json", metrics)
         rundir.write_json_sync("result.json", {
             "run_id": info.id, "completion_reason": result.exit_reason, "completed": result.completed,
             "exit_reason": result.exit_reason, "steps": result.steps,
@@ -157,7 +160,8 @@ class RunManager:
                 "completed": result.completed, "reason": result.exit_reason, "method": result.method,
                 "exit_kind": result.exit_kind, "steps_taken": result.steps, "max_steps": spec.max_steps},
             "summary": result.summary, "error": result.error, "error_type": result.error_type,
-            "hint": result.hint, "details": result.details})
+            "hint": result.hint, "details": result.details,
+            "served_route": agent.served_route if agent else None})
         ended = utc_now()
         rundir.write_json_sync("meta/run.json", {
             "run_id": info.id, "kcd_version": __version__, "config_path": info.config_path,

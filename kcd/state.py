@@ -1,4 +1,4 @@
-"""StateStore: the daemon's SQLite database (runs index; later breakers, probes).
+"""StateStore: the daemon's SQLite database (runs index, route breakers; later probes).
 
 Calls are synchronous: each is a single indexed statement in WAL mode
 (tens of microseconds), cheaper than a thread hop, and only the daemon's
@@ -8,6 +8,7 @@ event loop touches the connection.
 from __future__ import annotations
 
 import sqlite3
+from datetime import datetime, timezone
 from pathlib import Path
 
 import msgspec
@@ -22,6 +23,11 @@ CREATE TABLE IF NOT EXISTS runs (
     info BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS runs_created ON runs(created_at);
+CREATE TABLE IF NOT EXISTS breakers (
+    route TEXT PRIMARY KEY,
+    data BLOB NOT NULL,
+    updated_at TEXT NOT NULL
+);
 """
 
 
@@ -64,3 +70,16 @@ class StateStore:
             self.save_run(msgspec.structs.replace(
                 info, status="interrupted", error="the daemon stopped before the run ended"))
         return [i.id for i in stale]
+
+    # Route breakers (kcd.providers.breaker.BreakerStore): opaque JSON per route,
+    # written on every transition and at shutdown.
+
+    def save_breaker(self, route: str, data: bytes) -> None:
+        self._db.execute(
+            "INSERT INTO breakers(route, data, updated_at) VALUES(?,?,?) "
+            "ON CONFLICT(route) DO UPDATE SET data=excluded.data, updated_at=excluded.updated_at",
+            (route, data, datetime.now(timezone.utc).isoformat(timespec="milliseconds")),
+        )
+
+    def load_breakers(self) -> dict[str, bytes]:
+        return {route: bytes(data) for route, data in self._db.execute("SELECT route, data FROM breakers")}

@@ -15,9 +15,10 @@ from typing import Any
 
 import msgspec
 
-from kcd.agent import prompts
+from kcd.agent import prompts, routing
 from kcd.agent.calls import ToolInvocation, ToolOutcome, ToolSettings
 from kcd.agent.dialects import parse_text_calls, render_text_catalogue
+from kcd.agent.provider_log import RunCallObserver
 from kcd.agent.tools import TOOL_SPECS, tool_schemas
 from kcd.config.agent import LoadedConfig
 from kcd.execution.base import Executor
@@ -25,11 +26,10 @@ from kcd.observe import conversation as conv
 from kcd.observe.conversation import Conversation
 from kcd.observe.eventlog import EventLog
 from kcd.observe.rundir import RunDir
+from kcd.observe.run_metrics import RunMetrics
 from kcd.providers.errors import ProviderFailure
 from kcd.providers.gateway import ProviderGateway
-from kcd.providers.openai_compat import Attempt
-from kcd.providers.routes import Route
-from kcd.providers.types import ChatMessage, ChatRequest, ChatResponse
+from kcd.providers.types import ChatMessage, ChatResponse
 
 EXCERPT = 400
 
@@ -72,16 +72,6 @@ def _excerpt(text: str | None, limit: int = EXCERPT) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def uses_native_tools(route: Route, use_native: bool | None) -> bool:
-    """Native tool schemas unless the config says no; OpenRouter defaults to
-    native only for `openai/*` models, as in the original."""
-    if use_native is not None:
-        return use_native
-    if route.provider == "openrouter":
-        return route.model.startswith("openai/")
-    return True
-
-
 def sentinel_hit(text: str, sentinels: list[str]) -> str | None:
     for sentinel in sentinels:
         if re.search(r"(?<!\w)" + re.escape(sentinel) + r"(?!\w)", text):
@@ -99,6 +89,12 @@ class AgentRun:
         self.cfg = spec.loaded.config
         self.route = self.cfg.default_route()
         self.tool_settings = ToolSettings(shell_timeout_s=float(self.cfg.tool_timeout))
+        self.chain = routing.build_chain(self.cfg, self.route, primary_stream=spec.stream)
+        self.policy = routing.retry_policy(self.cfg, self.route)
+        self.stream_off: set[str] = set()  # routes whose stream broke during this run
+        self.metrics = RunMetrics()
+        self.observer = RunCallObserver(rundir, events, self.conversation, self.metrics, lambda: self.steps)
+        self.served_route: str | None = None
         self.steps = 0
         self.messages: list[ChatMessage] = []
         self.last_text: str | None = None
@@ -114,7 +110,7 @@ class AgentRun:
 
     async def _setup(self) -> tuple[list[str], bool, str | None]:
         tools = self._tools()
-        native = uses_native_tools(self.route, self.cfg.provider_tools.use_native)
+        native, override = routing.tool_mode(self.cfg, self.route)
         mode = self.cfg.prompts.tool_prompt_mode
         if native:
             # With native tools the catalogue travels as schemas, not prompt text.
@@ -127,6 +123,11 @@ class AgentRun:
                          ChatMessage(role="user", content=self.spec.task)]
         await self.rundir.write_text("prompts/compiled_system.md", system)
         await self.conversation.start()
+        if override:
+            self.metrics.tool_override(self.route.id, override)
+            await self.observer.marker("tool-policy", f"Disabled native tool usage for route "
+                                                      f"'{self.route.id}' ({override}); tools are offered "
+                                                      "in the prompt and parsed from <TOOL_CALL> blocks.")
         await self.conversation.section(conv.SYSTEM, system)
         await self.conversation.section(conv.USER, self.spec.task)
         if native:
@@ -149,44 +150,21 @@ class AgentRun:
                 break
         return out
 
-    async def _record_attempt(self, route: Route, number: int, attempt: Attempt) -> None:
-        turn = self.steps
-        record = {
-            "turn": turn, "attempt": number, "route": route.id, "url": attempt.url,
-            "stream": attempt.streamed, "request": {
-                "headers": attempt.request_headers, "body_excerpt": attempt.body_excerpt,
-                "body_length": attempt.body_length},
-            "status_code": attempt.status_code, "request_id": attempt.request_id,
-            "latency_s": attempt.latency_s,
-        }
-        await self.rundir.write_json(f"meta/requests/turn_{turn}_attempt_{number}.json", record)
-        self.events.emit("llm.attempt", turn=turn, attempt=number, route=route.id,
-                         status=attempt.status_code, latency_s=round(attempt.latency_s or 0.0, 4),
-                         ok=attempt.failure is None,
-                         error=None if attempt.failure is None else attempt.failure.classification)
-        if attempt.failure is not None:
-            await self.rundir.write_json(f"errors/turn_{turn}.json", {
-                "turn": turn, "attempt": number, "route": route.id,
-                "error": str(attempt.failure), "error_type": attempt.failure.classification,
-                "details": attempt.failure.details})
-
     async def _call_model(self, tools: list[str], native: bool, per_turn: str | None) -> ChatResponse:
         turn = self.steps
-        request = ChatRequest(
-            messages=self._outgoing(per_turn),
-            tools=tool_schemas(tools) if native else [],
-            stream=self.spec.stream,
-            params=self.cfg.request_params(self.route.id),
-        )
+        messages = self._outgoing(per_turn)
+        schemas = tool_schemas(tools) if native else []
         await self.rundir.write_json(f"raw/requests/turn_{turn}.request.json", {
-            "model": self.route.id, "messages": request.messages,
-            "tools": request.tools or None, "stream": request.stream, "params": request.params})
+            "model": self.route.id, "messages": messages, "tools": schemas or None,
+            "stream": self.chain[0].stream and self.route.id not in self.stream_off,
+            "params": dict(self.chain[0].params)})
         if per_turn and turn == 1:
             await self.conversation.section(conv.TOOLS_PROMPT, per_turn)
-        entry = self.cfg.model_entry(self.route.id)
-        response = await self.services.gateway.complete(
-            self.route, request, base_url=getattr(entry, "base_url", None),
-            listener=self._record_attempt)
+        served = await self.services.gateway.complete(
+            self.chain, messages, schemas, policy=self.policy, turn_key=f"{self.spec.run_id}:{turn}",
+            observer=self.observer, stream_off=self.stream_off)
+        self.served_route = served.entry.route.id
+        response = served.response
         await self.rundir.write_json(f"raw/responses/turn_{turn}.response.json",
                                      response.raw or msgspec.to_builtins(response))
         return response
@@ -272,7 +250,8 @@ class AgentRun:
     async def run(self) -> RunResult:
         tools, native, per_turn = await self._setup()
         sentinels = list(DEFAULT_SENTINELS) + list(self.cfg.completion.text_sentinels)
-        self.events.emit("run.start", route=self.route.id, native_tools=native, tools=tools,
+        self.events.emit("run.start", route=self.route.id, chain=[e.route.id for e in self.chain],
+                         native_tools=native, tools=tools,
                          max_steps=self.spec.max_steps, stream=self.spec.stream,
                          executor=self.services.executor.mode)
         while self.steps < self.spec.max_steps:

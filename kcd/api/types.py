@@ -115,3 +115,7 @@ class Event(msgspec.Struct):
     run_id: str
     type: str
     data: dict[str, Any] = {}
+
+
+class RouteRef(msgspec.Struct, forbid_unknown_fields=True):
+    route: str

@@ -1,8 +1,9 @@
 """Checks on a converted agent config that types alone cannot express.
 
 Errors (raised as ConfigError with the key path): route ids that do not parse,
-two models[] entries for one route, duplicate mode names, loop.sequence steps
-that are malformed or name undefined modes. Warnings (returned): adapters that
+two models[] entries for one route, a retry backoff base above its cap (after
+layering), duplicate mode names, loop.sequence steps that are malformed or
+name undefined modes. Warnings (returned): adapters that
 contradict the route prefix, tool alias cycles, missing tool directories.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kcd.config.agent_resilience import RouteRetry
 from kcd.config.agent_schema import AgentConfig, RoutingPrefs
 from kcd.config.keypath import Path_
 from kcd.config.merge import Provenance
@@ -62,6 +64,8 @@ def _route(prov: Provenance, path: Path_, raw: str) -> str:
 def _check_routes(cfg: AgentConfig, prov: Provenance, warnings: list[str]) -> None:
     providers = cfg.providers
     _route(prov, ("providers", "default_model"), providers.default_model)
+    if providers.retry is not None:
+        _check_backoff(prov, ("providers",), providers.retry, None)
     seen: dict[str, int] = {}
     for i, entry in enumerate(providers.models):
         here: Path_ = ("providers", "models", i)
@@ -72,8 +76,24 @@ def _check_routes(cfg: AgentConfig, prov: Provenance, warnings: list[str]) -> No
         key = "routing_preferences" if entry.routing_preferences is not None else "routing"
         _check_fallbacks(prov, (*here, key), entry.routing, route_id, warnings)
         _check_adapter(prov, (*here, "adapter"), entry.adapter, route_id, warnings)
+        if entry.retry is not None:
+            _check_backoff(prov, here, entry.retry, providers.retry)
     key = "routing_preferences" if providers.routing_preferences is not None else "routing"
     _check_fallbacks(prov, ("providers", key), providers.routing, None, warnings)
+
+
+def _check_backoff(prov: Provenance, owner: Path_, retry: RouteRetry, base: RouteRetry | None) -> None:
+    """backoff_base_s <= backoff_cap_s once `retry` is layered over `base` (reported
+    where `retry` sets one of them; `base` is checked on its own first)."""
+    if retry.backoff_base_s is None and retry.backoff_cap_s is None:
+        return
+    below = base or RouteRetry()
+    lo = retry.backoff_base_s if retry.backoff_base_s is not None else below.backoff_base_s
+    hi = retry.backoff_cap_s if retry.backoff_cap_s is not None else below.backoff_cap_s
+    if lo is not None and hi is not None and lo > hi:
+        key = "backoff_base_s" if retry.backoff_base_s is not None else "backoff_cap_s"
+        raise prov.error((*owner, "retry", key),
+                         f"backoff_base_s ({lo:g}) is larger than backoff_cap_s ({hi:g})")
 
 
 def _check_fallbacks(

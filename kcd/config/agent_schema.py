@@ -17,6 +17,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import msgspec
 from msgspec import Meta, field
 
+from kcd.config.agent_resilience import RouteRetry, RouteTimeouts, layered
 from kcd.providers.routes import Route, parse_route
 
 Positive = Annotated[int, Meta(gt=0)]
@@ -86,6 +87,9 @@ class ModelEntry(_Cfg, kw_only=True, forbid_unknown_fields=True):
     routing_preferences: RoutingPrefs | None = None  # alias, as written
     base_url: str | None = None  # kcd: endpoint override for this route
     stream: bool = False  # kcd: stream this route's calls
+    timeouts: RouteTimeouts | None = None  # kcd: over providers.timeouts, key by key
+    retry: RouteRetry | None = None  # kcd: over providers.retry, key by key
+    native_tools: bool | None = None  # kcd: the route supports native tool calls; None: provider default
 
     def __post_init__(self) -> None:
         _unify_routing(self)
@@ -97,6 +101,9 @@ class Providers(_Cfg, kw_only=True, forbid_unknown_fields=True):
     # Provider-wide preferences: used only for routes with no models[] entry.
     routing: RoutingPrefs | None = None
     routing_preferences: RoutingPrefs | None = None
+    # Provider-wide defaults for every route; a models[] entry's keys layer on top.
+    timeouts: RouteTimeouts | None = None
+    retry: RouteRetry | None = None
 
     def __post_init__(self) -> None:
         _unify_routing(self)
@@ -419,6 +426,25 @@ class AgentConfig(_Cfg, kw_only=True, forbid_unknown_fields=True):
         entry = self.model_entry(route_id)
         prefs = entry.routing if entry is not None else self.providers.routing
         return prefs or RoutingPrefs()
+
+    def timeouts_for(self, route_id: str) -> dict[str, float]:
+        """Attempt timeouts set for this route (connect, write, ttft, idle, progress,
+        total; seconds): providers.timeouts, then the models[] entry's, key by key.
+        Only keys written in the config appear."""
+        entry = self.model_entry(route_id)
+        top = entry.timeouts if entry is not None else None
+        return layered(self.providers.timeouts, top)  # type: ignore[return-value]
+
+    def retry_for(self, route_id: str) -> dict[str, float | int]:
+        """Retry settings set for this route (RetryPolicy field names):
+        providers.retry, then the models[] entry's, key by key. Only keys written appear."""
+        entry = self.model_entry(route_id)
+        return layered(self.providers.retry, entry.retry if entry is not None else None)
+
+    def native_tools_for(self, route_id: str) -> bool | None:
+        """The models[] entry's `native_tools`; None (the provider default) without one."""
+        entry = self.model_entry(route_id)
+        return entry.native_tools if entry is not None else None
 
     # -- modes ----------------------------------------------------------------
 

@@ -1,47 +1,140 @@
 """ProviderGateway: the single path for every LLM call the daemon makes.
 
-It owns one warm `httpx.AsyncClient` per provider endpoint, shared by all
-runs, and turns a (route, request) into a normalized response or a typed
-`ProviderFailure` naming the route and the cause. Every attempt is handed to
-the caller's listener so the run can record it.
+One turn = one `complete()` call over an ordered chain of routes (the primary,
+then its fallbacks). For each route: the shared circuit breaker admits or
+skips it; attempts go out on a warm per-endpoint `httpx.AsyncClient`; each
+failure is classified (`retry.decide`) into retry-here, fall-over or fail-fast;
+retries back off with full jitter (or honour Retry-After); a broken stream
+makes the route non-streaming for the rest of the run. Every attempt, retry,
+skip and fallback is reported to the caller's observer, which records it.
+The whole turn runs under one deadline and one attempt budget.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Protocol
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
+import anyio
 import httpx
+import msgspec
 
+from kcd.providers.breaker import BreakerBoard
 from kcd.providers.endpoints import Endpoint, resolve_endpoint
 from kcd.providers.errors import ProviderFailure
 from kcd.providers.openai_compat import Attempt, Timeouts, send_chat
+from kcd.providers.retry import Decision, RetryPolicy, backoff_delay, decide, same_route_retries
 from kcd.providers.routes import Route
-from kcd.providers.types import ChatRequest, ChatResponse
+from kcd.providers.types import ChatMessage, ChatRequest, ChatResponse, ToolSchema
 
 # Pool limits per endpoint. Large keep-alive pools make httpcore slow at high
 # concurrency (httpx #3215); these keep reuse high without that cost.
 POOL_LIMITS = httpx.Limits(max_connections=128, max_keepalive_connections=64, keepalive_expiry=30)
 
+# Failures of a streamed attempt that mean "this route cannot stream right now":
+# the turn restarts at once on the same route, non-streamed, and the route stays
+# non-streamed for the rest of the run. (A TTFT timeout is silence, not a broken
+# stream: it falls over instead.)
+STREAM_FAILURES = frozenset({"stream_error", "stream_truncated", "stream_malformed", "timeout.idle",
+                             "timeout.idle_progress"})
 
-class AttemptListener(Protocol):
-    async def __call__(self, route: Route, number: int, attempt: Attempt) -> None: ...
+
+@dataclass(frozen=True)
+class ChainEntry:
+    """One route of a turn's chain, with its own request settings."""
+
+    route: Route
+    base_url: str | None = None
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    params: Mapping[str, Any] = field(default_factory=dict)
+    stream: bool = False
+    native_tools: bool = True  # whether this route can take native tool schemas
+    retries_per_route: int = 2
+
+
+@dataclass
+class AttemptRecord:
+    """What the observer is told after every attempt."""
+
+    number: int  # 1-based within the turn
+    kind: str  # "primary" | "retry" | "fallback"
+    entry: ChainEntry
+    attempt: Attempt
+    decision: Decision | None = None  # None on success
+    next_delay_s: float | None = None  # the retry schedule: the wait before the next attempt here
+    breaker_state: str | None = None
+
+
+@dataclass
+class Served:
+    response: ChatResponse
+    entry: ChainEntry
+    attempts: int
+    upstream_s: float  # time spent inside HTTP attempts (the rest is our own overhead)
+    fallback_from: str | None = None
+
+
+class CallObserver(Protocol):
+    async def attempt(self, record: AttemptRecord) -> None: ...
+    async def marker(self, prefix: str, text: str) -> None: ...
+    async def fallback(self, from_route: str, to_route: str, reason: str) -> None: ...
+    async def circuit_skip(self, route: str, reason: str, reopens_in_s: float | None) -> None: ...
+    async def route_skipped(self, route: str, reason: str) -> None: ...
+    async def stream_disabled(self, route: str, reason: str) -> None: ...
+
+
+class NullObserver:
+    async def attempt(self, record: AttemptRecord) -> None: ...
+    async def marker(self, prefix: str, text: str) -> None: ...
+    async def fallback(self, from_route: str, to_route: str, reason: str) -> None: ...
+    async def circuit_skip(self, route: str, reason: str, reopens_in_s: float | None) -> None: ...
+    async def route_skipped(self, route: str, reason: str) -> None: ...
+    async def stream_disabled(self, route: str, reason: str) -> None: ...
+
+
+def _failure_summary(route: str, failure: ProviderFailure) -> dict[str, Any]:
+    return {"route": route, "classification": failure.classification,
+            "status": failure.status_code, "message": failure.message}
+
+
+class _Turn:
+    """Mutable bookkeeping of one `complete()` call."""
+
+    def __init__(self, policy: RetryPolicy, clock: Callable[[], float]):
+        self.policy = policy
+        self.clock = clock
+        self.deadline = clock() + policy.turn_deadline_s
+        self.budget = policy.max_attempts_per_turn
+        self.attempts = 0
+        self.upstream_s = 0.0
+        self.failures: list[dict[str, Any]] = []
+        self.open_skips: list[str] = []
+        self.last_failure: ProviderFailure | None = None
+
+    def remaining(self) -> float:
+        return self.deadline - self.clock()
 
 
 class ProviderGateway:
-    def __init__(self, env: Mapping[str, str],
-                 simulator_url: Callable[[], Awaitable[str]] | None = None):
+    def __init__(self, env: Mapping[str, str], *, breakers: BreakerBoard | None = None,
+                 simulator_url: Callable[[], Awaitable[str]] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self._env = env
         self._simulator_url = simulator_url
         self._clients: dict[str, httpx.AsyncClient] = {}
+        self.breakers = breakers or BreakerBoard()
+        self._clock = clock
+
+    # ---- endpoints and pools ----------------------------------------------------
 
     async def endpoint_for(self, route: Route, base_url: str | None = None) -> Endpoint:
         sim = None
         if route.provider == "mock" and base_url is None:
             if self._simulator_url is None:
-                raise ProviderFailure(route=route.id, classification="config_error",
-                                      message="no provider simulator is available in this daemon",
-                                      retryable=False)
+                raise ProviderFailure(route.id, "config_error",
+                                      "no provider simulator is available in this daemon", retryable=False)
             sim = await self._simulator_url()
         return resolve_endpoint(route, self._env, base_url=base_url, simulator_url=sim)
 
@@ -49,33 +142,235 @@ class ProviderGateway:
         client = self._clients.get(endpoint.key)
         if client is None:
             client = httpx.AsyncClient(
-                limits=POOL_LIMITS,
-                timeout=httpx.Timeout(30.0),
+                limits=POOL_LIMITS, timeout=httpx.Timeout(30.0),
                 # Loopback simulator traffic must never go through a proxy.
-                trust_env=endpoint.provider != "mock",
-            )
+                trust_env=endpoint.provider != "mock")
             self._clients[endpoint.key] = client
         return client
-
-    async def complete(self, route: Route, request: ChatRequest, *, base_url: str | None = None,
-                       timeouts: Timeouts | None = None,
-                       listener: AttemptListener | None = None,
-                       on_chunk: Callable[[str], None] | None = None) -> ChatResponse:
-        endpoint = await self.endpoint_for(route, base_url)
-        if endpoint.provider != "mock" and not endpoint.has_key:
-            raise ProviderFailure(
-                route=route.id, classification="missing_api_key", retryable=False,
-                message=f"no API key: set {endpoint.key_env} in the daemon's environment")
-        attempt = await send_chat(self.client_for(endpoint), endpoint, route, request,
-                                  timeouts=timeouts or Timeouts(), on_chunk=on_chunk)
-        if listener is not None:
-            await listener(route, 1, attempt)
-        if attempt.failure is not None:
-            raise attempt.failure
-        assert attempt.response is not None
-        return attempt.response
 
     async def aclose(self) -> None:
         clients, self._clients = self._clients, {}
         for client in clients.values():
             await client.aclose()
+
+    # ---- one turn ---------------------------------------------------------------
+
+    async def complete(self, chain: Sequence[ChainEntry], messages: list[ChatMessage],
+                       tools: list[ToolSchema], *, policy: RetryPolicy = RetryPolicy(),
+                       turn_key: str, observer: CallObserver | None = None,
+                       stream_off: set[str] | None = None,
+                       on_chunk: Callable[[str], None] | None = None) -> Served:
+        """Serve one turn from the first route of `chain` that can, or raise.
+
+        `stream_off` holds the routes this run no longer streams on; the
+        gateway adds to it when a stream breaks. Raises `ProviderFailure`:
+        the route's own failure when it must not be retried anywhere (a bad
+        request), else an aggregate naming every attempt.
+        """
+        obs = observer or NullObserver()
+        stream_off = stream_off if stream_off is not None else set()
+        turn = _Turn(policy, self._clock)
+        primary = chain[0].route.id
+        tried: set[str] = set()
+        served_from: str | None = None
+        reason_for_next = "primary_failed"
+        for index, entry in enumerate(chain):
+            route = entry.route.id
+            if index > 0 and route in tried:
+                continue  # never the primary (or any route) as its own fallback
+            tried.add(route)
+            if tools and not entry.native_tools:
+                await obs.route_skipped(route, "no_native_tools")
+                continue
+            endpoint = await self._endpoint_or_skip(entry, obs)
+            if endpoint is None:
+                continue
+            admission = self.breakers.admit(route)
+            if not admission.allowed:
+                turn.open_skips.append(route)
+                await obs.circuit_skip(route, admission.reason or "open", admission.reopens_in_s)
+                continue
+            if index > 0:
+                served_from = chain[0].route.id if served_from is None else served_from
+                await obs.fallback(primary, route, reason_for_next)
+            result = await self._run_route(entry, endpoint, admission.trial, messages, tools, turn,
+                                           turn_key, obs, stream_off, index > 0, on_chunk)
+            if isinstance(result, Served):
+                result.fallback_from = primary if index > 0 else None
+                return result
+            if result is not None:  # fail fast: a fault of the request itself
+                raise result
+            if turn.attempts >= turn.budget or turn.remaining() <= 0:
+                break
+            reason_for_next = turn.last_failure.classification if turn.last_failure else "primary_failed"
+
+        waited = await self._all_open_retry(chain, messages, tools, policy, turn, turn_key, obs,
+                                            stream_off, on_chunk)
+        if waited is not None:
+            return waited
+        raise self._aggregate(primary, turn)
+
+    async def _endpoint_or_skip(self, entry: ChainEntry, obs: CallObserver) -> Endpoint | None:
+        try:
+            endpoint = await self.endpoint_for(entry.route, entry.base_url)
+        except ProviderFailure as failure:
+            await obs.route_skipped(entry.route.id, failure.classification)
+            return None
+        except ValueError as exc:  # EndpointError: no usable base URL
+            await obs.route_skipped(entry.route.id, f"config_error: {exc}")
+            return None
+        if endpoint.provider != "mock" and not endpoint.has_key:
+            await obs.route_skipped(entry.route.id, f"missing_api_key ({endpoint.key_env} is not set)")
+            return None
+        return endpoint
+
+    async def _run_route(self, entry: ChainEntry, endpoint: Endpoint, trial: bool,
+                         messages: list[ChatMessage], tools: list[ToolSchema], turn: _Turn,
+                         turn_key: str, obs: CallObserver, stream_off: set[str], is_fallback: bool,
+                         on_chunk: Callable[[str], None] | None) -> Served | ProviderFailure | None:
+        """Attempts on one route. Served on success; a failure to raise at once
+        for request faults; None to move on down the chain."""
+        route = entry.route.id
+        retries = 0
+        kind = "fallback" if is_fallback else "primary"
+        while True:
+            remaining = turn.remaining()
+            if turn.attempts >= turn.budget or remaining <= 0:
+                return None
+            stream = entry.stream and route not in stream_off
+            request = ChatRequest(messages=messages, tools=list(tools) if entry.native_tools else [],
+                                  stream=stream, params=dict(entry.params))
+            timeouts = entry.timeouts
+            if remaining < timeouts.total:
+                timeouts = msgspec.structs.replace(timeouts, total=max(remaining, 0.001))
+            turn.attempts += 1
+            started = self._clock()
+            attempt = await send_chat(self.client_for(endpoint), endpoint, entry.route, request,
+                                      timeouts=timeouts, on_chunk=on_chunk)
+            turn.upstream_s += self._clock() - started
+            if attempt.failure is None and attempt.response is not None:
+                self.breakers.record_success(route, trial=trial)
+                await obs.attempt(AttemptRecord(turn.attempts, kind, entry, attempt,
+                                                breaker_state=self.breakers.state(route)))
+                return Served(attempt.response, entry, turn.attempts, turn.upstream_s)
+
+            failure = attempt.failure or ProviderFailure(route, "empty_response", "no response")
+            decision = decide(failure, key_env=endpoint.key_env)
+            turn.last_failure = failure
+            turn.failures.append(_failure_summary(route, failure))
+            self._record_breaker(route, decision, failure, turn_key, trial)
+            trial = False  # a permit is spent by its first outcome
+
+            stream_broke = stream and failure.classification in STREAM_FAILURES
+            delay = self._retry_delay(decision, entry, retries, turn, stream_broke)
+            await obs.attempt(AttemptRecord(turn.attempts, kind, entry, attempt, decision,
+                                            next_delay_s=delay,
+                                            breaker_state=self.breakers.state(route)))
+            if stream_broke:
+                stream_off.add(route)
+                await obs.stream_disabled(route, failure.classification)
+            if not decision.fall_over and not decision.retry_same_route and not stream_broke:
+                return failure
+            if delay is None:
+                return None
+            retries += 1
+            kind = "retry"
+            await obs.marker("provider-retry",
+                             f"route={route} attempt={turn.attempts + 1} reason={decision.reason}"
+                             f" delay={delay:.2f}s")
+            if delay > 0:
+                await anyio.sleep(delay)
+            # Admission after the wait: a Retry-After wait ends in the half-open trial.
+            again = self.breakers.admit(route)
+            if not again.allowed:  # the route opened meanwhile: move on
+                await obs.circuit_skip(route, again.reason or "open", again.reopens_in_s)
+                return None
+            trial = again.trial
+
+    def _record_breaker(self, route: str, decision: Decision, failure: ProviderFailure,
+                        turn_key: str, trial: bool) -> None:
+        if decision.ignored:  # a fault of the request, not of the route
+            self.breakers.record_ignored(route, trial=trial)
+        else:
+            # Uncounted failures (auth, billing) still update last_error, and a
+            # Retry-After on them (402 in-flight budget) still locks the route.
+            self.breakers.record_failure(route, turn_key=turn_key, error=str(failure),
+                                         counted=decision.counted, retry_after_s=decision.retry_after_s,
+                                         trial=trial)
+        if decision.flag:
+            self.breakers.flag(route, decision.flag, decision.hint or failure.message)
+
+    def _retry_delay(self, decision: Decision, entry: ChainEntry, retries: int, turn: _Turn,
+                     stream_broke: bool) -> float | None:
+        """Seconds to wait before retrying this route, or None to move on."""
+        if stream_broke:
+            return 0.0  # restart the turn at once, without streaming
+        allowed = min(entry.retries_per_route, same_route_retries(turn.policy, decision))
+        if retries >= allowed:
+            return None
+        if turn.attempts >= turn.budget:
+            return None
+        left = turn.remaining()
+        if decision.retry_after_s is not None:
+            wait = decision.retry_after_s
+            # Only a short Retry-After is worth waiting for; otherwise fall over now.
+            return wait if wait <= min(turn.policy.retry_after_inline_max_s, left) else None
+        delay = backoff_delay(turn.policy, retries)
+        return delay if delay < left else None
+
+    async def _all_open_retry(self, chain: Sequence[ChainEntry], messages: list[ChatMessage],
+                              tools: list[ToolSchema], policy: RetryPolicy, turn: _Turn,
+                              turn_key: str, obs: CallObserver, stream_off: set[str],
+                              on_chunk: Callable[[str], None] | None) -> Served | None:
+        """Every candidate was skipped as open: wait for the earliest reopen when
+        it is close (typically a short Retry-After), then take its trial."""
+        if turn.attempts > 0 or not turn.open_skips:
+            return None
+        earliest = self.breakers.earliest_reopen(turn.open_skips)
+        if earliest is None:
+            return None
+        route, wait = earliest
+        if wait > min(policy.all_open_max_wait_s, turn.remaining()):
+            return None
+        entry = next(e for e in chain if e.route.id == route)
+        await obs.marker("circuit-open", f"All routes are open; waiting {wait:.1f}s for '{route}' "
+                                         "to half-open.")
+        await anyio.sleep(max(wait, 0.0) + 0.01)
+        admission = self.breakers.admit(route)
+        if not admission.allowed:
+            return None
+        endpoint = await self._endpoint_or_skip(entry, obs)
+        if endpoint is None:
+            return None
+        result = await self._run_route(entry, endpoint, admission.trial, messages, tools, turn,
+                                       turn_key, obs, stream_off, entry is not chain[0], on_chunk)
+        if isinstance(result, ProviderFailure):
+            raise result
+        return result
+
+    def _aggregate(self, primary: str, turn: _Turn) -> ProviderFailure:
+        if turn.attempts == 0 and turn.open_skips:
+            states = []
+            for route in turn.open_skips:
+                snap = self.breakers.snapshot(route).get(route, {})
+                states.append({"route": route, "state": snap.get("state"), "reason": snap.get("reason"),
+                               "reopens_in_s": snap.get("reopens_in_s"), "last_error": snap.get("last_error")})
+            listing = "; ".join(f"{s['route']} {s['state']} ({s['reason']}, reopens in "
+                                f"{(s['reopens_in_s'] or 0):.0f}s)" for s in states)
+            return ProviderFailure(primary, "all_routes_open", f"every route is open: {listing}",
+                                   retryable=False, details={"routes": states})
+        if not turn.failures:
+            return ProviderFailure(primary, "no_route_available",
+                                   "no route in the chain could be tried (see the skipped routes)",
+                                   retryable=False)
+        listing = "; ".join(f"{f['route']}: {f['classification']}"
+                            + (f" (HTTP {f['status']})" if f["status"] else "") for f in turn.failures)
+        last = turn.last_failure
+        assert last is not None
+        cause = "budget exhausted" if turn.attempts >= turn.budget else (
+            "turn deadline passed" if turn.remaining() <= 0 else "all routes failed")
+        return ProviderFailure(
+            last.route, last.classification,
+            f"{cause} after {turn.attempts} attempt(s): {listing}", status_code=last.status_code,
+            retryable=False, details={**(last.details or {}), "attempts": turn.failures,
+                                      "primary": primary})

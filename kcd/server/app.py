@@ -17,6 +17,7 @@ from kcd.api.types import (
     ExecutorInfo,
     Health,
     RunList,
+    RouteRef,
     RunRequest,
     VersionInfo,
 )
@@ -55,6 +56,8 @@ class ControlAPI:
         r.add("POST", "/v1/runs/{run_id}/cancel", self.cancel_run)
         r.add("GET", "/v1/runs/{run_id}/events", self.run_events)
         r.add("POST", "/v1/config/check", self.check_config)
+        r.add("GET", "/v1/routes", self.routes)
+        r.add("POST", "/v1/routes/reset", self.reset_route)
         r.add("POST", "/v1/shutdown", self.shutdown)
         return App(r, max_body=self.daemon.config.max_body_bytes, on_error=self.daemon.log_exception)
 
@@ -122,6 +125,22 @@ class ControlAPI:
             return json_response(ConfigCheckResult(ok=False, error=ErrorDetail("config_error", str(exc))))
         return json_response(ConfigCheckResult(ok=True, route=loaded.config.default_route().id,
                                                digest=loaded.digest, warnings=list(loaded.warnings)))
+
+    async def routes(self, req: Request) -> Response:
+        route = req.query.get("route") or None
+        board = self.daemon.breakers
+        snapshot = board.snapshot(route) if board else {}
+        if route and route not in snapshot:
+            raise HTTPError(404, "route_not_found", f"no breaker state for route {route!r}")
+        return json_response({"routes": snapshot})
+
+    async def reset_route(self, req: Request) -> Response:
+        body = await req.json(RouteRef)
+        board = self.daemon.breakers
+        if board is None or body.route not in board.routes():
+            raise HTTPError(404, "route_not_found", f"no breaker state for route {body.route!r}")
+        board.reset(body.route, by_uid=req.peer.uid if req.peer else None)
+        return json_response({"routes": board.snapshot(body.route)})
 
     async def shutdown(self, req: Request) -> Response:
         peer = req.peer

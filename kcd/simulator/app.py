@@ -1,17 +1,25 @@
 """The simulator's ASGI app: an OpenAI-compatible chat-completions server.
 
-Routes: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health``.
-A plain ASGI callable (no framework). The model field picks the behaviour
-(``mock/dev`` sends ``dev``; a prefixed name such as ``sim/dev`` falls back to
-its last segment); the ``x-kc-sim-behaviour`` header picks another registered
-behaviour for one request. Every response carries ``x-request-id``.
+Routes: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health``, and
+the ``/_sim/...`` control API (`control`). A plain ASGI callable (no
+framework). The model field picks the behaviour: a registered name (``dev``),
+else its last segment (``sim/dev``), else ``dev``, so the simulator can stand
+in for OpenRouter or OpenAI models (``x-ai/grok-4-fast``, ``gpt-4o-mini``).
+Only names starting with ``unknown`` or ``nope`` are 404s. The
+``x-kc-sim-behaviour`` header picks another registered behaviour for one
+request. A fault (`faults`) is chosen by the ``x-kc-sim-fault`` header, a
+``+fault`` model suffix, or a programmed plan, in that order. Every response
+carries ``x-request-id``; a faulted one also ``x-kc-sim-fault``.
 
 What the upstream saw is kept in the app's own `SimulatorState` (no
-module-level state), so tests can assert on it.
+module-level state), so tests can assert on it in-process or over HTTP.
 """
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import struct
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
@@ -22,11 +30,15 @@ import msgspec
 from kcd.providers.errors import sanitize_headers
 from kcd.simulator import wire
 from kcd.simulator.behaviours import Behaviour, default_behaviours
+from kcd.simulator.control import CONTROL_PREFIXES, SimulatorState, control
 from kcd.simulator.delivery import Delivery, Exchange, WellFormed
+from kcd.simulator.faults import FAULT_HEADER, FaultError, FaultRun, FaultSpec, FAULTS, choose
 
-__all__ = ["BEHAVIOUR_HEADER", "SimulatorApp", "SimulatorState", "create_app"]
+__all__ = ["BEHAVIOUR_HEADER", "FAULT_HEADER", "SimulatorApp", "SimulatorState", "create_app"]
 
 BEHAVIOUR_HEADER = "x-kc-sim-behaviour"
+DEFAULT_BEHAVIOUR = "dev"  # what any other model name gets
+MISSING_MODEL_PREFIXES = ("unknown", "nope")  # model names that stay 404 (the tested not-found path)
 MAX_BODY_BYTES = 32 * 1024 * 1024
 
 Scope = dict[str, Any]
@@ -35,29 +47,6 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 _DECODER = msgspec.json.Decoder()
 _ENCODER = msgspec.json.Encoder()
-
-
-class SimulatorState:
-    """What this app has seen: a bounded request log and per-model counts."""
-
-    def __init__(self, max_log: int = 256) -> None:
-        self.max_log = max_log
-        self.requests: list[dict[str, Any]] = []  # newest last; oldest dropped past max_log
-        self.counts: dict[str, int] = {}  # chat requests per requested model
-        self.total = 0  # every HTTP request, any route
-
-    def next_request_id(self) -> str:
-        self.total += 1
-        return f"simreq-{self.total:06d}"
-
-    def record(self, entry: dict[str, Any]) -> int:
-        """Log one chat request; returns its 1-based number for the model."""
-        model = entry.get("model") or ""
-        seq = self.counts[model] = self.counts.get(model, 0) + 1
-        self.requests.append(entry)
-        if len(self.requests) > self.max_log:
-            del self.requests[: len(self.requests) - self.max_log]
-        return seq
 
 
 def _headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
@@ -90,6 +79,39 @@ async def _read_body(receive: Receive) -> bytes | None:
         parts.append(body)
         if not message.get("more_body", False):
             return b"".join(parts)
+
+
+def _status_recorder(send: Send, entry: dict[str, Any]) -> Send:
+    """`send`, noting the response status in the request's log entry."""
+
+    async def recording(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            entry["status"] = message["status"]
+        await send(message)
+
+    return recording
+
+
+def _connection_aborter(send: Send) -> Callable[[], None] | None:
+    """A function that resets this request's TCP connection, if it can be reached.
+
+    ASGI has no way to abort a connection, and raising from the app before the
+    headers makes uvicorn answer 500. uvicorn's `send` is a bound method of its
+    request cycle, which holds the transport: SO_LINGER 0 turns the close into
+    an RST, as an upstream crash or a middlebox would.
+    """
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    if transport is None or not callable(getattr(transport, "abort", None)):
+        return None
+
+    def abort() -> None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+
+    return abort
 
 
 class SimulatorApp:
@@ -125,6 +147,14 @@ class SimulatorApp:
                                                           "method_not_allowed"), request_id)
                 return
             await self._chat(scope, receive, send, request_id)
+        elif path.startswith(CONTROL_PREFIXES):
+            body = await _read_body(receive) if method == "POST" else b""
+            if body is None:
+                status, obj = 400, wire.error_body("request body missing or too large",
+                                                   "invalid_request_error", "invalid_body")
+            else:
+                status, obj = control(self.state, method, path, body)
+            await _respond(send, status, obj, request_id)
         elif path == "/v1/models" and method == "GET":
             data = [{"id": name, "object": "model", "owned_by": "kylecode-simulator"}
                     for name in self.behaviours]
@@ -136,11 +166,38 @@ class SimulatorApp:
                                                       "invalid_request_error", "not_found"), request_id)
 
     def _behaviour(self, model: str, override: str | None) -> tuple[str, Behaviour] | None:
-        for name in ([override] if override else [model, model.rsplit("/", 1)[-1]]):
+        if override:
+            found = self.behaviours.get(override)
+            return None if found is None else (override, found)
+        names = (model, model.rsplit("/", 1)[-1])
+        for name in names:
             behaviour = self.behaviours.get(name)
             if behaviour is not None:
                 return name, behaviour
-        return None
+        missing = any(n.startswith(MISSING_MODEL_PREFIXES) for n in names)
+        if missing or DEFAULT_BEHAVIOUR not in self.behaviours:
+            return None
+        return DEFAULT_BEHAVIOUR, self.behaviours[DEFAULT_BEHAVIOUR]
+
+    def _select(
+        self, headers: Mapping[str, str], sent: str, override: str | None
+    ) -> tuple[str, tuple[str, Behaviour] | None, FaultSpec | None, str | None, FaultError | None]:
+        """(model, behaviour, fault, where the fault came from, selection error).
+
+        A plan is consumed only by a request that will really get its fault:
+        not by one the header or suffix already decided, nor by a 404.
+        """
+        try:
+            model, fault, source = choose(headers.get(FAULT_HEADER), sent)
+        except FaultError as exc:
+            return sent, None, None, None, exc
+        found = self._behaviour(model, override)
+        if found is None:
+            return model, None, None, None, None
+        if fault is None:
+            fault = self.state.plans.take(model)
+            source = "plan" if fault else None
+        return model, found, fault, source, None
 
     async def _chat(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         body = await _read_body(receive)
@@ -160,35 +217,55 @@ class SimulatorApp:
                                                       "invalid_request_error", "invalid_request"), request_id)
             return
         headers = _headers(scope.get("headers") or ())
-        model = request["model"]
         override = headers.get(BEHAVIOUR_HEADER)
-        found = self._behaviour(model, override)
-        if found is None:
-            what = f"behaviour `{override}`" if override else f"model `{model}`"
-            await _respond(send, 404, wire.error_body(f"The {what} does not exist",
-                                                      "invalid_request_error", "model_not_found"), request_id)
-            return
-        name, behaviour = found
+        model, found, fault, source, problem = self._select(headers, request["model"], override)
+        nth = self.state.applied(fault.name, model) if fault else 0
         auth = headers.get("authorization", "")
-        seq = self.state.record({
+        messages = request["messages"]
+        last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
+        entry: dict[str, Any] = {
             "request_id": request_id,
-            "model": model,
-            "behaviour": name,
+            "ts": time.time(),
+            "model": model,  # without any +fault suffix
+            "model_sent": request["model"],
+            "behaviour": found[0] if found else None,
             "stream": request.get("stream") is True,
+            "has_tools": bool(request.get("tools")),
             "tools": len(request.get("tools") or ()),
-            "messages": len(request["messages"]),
+            "messages": len(messages),
+            "last_role": last.get("role"),
+            "fault": fault.name if fault else None,
+            "fault_source": source,  # "header" | "model" | "plan" | None
+            "fault_params": fault.params if fault else None,
+            "status": None,  # set when the response starts; stays None for a reset or no answer
             "auth_scheme": auth.split(" ", 1)[0] if auth else None,  # never the credential
             "headers": sanitize_headers(headers),
             "body": request,
-        })
+        }
+        seq = self.state.record(entry)
+        tracked = _status_recorder(send, entry)
+        if problem is not None:
+            await _respond(tracked, 400, problem.body(), request_id)
+            return
+        if found is None:
+            what = f"behaviour `{override}`" if override else f"model `{model}`"
+            error = wire.error_body(f"The {what} does not exist", "invalid_request_error", "model_not_found")
+            await _respond(tracked, 404, error, request_id)
+            return
+        name, behaviour = found
         try:
             reply = behaviour.reply(request)
         except Exception as exc:  # a broken script must not take the server down
-            await _respond(send, 500, wire.error_body(f"behaviour {name!r} failed: {exc!r}",
-                                                      "server_error", "behaviour_failed"), request_id)
+            await _respond(tracked, 500, wire.error_body(f"behaviour {name!r} failed: {exc!r}",
+                                                         "server_error", "behaviour_failed"), request_id)
             return
-        exchange = Exchange(send, request, model=model, behaviour=name, request_id=request_id,
-                            seq=seq, created=int(time.time()))
+        delivery: Delivery = self.delivery
+        if fault is not None:
+            delivery = FaultRun(FAULTS[fault.name], fault.params, nth, self.delivery)
+        exchange = Exchange(tracked, request, model=model, behaviour=name, request_id=request_id,
+                            seq=seq, created=int(time.time()),
+                            extra_headers=[(FAULT_HEADER, fault.name)] if fault else (),
+                            abort=_connection_aborter(send))
         async with anyio.create_task_group() as tg:
 
             async def watch_disconnect() -> None:
@@ -197,7 +274,7 @@ class SimulatorApp:
                 tg.cancel_scope.cancel()
 
             tg.start_soon(watch_disconnect)
-            await self.delivery.deliver(exchange, reply)
+            await delivery.deliver(exchange, reply)
             tg.cancel_scope.cancel()
 
 
@@ -208,7 +285,7 @@ def create_app(
     max_log: int = 256,
 ) -> SimulatorApp:
     """A simulator app. `scripts` are added to (and override) the default
-    behaviours; `delivery` defaults to a well-formed server."""
+    behaviours; `delivery` defaults to a well-formed server (faults wrap it)."""
     behaviours = default_behaviours()
     if scripts:
         behaviours.update(scripts)

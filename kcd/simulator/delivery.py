@@ -9,14 +9,16 @@ page, a stream cut after N chunks, a stall, a bad chunk. It can reuse
 and `Exchange.seq` (this model's request number) to fail "once, then OK".
 
 If the client disconnects, the app cancels the delivery, so stalls end with
-their connection.
+their connection. `Exchange.abort()` drops the connection itself (a TCP reset),
+before or after the headers. The fault catalogue lives in `faults`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
 
+import anyio
 import msgspec
 
 from kcd.simulator import wire
@@ -25,6 +27,8 @@ from kcd.simulator.behaviours import Reply
 __all__ = ["Delivery", "Exchange", "WellFormed"]
 
 ASGISend = Callable[[dict[str, Any]], Awaitable[None]]
+Abort = Callable[[], None]
+ABORT_SETTLE_S = 5.0  # after an abort, how long to wait for the app to notice the disconnect
 _ENCODER = msgspec.json.Encoder()
 
 
@@ -42,6 +46,8 @@ class Exchange:
         "include_usage",
         "created",
         "started",
+        "extra_headers",
+        "_abort",
     )
 
     def __init__(
@@ -54,6 +60,8 @@ class Exchange:
         request_id: str,
         seq: int,
         created: int,
+        extra_headers: Sequence[tuple[str, str]] = (),
+        abort: Abort | None = None,
     ) -> None:
         self._send = send
         self.request = request
@@ -66,6 +74,8 @@ class Exchange:
         self.include_usage = isinstance(options, dict) and options.get("include_usage") is True
         self.created = created
         self.started = False
+        self.extra_headers = tuple(extra_headers)  # on every response start (e.g. x-kc-sim-fault)
+        self._abort = abort
 
     # shapes --------------------------------------------------------------
 
@@ -73,25 +83,39 @@ class Exchange:
     def completion_id(self) -> str:
         return f"chatcmpl-{self.request_id}"
 
-    def completion(self, reply: Reply) -> dict[str, Any]:
+    def completion(
+        self, reply: Reply, *, usage: bool = True, arguments: list[str] | None = None
+    ) -> dict[str, Any]:
         return wire.completion(
             reply,
             model=self.model,
             completion_id=self.completion_id,
             created=self.created,
             ids=wire.call_ids(self.request, len(reply.tool_calls)),
-            usage=wire.usage_for(self.request, reply),
+            usage=wire.usage_for(self.request, reply) if usage else None,
+            arguments=arguments,
         )
 
-    def chunks(self, reply: Reply) -> list[dict[str, Any]]:
+    def chunks(
+        self, reply: Reply, *, usage: bool | None = None, arguments: list[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """`usage` None: a usage chunk only if the request asked for one."""
         return wire.chunks(
             reply,
             model=self.model,
             completion_id=self.completion_id,
             created=self.created,
             ids=wire.call_ids(self.request, len(reply.tool_calls)),
-            usage=wire.usage_for(self.request, reply) if self.include_usage else None,
+            usage=wire.usage_for(self.request, reply)
+            if (self.include_usage if usage is None else usage)
+            else None,
+            arguments=arguments,
         )
+
+    def chunk_head(self) -> dict[str, Any]:
+        """The fields every chunk of this completion carries."""
+        return {"id": self.completion_id, "object": "chat.completion.chunk",
+                "created": self.created, "model": self.model}
 
     # transport -----------------------------------------------------------
 
@@ -108,7 +132,7 @@ class Exchange:
         ]
         if content_type.startswith("text/event-stream"):
             raw.append((b"cache-control", b"no-cache"))
-        raw.extend((k.lower().encode(), v.encode()) for k, v in headers)
+        raw.extend((k.lower().encode(), v.encode()) for k, v in (*self.extra_headers, *headers))
         self.started = True
         await self._send({"type": "http.response.start", "status": status, "headers": raw})
 
@@ -117,6 +141,20 @@ class Exchange:
 
     async def end(self, data: bytes = b"") -> None:
         await self._send({"type": "http.response.body", "body": data, "more_body": False})
+
+    async def abort(self) -> None:
+        """Drop the connection with a TCP reset (nothing more reaches the client),
+        then wait for the app to see the disconnect and cancel this delivery.
+
+        Without a way to reach the socket (not served by uvicorn) it raises
+        instead: the server then closes the connection, or answers 500 if no
+        headers were sent yet.
+        """
+        if self._abort is None:
+            raise ConnectionAbortedError("simulated connection reset: no transport to abort")
+        self._abort()
+        with anyio.move_on_after(ABORT_SETTLE_S):
+            await anyio.sleep_forever()
 
     async def respond(
         self,

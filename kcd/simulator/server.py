@@ -129,12 +129,18 @@ async def serve_simulator(
 
 
 def run_standalone(port: int, host: str = "127.0.0.1") -> None:
-    """`kcd simulate --port N`: serve in the foreground until SIGINT/SIGTERM."""
+    """`kcd simulate --port N`: serve in the foreground until SIGINT/SIGTERM.
+
+    Port 0 picks a free port; the first stdout line names the URL. Faults are
+    programmed over HTTP on the same port (``/_sim/faults``, see `control`).
+    """
 
     async def main() -> None:
         async with anyio.create_task_group() as tg:
             handle = await tg.start(serve_simulator, host, port)
-            print(f"kcd simulator listening on {handle.base_url}", flush=True)
+            root = handle.base_url.removesuffix("/v1")
+            print(f"kcd simulator listening on {handle.base_url} (fault control: {root}/_sim/faults)",
+                  flush=True)
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for signum in signals:
                     print(f"kcd simulator: {signal.Signals(signum).name}, stopping", file=sys.stderr,

@@ -63,22 +63,27 @@ def completion(
     completion_id: str,
     created: int,
     ids: list[str],
-    usage: dict[str, int],
+    usage: dict[str, int] | None,
+    arguments: list[str] | None = None,
 ) -> dict[str, Any]:
+    """A `chat.completion` object. `usage` None: no usage key (a server that omits it);
+    `arguments`: raw argument strings instead of the encoded ones (faults send broken JSON)."""
     message: dict[str, Any] = {"role": "assistant", "content": reply.content}
     if reply.tool_calls:
         message["tool_calls"] = [
             {"id": i, "type": "function", "function": {"name": c.name, "arguments": a}}
-            for i, c, a in zip(ids, reply.tool_calls, _arguments(reply))
+            for i, c, a in zip(ids, reply.tool_calls, arguments or _arguments(reply))
         ]
-    return {
+    out = {
         "id": completion_id,
         "object": "chat.completion",
         "created": created,
         "model": model,
         "choices": [{"index": 0, "message": message, "finish_reason": reply.finish}],
-        "usage": usage,
     }
+    if usage is not None:
+        out["usage"] = usage
+    return out
 
 
 def _pieces(text: str) -> list[str]:
@@ -93,11 +98,12 @@ def chunks(
     created: int,
     ids: list[str],
     usage: dict[str, int] | None,
+    arguments: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """The chunk objects of a streamed reply, in order (without the [DONE] line).
 
     `usage` set: a final usage chunk with empty choices, as OpenAI sends when
-    `stream_options.include_usage` is requested.
+    `stream_options.include_usage` is requested. `arguments`: as for `completion`.
     """
     head = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model}
 
@@ -107,7 +113,8 @@ def chunks(
     out = [chunk({"role": "assistant", "content": ""})]
     if reply.content:
         out.extend(chunk({"content": piece}) for piece in _pieces(reply.content))
-    for index, (call_id, call, args) in enumerate(zip(ids, reply.tool_calls, _arguments(reply))):
+    calls = zip(ids, reply.tool_calls, arguments or _arguments(reply))
+    for index, (call_id, call, args) in enumerate(calls):
         out.append(chunk({"tool_calls": [{
             "index": index, "id": call_id, "type": "function",
             "function": {"name": call.name, "arguments": ""},

@@ -861,3 +861,141 @@ def test_unreadable_file(tmp_path: Path) -> None:
         load_agent_config(tmp_path / "absent.yaml")
     assert info.value.file == str(tmp_path / "absent.yaml")
     assert info.value.key_path == "$"
+
+
+# -- per-route timeouts, retry settings and capability hints ---------------------
+
+
+def _resilience_doc() -> dict[str, Any]:
+    doc = minimal()
+    doc["providers"] = {
+        "default_model": "openrouter/x-ai/grok-4-fast",
+        "timeouts": {"connect": 5, "ttft": 30, "total": 300},
+        "retry": {"retries_per_route": 1, "backoff_cap_s": 4, "turn_deadline_s": 600},
+        "models": [
+            {
+                "id": "openrouter/x-ai/grok-4-fast",
+                "adapter": "openrouter",
+                "stream": True,
+                "timeouts": {"ttft": 90.5, "idle": 20},
+                "retry": {"retries_per_route": 0, "max_attempts_per_turn": 3, "retry_after_inline_max_s": 0},
+                "native_tools": False,
+            },
+            {"id": "gpt-4o-mini", "adapter": "openai", "native_tools": True},
+        ],
+    }
+    return doc
+
+
+def test_timeouts_for_layers_the_entry_over_the_provider_defaults(tmp_path: Path) -> None:
+    loaded = load_doc(tmp_path, _resilience_doc())
+    assert loaded.warnings == []
+    cfg = loaded.config
+    grok = cfg.timeouts_for("openrouter/x-ai/grok-4-fast")
+    assert grok == {"connect": 5.0, "ttft": 90.5, "idle": 20.0, "total": 300.0}
+    assert all(isinstance(v, float) for v in grok.values())
+    # An entry without a timeouts block, and a route without an entry: the provider-wide map.
+    assert cfg.timeouts_for("openai/gpt-4o-mini") == {"connect": 5.0, "ttft": 30.0, "total": 300.0}
+    assert cfg.timeouts_for("mock/dev") == {"connect": 5.0, "ttft": 30.0, "total": 300.0}
+    assert _cfg(tmp_path).timeouts_for("openai/gpt-4o-mini") == {}
+
+
+def test_retry_for_layers_and_keeps_integer_counts(tmp_path: Path) -> None:
+    cfg = load_doc(tmp_path, _resilience_doc()).config
+    grok = cfg.retry_for("openrouter/x-ai/grok-4-fast")
+    assert grok == {
+        "retries_per_route": 0,
+        "max_attempts_per_turn": 3,
+        "backoff_cap_s": 4.0,
+        "retry_after_inline_max_s": 0.0,
+        "turn_deadline_s": 600.0,
+    }
+    assert isinstance(grok["retries_per_route"], int) and isinstance(grok["max_attempts_per_turn"], int)
+    assert isinstance(grok["backoff_cap_s"], float)
+    assert cfg.retry_for("gpt-4o-mini") == {"retries_per_route": 1, "backoff_cap_s": 4.0, "turn_deadline_s": 600.0}
+    assert _cfg(tmp_path).retry_for("mock/dev") == {}
+
+
+def test_native_tools_for_is_per_entry(tmp_path: Path) -> None:
+    cfg = load_doc(tmp_path, _resilience_doc()).config
+    assert cfg.native_tools_for("openrouter/x-ai/grok-4-fast") is False
+    assert cfg.native_tools_for("openai/gpt-4o-mini") is True
+    assert cfg.native_tools_for("mock/dev") is None  # no entry: the provider default
+    entry = cfg.model_entry("openrouter/x-ai/grok-4-fast")
+    assert entry is not None and (entry.stream, entry.base_url) == (True, None)  # unchanged keys
+    assert _cfg(tmp_path).native_tools_for("openai/gpt-4o-mini") is None
+
+
+def test_resilience_keys_take_null_as_unset_and_warn_on_unknown_keys(tmp_path: Path) -> None:
+    doc = minimal()
+    doc["providers"]["timeouts"] = {"ttft": None, "total": 120, "ttft_s": 5}
+    doc["providers"]["models"][0].update(timeouts=None, retry={"backoff_s": 1, "turn_deadline_s": None},
+                                         native_tools=None)
+    loaded = load_doc(tmp_path, doc)
+    file = tmp_path / "cfg.yaml"
+    assert sorted(loaded.warnings) == [
+        f"{file}: $.providers.models[0].retry.backoff_s: unknown key, ignored",
+        f"{file}: $.providers.timeouts.ttft_s: unknown key, ignored",
+    ]
+    cfg = loaded.config
+    assert cfg.timeouts_for("openai/gpt-4o-mini") == {"total": 120.0}
+    assert cfg.retry_for("openai/gpt-4o-mini") == {}
+    assert cfg.native_tools_for("openai/gpt-4o-mini") is None
+
+
+@pytest.mark.parametrize(
+    ("where", "block", "value", "expected_path", "expected_text"),
+    [
+        ("entry", "timeouts", {"ttft": 0}, "$.providers.models[0].timeouts.ttft", "> 0"),
+        ("entry", "timeouts", {"total": -5}, "$.providers.models[0].timeouts.total", "> 0"),
+        ("provider", "timeouts", {"idle": "soon"}, "$.providers.timeouts.idle", "Expected `float`, got `str`"),
+        ("provider", "timeouts", {"connect": True}, "$.providers.timeouts.connect", "got `bool`"),
+        ("provider", "timeouts", [30], "$.providers.timeouts", "Expected `object`, got `array`"),
+        ("entry", "retry", {"retries_per_route": -1}, "$.providers.models[0].retry.retries_per_route", ">= 0"),
+        ("entry", "retry", {"retries_per_route": 1.5}, "$.providers.models[0].retry.retries_per_route",
+         "Expected `int`"),
+        ("provider", "retry", {"max_attempts_per_turn": 0}, "$.providers.retry.max_attempts_per_turn", ">= 1"),
+        ("entry", "retry", {"backoff_base_s": 0}, "$.providers.models[0].retry.backoff_base_s", "> 0"),
+        ("entry", "retry", {"retry_after_inline_max_s": -1},
+         "$.providers.models[0].retry.retry_after_inline_max_s", ">= 0"),
+        ("provider", "retry", {"turn_deadline_s": 0}, "$.providers.retry.turn_deadline_s", "> 0"),
+        ("provider", "retry", {"all_open_max_wait_s": -2}, "$.providers.retry.all_open_max_wait_s", "> 0"),
+        ("entry", "native_tools", "yes", "$.providers.models[0].native_tools", "Expected `bool`, got `str`"),
+    ],
+)
+def test_resilience_values_are_validated_with_key_paths(
+    tmp_path: Path, where: str, block: str, value: Any, expected_path: str, expected_text: str
+) -> None:
+    doc = minimal()
+    owner = doc["providers"]["models"][0] if where == "entry" else doc["providers"]
+    owner[block] = value
+    err = error_for(tmp_path, doc)
+    assert err.key_path == expected_path
+    assert expected_text in err.message
+    assert "null" not in err.message
+
+
+def test_backoff_base_above_cap_is_an_error_after_layering(tmp_path: Path) -> None:
+    doc = minimal()
+    doc["providers"]["retry"] = {"backoff_base_s": 2, "backoff_cap_s": 1}
+    err = error_for(tmp_path, doc)
+    assert err.key_path == "$.providers.retry.backoff_base_s"
+    assert "larger than backoff_cap_s" in err.message
+    doc = minimal()
+    doc["providers"]["retry"] = {"backoff_cap_s": 4}
+    doc["providers"]["models"][0]["retry"] = {"backoff_base_s": 5}
+    err = error_for(tmp_path, doc)
+    assert err.key_path == "$.providers.models[0].retry.backoff_base_s"
+    assert "(5)" in err.message and "(4)" in err.message
+    # The entry's own cap lifts the provider-wide one; equal values are fine.
+    doc["providers"]["models"][0]["retry"] = {"backoff_base_s": 5, "backoff_cap_s": 5}
+    assert load_doc(tmp_path, doc).config.retry_for("gpt-4o-mini")["backoff_cap_s"] == 5.0
+
+
+def test_resilience_error_in_a_base_names_the_base_file(tmp_path: Path) -> None:
+    base = minimal()
+    base["providers"]["models"][0]["timeouts"] = {"idle": 0}
+    write(tmp_path, "base.yaml", base)
+    err = error_for(tmp_path, {"extends": "base.yaml"}, "child.yaml")
+    assert err.file == str(tmp_path / "base.yaml")
+    assert err.key_path == "$.providers.models[0].timeouts.idle"
