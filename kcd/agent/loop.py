@@ -178,6 +178,7 @@ class AgentRun:
                 if not isinstance(args, dict):
                     raise ValueError("arguments must be a JSON object")
             except (msgspec.DecodeError, ValueError) as exc:
+                self.metrics.invalid_tool_arguments += 1
                 rejected.append(ToolOutcome(
                     call_id=tc.id, name=name, ok=False,
                     output=f'<TOOL_ERROR tool="{name}">arguments are not valid JSON ({exc}); '

@@ -69,7 +69,8 @@ class RunCallObserver:
             retry=rec.kind == "retry", html=bool(details.get("html_detected")),
             error_class=failure.classification if failure else None, ttft_s=a.ttft_s,
             prompt_tokens=usage.prompt_tokens if usage else None,
-            completion_tokens=usage.completion_tokens if usage else None)
+            completion_tokens=usage.completion_tokens if usage else None,
+            stream_as_json=failure is None and a.stream_requested and not a.streamed)
         self.events.emit("llm.attempt", turn=turn, attempt=k, kind=rec.kind, route=route,
                          ok=failure is None, status=a.status_code, content_type=a.content_type,
                          request_id=a.request_id, latency_s=round(a.latency_s, 4), stream=a.streamed,

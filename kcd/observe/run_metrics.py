@@ -37,6 +37,7 @@ class RouteStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     usage_missing: int = 0
+    stream_answered_as_json: int = 0  # asked to stream, got a plain JSON body (accepted)
 
     def snapshot(self) -> dict[str, Any]:
         def r(v: float | None) -> float | None:
@@ -49,6 +50,7 @@ class RouteStats:
             "latency_avg": r(self.latency_sum / max(self.calls, 1)),
             "retries": self.retries, "status_codes": dict(self.status_codes),
             "errors_by_class": dict(self.errors_by_class),
+            "stream_answered_as_json": self.stream_answered_as_json,
             "latency_p50": r(percentile(self.latencies, 50)), "latency_p95": r(percentile(self.latencies, 95)),
             "latency_p99": r(percentile(self.latencies, 99)),
             "first_token_latency_p50": r(percentile(self.ttfts, 50)),
@@ -64,6 +66,7 @@ class RunMetrics:
         self.circuit_skips: list[str] = []
         self.stream_overrides: list[dict[str, str]] = []
         self.tool_overrides: list[dict[str, str]] = []
+        self.invalid_tool_arguments = 0  # native tool calls whose arguments were not JSON
 
     def _route(self, route: str) -> RouteStats:
         stats = self.routes.get(route)
@@ -74,8 +77,9 @@ class RunMetrics:
     def attempt(self, route: str, *, ok: bool, status: int | None, latency_s: float, streamed: bool,
                 retry: bool, html: bool = False, error_class: str | None = None,
                 ttft_s: float | None = None, prompt_tokens: int | None = None,
-                completion_tokens: int | None = None) -> None:
+                completion_tokens: int | None = None, stream_as_json: bool = False) -> None:
         s = self._route(route)
+        s.stream_answered_as_json += stream_as_json
         s.calls += 1
         s.success += ok
         s.stream_calls += streamed
@@ -121,6 +125,7 @@ class RunMetrics:
                 "circuit_skips": len(self.circuit_skips),
                 "stream_overrides": len(self.stream_overrides),
                 "tool_overrides": len(self.tool_overrides),
+                "invalid_tool_arguments": self.invalid_tool_arguments,
             },
             "routes": routes,
             "fallbacks": list(self.fallbacks),

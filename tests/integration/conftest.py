@@ -132,3 +132,13 @@ def kcd(make_kcd) -> Kcd:
 def ray_kcd(make_kcd, ray_cluster: str) -> Kcd:
     """A daemon whose turns run as Ray tasks on the session's Ray instance."""
     return make_kcd("--executor", "ray", "--ray-address", ray_cluster)
+
+
+@pytest.fixture(scope="module")
+def sim():
+    """A standalone simulator process standing in for OpenRouter and OpenAI."""
+    from .resilience_support import Simulator
+
+    simulator = Simulator()
+    yield simulator
+    simulator.close()

@@ -10,18 +10,10 @@ from .resilience_support import (
     GROK,
     OPENAI_MINI,
     OR_MINI,
-    Simulator,
     read_json,
     run_json,
     write_config,
 )
-
-
-@pytest.fixture(scope="module")
-def sim():
-    simulator = Simulator()
-    yield simulator
-    simulator.close()
 
 
 def _env(sim):
@@ -144,3 +136,45 @@ def test_fallback_to_openai(make_kcd, sim, tmp_path):
     assert OR_MINI in metrics["routes"] and OPENAI_MINI in metrics["routes"]
     assert read_json(run_dir / "result.json")["served_route"] == OPENAI_MINI
     assert end["data"]["steps"] == 2
+
+
+def _two_routes_opened(make_kcd, sim, kcd_root, tmp_path, cooldown: float):
+    sim.reset()
+    daemon_cfg = kcd_root / "kcd.yaml"
+    daemon_cfg.write_text(f"breaker:\n  threshold: 1\n  cooldown_s: {cooldown}\n  cap_s: {cooldown * 4}\n"
+                          "  jitter: 0\n")
+    daemon = make_kcd("--executor", "in-process", "--config", str(daemon_cfg), env_extra=_env(sim))
+    cfg = write_config(tmp_path / "cfg.yaml", GROK, [OPENAI_MINI])
+    sim.fault(GROK, "unavailable_persistent")
+    sim.fault(OPENAI_MINI, "unavailable_persistent")
+    end, _ = run_json(daemon, cfg)
+    assert end["data"]["exit_reason"] == "provider_error"
+    with daemon.http() as c:
+        routes = c.get("/v1/routes").json()["routes"]
+    assert routes[GROK]["state"] == routes[OPENAI_MINI]["state"] == "open"
+    sim.reset()
+    return daemon, cfg
+
+
+def test_all_routes_open_waits_for_the_earliest_reopen_and_trials_it(make_kcd, sim, kcd_root, tmp_path):
+    daemon, cfg = _two_routes_opened(make_kcd, sim, kcd_root, tmp_path, cooldown=1.0)
+    end, run_dir = run_json(daemon, cfg)
+    assert end["data"]["completed"], end
+    convo = (run_dir / "conversation/conversation.md").read_text()
+    assert "All routes are open; waiting" in convo
+    with daemon.http() as c:
+        routes = c.get("/v1/routes").json()["routes"]
+    assert routes[read_json(run_dir / "result.json")["served_route"]]["state"] == "closed"
+
+
+def test_all_routes_open_far_away_is_an_honest_typed_error(make_kcd, sim, kcd_root, tmp_path):
+    daemon, cfg = _two_routes_opened(make_kcd, sim, kcd_root, tmp_path, cooldown=300.0)
+    before = len(sim.requests())
+    end, run_dir = run_json(daemon, cfg)
+    assert end["data"]["exit_reason"] == "provider_error"
+    assert len(sim.requests()) == before  # nothing was sent to the open routes
+    result = read_json(run_dir / "result.json")
+    assert result["error_type"] == "all_routes_open"
+    for route in (GROK, OPENAI_MINI):
+        assert route in result["error"]
+    assert "reopens in" in result["error"]

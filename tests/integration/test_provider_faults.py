@@ -17,19 +17,11 @@ from .resilience_support import (
     GROK,
     OPENAI_MINI,
     OR_MINI,
-    Simulator,
     free_port,
     read_json,
     run_json,
     write_config,
 )
-
-
-@pytest.fixture(scope="module")
-def sim():
-    simulator = Simulator()
-    yield simulator
-    simulator.close()
 
 
 @pytest.fixture
