@@ -98,6 +98,23 @@ class Client:
         self._raise_for(resp)
         return msgspec.json.decode(resp.content) if resp.content else None
 
+    def call_raw(self, method: str, path: str, fileobj, content_type: str) -> Any:
+        """Send a file object as the body (streamed), decode the JSON answer."""
+        resp = self._send(method, path, content=_chunks(fileobj), headers={"content-type": content_type},
+                          timeout=httpx.Timeout(600.0, connect=5.0))
+        self._raise_for(resp)
+        return msgspec.json.decode(resp.content)
+
+    def stream_bytes(self, path: str) -> Iterator[bytes]:
+        try:
+            with self._http.stream("GET", path, timeout=httpx.Timeout(600.0, connect=5.0)) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    self._raise_for(resp)
+                yield from resp.iter_bytes()
+        except (httpx.ConnectError, FileNotFoundError, PermissionError) as exc:
+            raise DaemonUnreachable(_advice(self.socket_path, exc)) from None
+
     def stream_lines(self, path: str, params: dict | None = None) -> Iterator[bytes]:
         try:
             with self._http.stream("GET", path, params=params, timeout=httpx.Timeout(None, connect=5.0)) as resp:
@@ -121,6 +138,11 @@ class Client:
                               f"kcd {info.get('daemon')} is too old (API {info.get('api')}); this kcctl "
                               f"needs API {API_VERSION}: restart the daemon from this installation")
         return info
+
+
+def _chunks(fileobj, size: int = 1 << 20) -> Iterator[bytes]:
+    while chunk := fileobj.read(size):
+        yield chunk
 
 
 def _answers(path: Path) -> bool:

@@ -29,6 +29,7 @@ from kcd.sdnotify import activated_sockets, notify
 from kcd.server.app import ControlAPI
 from kcd.server.listener import bind_unix_socket, make_server
 from kcd.state import StateStore
+from kcd.workspaces import UploadStore
 
 log = logging.getLogger("kcd")
 
@@ -132,9 +133,11 @@ class Daemon:
                 self._tg = tg
                 tg.start_soon(self._signals)
                 await self.executor.start(tg)  # Ray connects in the background
+                self.uploads = UploadStore(cfg.state_dir / "uploads",
+                                           max_workspace_bytes=cfg.max_workspace_bytes)
                 self.runs = RunManager(
-                    runs_root=cfg.runs_root, store=self.store, task_group=tg,
-                    heartbeat_s=cfg.heartbeat_s,
+                    runs_root=cfg.runs_root, store=self.store, task_group=tg, uploads=self.uploads,
+                    heartbeat_s=cfg.heartbeat_s, max_workspace_bytes=cfg.max_workspace_bytes,
                     services=RunServices(gateway=gateway, executor=self.executor))
                 server = make_server(ControlAPI(self).asgi(), log_level="warning")
                 server_done = anyio.Event()

@@ -21,13 +21,22 @@ import msgspec
 
 from kcd import __version__
 from kcd.agent.loop import AgentRun, RunResult, RunServices, RunSpec
-from kcd.agent.workspace import prepare_workspace, workspace_diff
-from kcd.api.types import TERMINAL_STATUSES, PeerInfo, RunInfo, RunRequest
+from kcd.api.types import TERMINAL_STATUSES, PeerInfo, RunChanges, RunInfo, RunRequest
 from kcd.config.agent import ConfigError, LoadedConfig, load_agent_config_text
 from kcd.observe.eventlog import EventLog, read_event_lines, utc_now
 from kcd.observe.rundir import RunDir, create_run_dir, new_run_id
 from kcd.observe.run_metrics import RunMetrics
 from kcd.state import StateStore
+from kcd.workspaces import (
+    SEED_ARCHIVE,
+    SEED_MANIFEST,
+    UploadError,
+    UploadStore,
+    compute_changes,
+    diff_against_seed,
+    seed_from_archive,
+    seed_from_directory,
+)
 
 
 class RunRejected(Exception):
@@ -56,8 +65,11 @@ def load_config_for_request(config_text: str, config_path: str | None) -> Loaded
 
 class RunManager:
     def __init__(self, *, runs_root: Path, store: StateStore, services: RunServices,
-                 task_group: anyio.abc.TaskGroup, heartbeat_s: float = 15.0):
+                 task_group: anyio.abc.TaskGroup, uploads: UploadStore, heartbeat_s: float = 15.0,
+                 max_workspace_bytes: int = 1 << 30):
         self.runs_root = runs_root
+        self.uploads = uploads
+        self.max_workspace_bytes = max_workspace_bytes
         self.store = store
         self.services = services
         self._tg = task_group
@@ -78,9 +90,17 @@ class RunManager:
             raise RunRejected("invalid_request", "task is empty")
         if req.max_steps is not None and req.max_steps < 1:
             raise RunRejected("invalid_request", "max_steps must be at least 1")
+        if req.workspace and req.workspace_upload:
+            raise RunRejected("invalid_request", "give workspace or workspace_upload, not both")
         seed = Path(req.workspace) if req.workspace else None
         if seed is not None and not seed.is_dir():
             raise RunRejected("invalid_request", f"workspace {req.workspace} is not a directory")
+        upload = None
+        if req.workspace_upload:
+            try:
+                upload = self.uploads.take(req.workspace_upload)
+            except UploadError as exc:
+                raise RunRejected("invalid_request", str(exc)) from None
         # Loading reads files (extends, packs): keep it off the event loop.
         loaded = await anyio.to_thread.run_sync(load_config_for_request, req.config_text, req.config_path)
         cfg = loaded.config
@@ -97,6 +117,8 @@ class RunManager:
                        task=req.task[:200], peer_uid=peer.uid if peer else None,
                        peer_pid=peer.pid if peer else None, warnings=list(loaded.warnings))
         self.store.save_run(info)
+        if upload is not None:  # the upload becomes the run's seed snapshot
+            os.replace(upload, run_dir / SEED_ARCHIVE)
         RunDir(run_dir).write_json_sync("conversation/index.json", {
             "run_id": run_id, "run_dir": run_dir.name, "created_utc": info.created_at, "session_id": run_id})
         events = EventLog(run_id, run_dir / "meta" / "events.jsonl")
@@ -118,7 +140,7 @@ class RunManager:
         result: RunResult
         with active.scope:
             try:
-                await anyio.to_thread.run_sync(prepare_workspace, spec.workspace, seed)
+                await self._seed(rundir, spec, seed)
                 agent = AgentRun(spec, self.services, rundir, active.events)
                 if self.services.executor.state != "ready":
                     active.events.emit("executor.wait", mode=self.services.executor.mode,
@@ -140,6 +162,15 @@ class RunManager:
         with anyio.CancelScope(shield=True):
             await self._finalise(active, spec, seed, rundir, result, agent, peer, time.monotonic() - started)
 
+    async def _seed(self, rundir: RunDir, spec: RunSpec, seed: Path | None) -> None:
+        archive = rundir.path / SEED_ARCHIVE
+        if archive.is_file():
+            manifest = await anyio.to_thread.run_sync(seed_from_archive, archive, spec.workspace,
+                                                      self.max_workspace_bytes)
+        else:
+            manifest = await anyio.to_thread.run_sync(seed_from_directory, seed, spec.workspace)
+        await rundir.write_json(SEED_MANIFEST, manifest)
+
     async def _finalise(self, active: ActiveRun, spec: RunSpec, seed: Path | None, rundir: RunDir,
                         result: RunResult, agent: AgentRun | None, peer: PeerInfo | None,
                         elapsed: float) -> None:
@@ -147,7 +178,8 @@ class RunManager:
         status = ("completed" if result.completed else
                   "cancelled" if result.exit_reason == "cancelled" else "failed")
         try:
-            diff = await anyio.to_thread.run_sync(workspace_diff, seed, spec.workspace)
+            diff = await anyio.to_thread.run_sync(diff_against_seed, rundir.path, seed, spec.workspace,
+                                                  self.max_workspace_bytes)
             await rundir.write_text("workspace.diff", diff)
         except Exception as exc:  # a diff failure must not lose the result
             active.events.emit("warning", message=f"workspace.diff not written: {exc}")
@@ -214,6 +246,21 @@ class RunManager:
             for line in lines:
                 yield line
         return replay()
+
+    async def changes(self, run_id: str) -> RunChanges | None:
+        """What the run changed relative to its seed (for `kcctl run --apply`)."""
+        info = self.get(run_id)
+        if info is None:
+            return None
+        if info.status not in TERMINAL_STATUSES:
+            raise RunRejected("run_active", f"run {run_id} has not ended yet")
+        run_dir = Path(info.run_dir)
+        manifest_path = run_dir / SEED_MANIFEST
+        manifest = msgspec.json.decode(manifest_path.read_bytes()) if manifest_path.exists() else {}
+        changes = await anyio.to_thread.run_sync(compute_changes, manifest, run_dir / "workspace")
+        diff_path = run_dir / "workspace.diff"
+        return RunChanges(run_id=run_id, changes=changes,
+                          diff=diff_path.read_text(errors="replace") if diff_path.exists() else "")
 
     async def shutdown(self, grace: float = 30.0) -> None:
         """Stop accepting, cancel every run, and wait for their finalisation."""

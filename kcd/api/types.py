@@ -67,6 +67,7 @@ class RunRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     config_path: str | None = None  # where the text came from, for `extends` and pack files
     task: str
     workspace: str | None = None  # directory on the daemon host to seed the run's workspace
+    workspace_upload: str | None = None  # an upload id from POST /v1/workspaces (kcctl's way)
     max_steps: int | None = None
     stream: bool | None = None  # override the route's streaming setting
 
@@ -119,3 +120,24 @@ class Event(msgspec.Struct):
 
 class RouteRef(msgspec.Struct, forbid_unknown_fields=True):
     route: str
+
+
+class UploadInfo(msgspec.Struct):
+    upload_id: str
+    size: int
+    members: int
+
+
+class FileChange(msgspec.Struct, omit_defaults=True):
+    path: str
+    action: Literal["added", "modified", "deleted"]
+    sha256_before: str | None = None
+    sha256_after: str | None = None
+    content_b64: str | None = None  # the new content (added/modified)
+    mode: int | None = None
+
+
+class RunChanges(msgspec.Struct):
+    run_id: str
+    changes: list[FileChange]
+    diff: str

@@ -59,6 +59,8 @@ class DaemonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     state_dir: Path | None = None
     runs_root: Path | None = None
     max_body_bytes: int = 32 * 1024 * 1024
+    max_upload_bytes: int = 256 * 1024 * 1024  # compressed workspace uploads
+    max_workspace_bytes: int = 1024 * 1024 * 1024  # unpacked size of an upload
     executor: Literal["ray", "in-process"] = "ray"
     ray_address: str | None = None  # None: start a local Ray instance
     ray_num_cpus: int | None = None

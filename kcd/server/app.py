@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
@@ -19,6 +20,7 @@ from kcd.api.types import (
     RunList,
     RouteRef,
     RunRequest,
+    UploadInfo,
     VersionInfo,
 )
 from kcd.config.agent import ConfigError, load_agent_config_text
@@ -56,6 +58,9 @@ class ControlAPI:
         r.add("POST", "/v1/runs/{run_id}/cancel", self.cancel_run)
         r.add("GET", "/v1/runs/{run_id}/events", self.run_events)
         r.add("POST", "/v1/config/check", self.check_config)
+        r.add("POST", "/v1/workspaces", self.upload_workspace)
+        r.add("GET", "/v1/runs/{run_id}/changes", self.run_changes)
+        r.add("GET", "/v1/runs/{run_id}/workspace", self.run_workspace)
         r.add("GET", "/v1/routes", self.routes)
         r.add("POST", "/v1/routes/reset", self.reset_route)
         r.add("POST", "/v1/shutdown", self.shutdown)
@@ -116,6 +121,48 @@ class ControlAPI:
             raise HTTPError(404, "run_not_found", f"no run with id {run_id!r}")
         return StreamResponse(_detaching(stream), content_type="application/x-ndjson",
                               headers={"cache-control": "no-store"})
+
+    async def upload_workspace(self, req: Request) -> Response:
+        """A gzip'd tar of the caller's workspace; checked member by member."""
+        from kcd.workspaces import UploadError
+
+        uploads = self.daemon.uploads
+        upload_id, path = uploads.new_path()
+        try:
+            with open(path, "wb") as fh:
+                size = await req.save_to(fh, self.daemon.config.max_upload_bytes)
+            members = await anyio.to_thread.run_sync(uploads.check, path)
+        except UploadError as exc:
+            raise HTTPError(400, "unsafe_archive", str(exc)) from None
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return json_response(UploadInfo(upload_id=upload_id, size=size, members=members), status=201)
+
+    async def run_changes(self, req: Request) -> Response:
+        from kcd.runs import RunRejected
+
+        run_id = req.path_params["run_id"]
+        try:
+            changes = await self.daemon.runs.changes(run_id)
+        except RunRejected as exc:
+            raise HTTPError(409, exc.code, exc.message) from None
+        if changes is None:
+            raise HTTPError(404, "run_not_found", f"no run with id {run_id!r}")
+        return json_response(changes)
+
+    async def run_workspace(self, req: Request) -> Response:
+        """The run's final workspace as a gzip'd tar."""
+        from kcd.api.archive import pack_all
+
+        info = self._run_or_404(req.path_params["run_id"])
+        workspace = Path(info.run_dir) / "workspace"
+        if not workspace.is_dir():
+            raise HTTPError(404, "workspace_not_found", f"run {info.id} has no workspace directory")
+        packed = await anyio.to_thread.run_sync(pack_all, workspace)
+        body = packed.file.read()
+        packed.file.close()
+        return Response(body, content_type="application/gzip")
 
     async def check_config(self, req: Request) -> Response:
         body = await req.json(ConfigCheckRequest)

@@ -89,6 +89,24 @@ class Request:
             self._body = b"".join(chunks)
         return self._body
 
+    async def save_to(self, fh: Any, limit: int) -> int:
+        """Stream the body into a binary file object, enforcing `limit`; returns its size."""
+        declared = self.header("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise BodyTooLarge(limit)
+        size = 0
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise HTTPError(400, "incomplete_body", "the client disconnected during the upload")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(limit)
+            fh.write(chunk)
+            if not message.get("more_body"):
+                return size
+
     async def json(self, type_: Any) -> Any:
         raw = await self.body()
         if not raw:
