@@ -22,6 +22,9 @@ from kcd import __version__
 from kcd.agent.loop import RunServices
 from kcd.config.daemon import DaemonConfig
 from kcd.execution.base import Executor
+from kcd.observe.prometheus import DaemonMetrics
+from kcd.observe.redact import Redactor
+from kcd.observe.telemetry import TelemetrySink, circuit_event, default_central_path
 from kcd.providers.breaker import BreakerBoard, BreakerConfig, Transition
 from kcd.providers.gateway import ProviderGateway
 from kcd.runs import RunManager
@@ -32,6 +35,27 @@ from kcd.state import StateStore
 from kcd.workspaces import UploadStore
 
 log = logging.getLogger("kcd")
+
+
+class RedactingFilter(logging.Filter):
+    """Every log record leaves with secrets scrubbed (message and traceback)."""
+
+    def __init__(self, redactor: Redactor):
+        super().__init__()
+        self.redactor = redactor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = self.redactor.text(record.getMessage())
+        record.args = None
+        if record.exc_info:
+            record.exc_text = self.redactor.text(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        return True
+
+
+def install_log_redaction(redactor: Redactor) -> None:
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter(redactor))
 
 
 def make_executor(config: DaemonConfig) -> Executor:
@@ -54,6 +78,11 @@ class Daemon:
         self._sim_lock = anyio.Lock()
         self._sim_url: str | None = None
         self._tg: anyio.abc.TaskGroup | None = None
+        self.redactor = Redactor.from_env(env)
+        self.metrics = DaemonMetrics()
+        self.telemetry = TelemetrySink(
+            default_central_path(env, config.mode, config.state_dir or Path(".")),
+            redact=self.redactor.bytes)
         self.executor: Executor = make_executor(config)
         self.store: StateStore | None = None
         self.breakers: BreakerBoard | None = None
@@ -93,6 +122,8 @@ class Daemon:
         return board
 
     def _on_transition(self, t: Transition) -> None:
+        self.telemetry.emit(circuit_event(t))
+        self.metrics.breaker_transition(t.route, t.from_state, t.to_state)
         log.info("breaker %s: %s -> %s (%s)%s", t.route, t.from_state, t.to_state, t.reason,
                  f"; last error: {t.last_error}" if t.last_error else "")
 
@@ -100,7 +131,10 @@ class Daemon:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
-                    continue  # reopen logs: telemetry sink arrives with observability
+                    notify("RELOADING=1")
+                    self.telemetry.reopen()  # logrotate `create`: write to the new file
+                    notify("READY=1")
+                    continue
                 self.request_stop(signal.Signals(signum).name)
 
     async def _idle_watch(self, server, idle_exit_s: float) -> None:
@@ -118,6 +152,7 @@ class Daemon:
 
     async def run(self) -> None:
         cfg = self.config
+        install_log_redaction(self.redactor)
         assert cfg.state_dir and cfg.runs_root and cfg.socket
         self.store = StateStore(cfg.state_dir / "state.db")
         interrupted = self.store.mark_interrupted()
@@ -127,18 +162,25 @@ class Daemon:
         sock = sockets[0] if sockets else bind_unix_socket(cfg.socket, cfg.socket_mode)
         owns_socket_file = not sockets
         self.breakers = self._make_breakers()
-        gateway = ProviderGateway(self.env, breakers=self.breakers, simulator_url=self.simulator_url)
+        gateway = ProviderGateway(self.env, breakers=self.breakers, simulator_url=self.simulator_url,
+                                  redactor=self.redactor)
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 tg.start_soon(self._signals)
+                await tg.start(self.telemetry.run)
+                for route in self.breakers.routes():
+                    self.metrics.set_route_state(route, self.breakers.state(route))
                 await self.executor.start(tg)  # Ray connects in the background
                 self.uploads = UploadStore(cfg.state_dir / "uploads",
                                            max_workspace_bytes=cfg.max_workspace_bytes)
                 self.runs = RunManager(
                     runs_root=cfg.runs_root, store=self.store, task_group=tg, uploads=self.uploads,
                     heartbeat_s=cfg.heartbeat_s, max_workspace_bytes=cfg.max_workspace_bytes,
-                    services=RunServices(gateway=gateway, executor=self.executor))
+                    redactor=self.redactor,
+                    services=RunServices(gateway=gateway, executor=self.executor,
+                                         tool_isolation=cfg.tool_isolation,
+                                         telemetry=self.telemetry, metrics=self.metrics))
                 server = make_server(ControlAPI(self).asgi(), log_level="warning")
                 server_done = anyio.Event()
 
@@ -166,6 +208,7 @@ class Daemon:
         finally:
             with anyio.CancelScope(shield=True):
                 self.breakers.flush()  # failure windows and decay clocks persist too
+                await self.telemetry.aclose()
                 await gateway.aclose()
                 await self.executor.aclose()
             self.store.close()

@@ -25,7 +25,9 @@ from kcd.api.types import TERMINAL_STATUSES, PeerInfo, RunChanges, RunInfo, RunR
 from kcd.config.agent import ConfigError, LoadedConfig, load_agent_config_text
 from kcd.observe.eventlog import EventLog, read_event_lines, utc_now
 from kcd.observe.rundir import RunDir, create_run_dir, new_run_id
+from kcd.observe.redact import Redactor
 from kcd.observe.run_metrics import RunMetrics
+from kcd.observe.telemetry import RunEnd, RunStart, provider_metrics_event
 from kcd.state import StateStore
 from kcd.workspaces import (
     SEED_ARCHIVE,
@@ -66,8 +68,9 @@ def load_config_for_request(config_text: str, config_path: str | None) -> Loaded
 class RunManager:
     def __init__(self, *, runs_root: Path, store: StateStore, services: RunServices,
                  task_group: anyio.abc.TaskGroup, uploads: UploadStore, heartbeat_s: float = 15.0,
-                 max_workspace_bytes: int = 1 << 30):
+                 max_workspace_bytes: int = 1 << 30, redactor: Redactor | None = None):
         self.runs_root = runs_root
+        self.redactor = redactor or Redactor()
         self.uploads = uploads
         self.max_workspace_bytes = max_workspace_bytes
         self.store = store
@@ -119,22 +122,29 @@ class RunManager:
         self.store.save_run(info)
         if upload is not None:  # the upload becomes the run's seed snapshot
             os.replace(upload, run_dir / SEED_ARCHIVE)
-        RunDir(run_dir).write_json_sync("conversation/index.json", {
+        RunDir(run_dir, self.redactor.bytes).write_json_sync("conversation/index.json", {
             "run_id": run_id, "run_dir": run_dir.name, "created_utc": info.created_at, "session_id": run_id})
-        events = EventLog(run_id, run_dir / "meta" / "events.jsonl")
+        events = EventLog(run_id, run_dir / "meta" / "events.jsonl", self.redactor.bytes)
         active = ActiveRun(info=info, events=events)
         self._active[run_id] = active
         for warning in loaded.warnings:
             events.emit("warning", message=warning)
         spec = RunSpec(run_id=run_id, loaded=loaded, task=req.task, workspace=run_dir / "workspace",
-                       max_steps=max_steps, stream=stream)
+                       max_steps=max_steps, stream=stream, peer_uid=peer.uid if peer else None)
+        if self.services.telemetry is not None:
+            chain = [route.id] + [f for f in cfg.routing_for(route.id).fallback_models]
+            self.services.telemetry.emit(RunStart(
+                run_id=run_id, route=route.id, peer_uid=spec.peer_uid, config_digest=loaded.digest,
+                route_chain=chain, executor=self.services.executor.mode, config=req.config_path), run_dir)
+        if self.services.metrics is not None:
+            self.services.metrics.run_started()
         self._tg.start_soon(self._run, active, spec, seed, peer, name=f"run-{run_id}")
         return info
 
     # ---- running ----------------------------------------------------------------
 
     async def _run(self, active: ActiveRun, spec: RunSpec, seed: Path | None, peer: PeerInfo | None) -> None:
-        rundir = RunDir(Path(active.info.run_dir))
+        rundir = RunDir(Path(active.info.run_dir), self.redactor.bytes)
         agent: AgentRun | None = None
         started = time.monotonic()
         result: RunResult
@@ -207,15 +217,30 @@ class RunManager:
             "warnings": info.warnings, "resolved_config": spec.loaded.merged})
         final = msgspec.structs.replace(
             info, status=status, ended_at=ended, exit_reason=result.exit_reason,
-            completed=result.completed, steps=result.steps, error=result.error)
+            completed=result.completed, steps=result.steps,
+            error=self.redactor.text(result.error) if result.error else None)
         active.info = final
         self.store.save_run(final)
+        self._telemetry_end(info, spec, metrics, result, elapsed)
         active.events.emit("run.end", status=status, exit_reason=result.exit_reason,
                            completed=result.completed, steps=result.steps, run_dir=info.run_dir,
                            error=result.error, duration_s=round(elapsed, 3))
         active.events.close()
         self._active.pop(info.id, None)
         active.done.set()
+
+    def _telemetry_end(self, info: RunInfo, spec: RunSpec, metrics: dict, result: RunResult,
+                       elapsed: float) -> None:
+        """The run's last telemetry: provider_metrics in the original's shape, then run.end."""
+        sink, live, run_dir = self.services.telemetry, self.services.metrics, Path(info.run_dir)
+        if sink is not None:
+            sink.emit(provider_metrics_event(metrics, run_id=info.id, route_id=info.route), run_dir)
+            sink.emit(RunEnd(run_id=info.id, route=info.route, peer_uid=spec.peer_uid,
+                             exit_reason=result.exit_reason, completed=result.completed, steps=result.steps,
+                             duration_s=round(elapsed, 3)), run_dir)
+            sink.close_run(run_dir)
+        if live is not None:
+            live.run_ended(result.exit_reason, elapsed)
 
     # ---- queries and control ----------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""StateStore: the daemon's SQLite database (runs index, route breakers; later probes).
+"""StateStore: the daemon's SQLite database (runs index, route breakers, capability probes).
 
 Calls are synchronous: each is a single indexed statement in WAL mode
 (tens of microseconds), cheaper than a thread hop, and only the daemon's
@@ -27,6 +27,11 @@ CREATE TABLE IF NOT EXISTS breakers (
     route TEXT PRIMARY KEY,
     data BLOB NOT NULL,
     updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS probes (
+    route TEXT PRIMARY KEY,
+    data BLOB NOT NULL,
+    checked_at REAL NOT NULL
 );
 """
 
@@ -83,3 +88,16 @@ class StateStore:
 
     def load_breakers(self) -> dict[str, bytes]:
         return {route: bytes(data) for route, data in self._db.execute("SELECT route, data FROM breakers")}
+
+    # Capability probes (kcd.providers.probes.ProbeManager): one JSON record per
+    # route, replaced by each new probe run and loaded at daemon start.
+
+    def save_probe(self, route: str, data: bytes, checked_at: float) -> None:
+        self._db.execute(
+            "INSERT INTO probes(route, data, checked_at) VALUES(?,?,?) "
+            "ON CONFLICT(route) DO UPDATE SET data=excluded.data, checked_at=excluded.checked_at",
+            (route, data, checked_at),
+        )
+
+    def load_probes(self) -> dict[str, bytes]:
+        return {route: bytes(data) for route, data in self._db.execute("SELECT route, data FROM probes")}

@@ -10,6 +10,24 @@ from typing import Any, Literal
 
 import msgspec
 
+# Reference 2.3 `concurrency.nonblocking_tools` default; kept equal to
+# kcd.config.agent_schema.DEFAULT_NONBLOCKING_TOOLS (a test checks), but defined
+# here so this module, which Ray workers import, does not pull in the config code.
+DEFAULT_NONBLOCKING_TOOLS: tuple[str, ...] = (
+    "apply_unified_patch",
+    "apply_search_replace",
+    "create_file_from_block",
+    "read",
+    "read_file",
+    "glob",
+    "grep",
+    "list",
+    "list_dir",
+    "patch",
+)
+
+Isolation = Literal["none", "bwrap", "unshare"]
+
 
 class ToolInvocation(msgspec.Struct, omit_defaults=True):
     call_id: str  # native: the provider's tool_call id; text: "text_<turn>_<i>"
@@ -28,9 +46,43 @@ class ToolOutcome(msgspec.Struct, omit_defaults=True):
     elapsed_s: float = 0.0
 
 
+class GroupRule(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A `concurrency.groups[]` entry: calls of `match_tools` share `max_parallel` slots.
+
+    `match_tools` entries are tool names or fnmatch patterns ("*" = every tool). A
+    matching group with max_parallel <= 1, or `barrier_after` naming a tool of the
+    reply, makes the whole reply run sequentially (reference 4.3).
+    """
+
+    name: str
+    match_tools: tuple[str, ...] = ()
+    max_parallel: int = 1
+    barrier_after: str | None = None
+
+
+class ToolLimit(msgspec.Struct, frozen=True, omit_defaults=True):
+    """`execution.max_per_turn` of a tool definition: more calls in one reply are refused."""
+
+    name: str
+    max_per_turn: int
+
+
 class ToolSettings(msgspec.Struct, frozen=True, omit_defaults=True):
-    """Limits applied when executing a turn's calls."""
+    """Limits and policy applied when executing a turn's calls."""
 
     shell_timeout_s: float = 30.0
     output_limit_bytes: int = 64 * 1024
     read_limit_lines: int = 2000
+    # -- per-reply policy (reference 4.3); the loop fills these from `concurrency` and the defs
+    nonblocking_tools: tuple[str, ...] = DEFAULT_NONBLOCKING_TOOLS
+    groups: tuple[GroupRule, ...] = ()
+    at_most_one_of: tuple[str, ...] = ()
+    max_per_turn: tuple[ToolLimit, ...] = ()  # added to the built-in limits (one shell, one completion)
+    max_parallel_calls: int = 8  # worker threads for one reply's parallel reads
+    # -- glob / grep / list
+    search_max_results: int = 200
+    # -- shell sandbox (see kcd.agent.tools.sandbox)
+    isolation: Isolation = "none"
+    isolation_network: bool = False  # with bwrap/unshare: keep the host network (default: none)
+    file_size_limit_bytes: int = 256 * 1024 * 1024  # RLIMIT_FSIZE for shell commands; 0 = none
+    memory_limit_bytes: int = 0  # RLIMIT_AS for shell commands; 0 = none (breaks JVMs, Go, ASan)

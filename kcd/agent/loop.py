@@ -16,17 +16,18 @@ from typing import Any
 import msgspec
 
 from kcd.agent import prompts, routing
-from kcd.agent.calls import ToolInvocation, ToolOutcome, ToolSettings
-from kcd.agent.dialects import parse_text_calls, render_text_catalogue
+from kcd.agent.calls import ToolInvocation, ToolOutcome
 from kcd.agent.provider_log import RunCallObserver
-from kcd.agent.tools import TOOL_SPECS, tool_schemas
+from kcd.agent.toolset import build_toolset
 from kcd.config.agent import LoadedConfig
 from kcd.execution.base import Executor
 from kcd.observe import conversation as conv
 from kcd.observe.conversation import Conversation
 from kcd.observe.eventlog import EventLog
+from kcd.observe.prometheus import DaemonMetrics
 from kcd.observe.rundir import RunDir
 from kcd.observe.run_metrics import RunMetrics
+from kcd.observe.telemetry import TelemetrySink
 from kcd.providers.errors import ProviderFailure
 from kcd.providers.gateway import ProviderGateway
 from kcd.providers.types import ChatMessage, ChatResponse
@@ -59,12 +60,16 @@ class RunSpec:
     workspace: Path
     max_steps: int
     stream: bool
+    peer_uid: int | None = None
 
 
 @dataclass
 class RunServices:
     gateway: ProviderGateway
     executor: Executor
+    tool_isolation: str = "none"  # "none" | "bwrap" | "unshare" for shell tools
+    telemetry: TelemetrySink | None = None  # the daemon's single telemetry writer
+    metrics: DaemonMetrics | None = None  # daemon-wide live metrics (/v1/metrics)
 
 
 def _excerpt(text: str | None, limit: int = EXCERPT) -> str:
@@ -88,12 +93,17 @@ class AgentRun:
         self.conversation = Conversation(rundir)
         self.cfg = spec.loaded.config
         self.route = self.cfg.default_route()
-        self.tool_settings = ToolSettings(shell_timeout_s=float(self.cfg.tool_timeout))
+        self.features = dict(self.cfg.features)
+        self.mode = self.cfg.active_mode(self.features)
+        self.plan_turns = 0
+        self.toolset = build_toolset(spec.loaded, isolation=services.tool_isolation, mode=self.mode)
         self.chain = routing.build_chain(self.cfg, self.route, primary_stream=spec.stream)
         self.policy = routing.retry_policy(self.cfg, self.route)
         self.stream_off: set[str] = set()  # routes whose stream broke during this run
         self.metrics = RunMetrics()
-        self.observer = RunCallObserver(rundir, events, self.conversation, self.metrics, lambda: self.steps)
+        self.observer = RunCallObserver(rundir, events, self.conversation, self.metrics, lambda: self.steps,
+                                        telemetry=services.telemetry, live=services.metrics,
+                                        run_id=spec.run_id, peer_uid=spec.peer_uid)
         self.served_route: str | None = None
         self.steps = 0
         self.messages: list[ChatMessage] = []
@@ -101,22 +111,19 @@ class AgentRun:
 
     # ---- set-up -------------------------------------------------------------
 
-    def _tools(self) -> list[str]:
-        return self.cfg.select_tools(list(TOOL_SPECS))
-
     def _pack_texts(self) -> list[str]:
         refs = list(getattr(getattr(self.cfg.prompts, "injection", None), "system_order", None) or [])
         return [self.spec.loaded.pack_text(ref) for ref in refs]
 
     async def _setup(self) -> tuple[list[str], bool, str | None]:
-        tools = self._tools()
+        tools = self.toolset.names
         native, override = routing.tool_mode(self.cfg, self.route)
         mode = self.cfg.prompts.tool_prompt_mode
         if native:
             # With native tools the catalogue travels as schemas, not prompt text.
             catalogue = None
         else:
-            catalogue = render_text_catalogue(tools)
+            catalogue = self.toolset.catalogue()
         system = prompts.system_prompt(self._pack_texts(), catalogue, mode)
         per_turn = prompts.per_turn_catalogue(catalogue, mode)
         self.messages = [ChatMessage(role="system", content=system),
@@ -127,13 +134,13 @@ class AgentRun:
             self.metrics.tool_override(self.route.id, override)
             await self.observer.marker("tool-policy", f"Disabled native tool usage for route "
                                                       f"'{self.route.id}' ({override}); tools are offered "
-                                                      "in the prompt and parsed from <TOOL_CALL> blocks.")
+                                                      "in the prompt and parsed from the reply's text.")
         await self.conversation.section(conv.SYSTEM, system)
         await self.conversation.section(conv.USER, self.spec.task)
         if native:
             await self.conversation.section(conv.TOOLS_NATIVE, "\n".join(f"- {t}" for t in tools))
-        for unknown in self.cfg.unknown_tools(list(TOOL_SPECS)):
-            self.events.emit("warning", message=f"tool {unknown!r} is not implemented by kcd; ignored")
+        for warning in self.toolset.warnings:
+            self.events.emit("warning", message=warning)
         return tools, native, per_turn
 
     # ---- one turn -----------------------------------------------------------
@@ -153,7 +160,7 @@ class AgentRun:
     async def _call_model(self, tools: list[str], native: bool, per_turn: str | None) -> ChatResponse:
         turn = self.steps
         messages = self._outgoing(per_turn)
-        schemas = tool_schemas(tools) if native else []
+        schemas = self.toolset.schemas() if native else []
         await self.rundir.write_json(f"raw/requests/turn_{turn}.request.json", {
             "model": self.route.id, "messages": messages, "tools": schemas or None,
             "stream": self.chain[0].stream and self.route.id not in self.stream_off,
@@ -172,7 +179,7 @@ class AgentRun:
     def _native_invocations(self, response: ChatResponse) -> tuple[list[ToolInvocation], list[ToolOutcome]]:
         calls, rejected = [], []
         for tc in response.tool_calls:
-            name = self.cfg.canonical_tool_name(tc.name)
+            name = self.toolset.canonical(tc.name)
             try:
                 args = msgspec.json.decode(tc.arguments or "{}")
                 if not isinstance(args, dict):
@@ -204,12 +211,14 @@ class AgentRun:
                              args=_excerpt(msgspec.json.encode(call.args).decode(), 200))
         if runnable:
             outcomes.extend(await self.services.executor.run_turn(
-                str(self.spec.workspace), runnable, self.tool_settings))
+                str(self.spec.workspace), runnable, self.toolset.settings))
         order = {c.call_id: i for i, c in enumerate(calls)}
         outcomes.sort(key=lambda o: order.get(o.call_id, len(order)))
         for o in outcomes:
             self.events.emit("tool.result", turn=self.steps, call_id=o.call_id, name=o.name,
                              ok=o.ok, output=_excerpt(o.output, 300))
+            if self.services.metrics is not None:
+                self.services.metrics.tool_call(o.name, o.ok)
         return outcomes
 
     async def _relay_native(self, response: ChatResponse, outcomes: list[ToolOutcome]) -> None:
@@ -246,6 +255,27 @@ class AgentRun:
         self.messages.append(ChatMessage(role="user", content="Tool execution results:\n\n" + "\n\n".join(blocks)))
         await self.conversation.section(conv.TEXT_RESULTS, "\n".join(links + errors) or "(none)")
 
+    async def _maybe_leave_plan_mode(self, tools: list[str], native: bool) -> list[str]:
+        """`loop.plan_turn_limit`: after N real plan turns, switch plan → build."""
+        limit = self.cfg.loop.plan_turn_limit
+        if not self.features.get("plan") or limit is None:
+            return tools
+        self.plan_turns += 1
+        if self.plan_turns < limit:
+            return tools
+        self.features["plan"] = False  # per-run state: the shared config is never mutated
+        previous, self.mode = self.mode.name, self.cfg.active_mode(self.features)
+        self.toolset = build_toolset(self.spec.loaded, isolation=self.services.tool_isolation, mode=self.mode)
+        self.events.emit("mode.transition", turn=self.steps, **{"from": previous, "to": self.mode.name},
+                         tools=self.toolset.names)
+        note = (f"Mode changed from {previous} to {self.mode.name}. Available tools now: "
+                f"{', '.join(self.toolset.names)}.")
+        if not native:
+            note += "\n\n" + self.toolset.catalogue()
+        self.messages.append(ChatMessage(role="user", content=note))
+        await self.conversation.section(conv.USER, note)
+        return self.toolset.names
+
     # ---- the loop -----------------------------------------------------------
 
     async def run(self) -> RunResult:
@@ -259,6 +289,8 @@ class AgentRun:
             self.steps += 1
             turn = self.steps
             self.events.emit("turn.start", turn=turn, route=self.route.id)
+            if self.services.metrics is not None:
+                self.services.metrics.turn()
             started = time.perf_counter()
             try:
                 response = await self._call_model(tools, native, per_turn)
@@ -283,20 +315,19 @@ class AgentRun:
                 outcomes = rejected + await self._execute(calls, tools)
                 await self._relay_native(response, outcomes)
             elif not native and response.content:
-                parsed = parse_text_calls(response.content, tools, turn=turn)
+                parsed = self.toolset.parse(response.content, turn)
                 self.messages.append(ChatMessage(role="assistant", content=response.content))
                 if not parsed.calls and not parsed.errors:
                     outcomes = None
                 else:
-                    outcomes = await self._execute(
-                        [msgspec.structs.replace(c, name=self.cfg.canonical_tool_name(c.name))
-                         for c in parsed.calls], tools)
+                    outcomes = await self._execute(parsed.calls, tools)
                     await self._relay_text(outcomes, list(parsed.errors))
             else:
                 outcomes = None
                 if response.content:
                     self.messages.append(ChatMessage(role="assistant", content=response.content))
 
+            tools = await self._maybe_leave_plan_mode(tools, native)
             if outcomes is not None:
                 done = next((o for o in outcomes if o.completes), None)
                 if done is not None:

@@ -16,14 +16,21 @@ from typing import Any
 from kcd.observe.conversation import Conversation
 from kcd.observe.eventlog import EventLog, utc_now
 from kcd.observe.rundir import RunDir
+from kcd.observe.prometheus import DaemonMetrics
 from kcd.observe.run_metrics import RunMetrics
+from kcd.observe.telemetry import Fallback, TelemetrySink, attempt_event
 from kcd.providers.gateway import AttemptRecord
 
 
 class RunCallObserver:
     def __init__(self, rundir: RunDir, events: EventLog, conversation: Conversation,
-                 metrics: RunMetrics, turn: Callable[[], int]):
+                 metrics: RunMetrics, turn: Callable[[], int], *, telemetry: TelemetrySink | None = None,
+                 live: DaemonMetrics | None = None, run_id: str | None = None, peer_uid: int | None = None):
         self.rundir = rundir
+        self.telemetry = telemetry
+        self.live = live
+        self.run_id = run_id
+        self.peer_uid = peer_uid
         self.events = events
         self.conversation = conversation
         self.metrics = metrics
@@ -71,6 +78,17 @@ class RunCallObserver:
             prompt_tokens=usage.prompt_tokens if usage else None,
             completion_tokens=usage.completion_tokens if usage else None,
             stream_as_json=failure is None and a.stream_requested and not a.streamed)
+        if self.telemetry is not None:
+            self.telemetry.emit(attempt_event(rec, run_id=self.run_id, turn=turn, peer_uid=self.peer_uid),
+                                self.rundir.path)
+        if self.live is not None:
+            self.live.attempt(
+                route, rec.entry.route.provider, rec.entry.route.model, ok=failure is None,
+                error_type=failure.classification if failure else None, duration_s=a.latency_s,
+                ttft_s=a.ttft_s if a.streamed else None,
+                input_tokens=usage.prompt_tokens if usage else None,
+                output_tokens=usage.completion_tokens if usage else None, retry=rec.kind == "retry",
+                html=bool(details.get("html_detected")), status_code=a.status_code)
         self.events.emit("llm.attempt", turn=turn, attempt=k, kind=rec.kind, route=route,
                          ok=failure is None, status=a.status_code, content_type=a.content_type,
                          request_id=a.request_id, latency_s=round(a.latency_s, 4), stream=a.streamed,
@@ -105,12 +123,20 @@ class RunCallObserver:
 
     async def fallback(self, from_route: str, to_route: str, reason: str) -> None:
         self.metrics.fallback(from_route, to_route, reason)
+        if self.telemetry is not None:
+            self.telemetry.emit(Fallback(run_id=self.run_id, route=from_route, turn=self._turn(),
+                                         peer_uid=self.peer_uid, from_route=from_route, to_route=to_route,
+                                         reason=reason), self.rundir.path)
+        if self.live is not None:
+            self.live.fallback(from_route, to_route, reason)
         await self.marker("fallback_route", f"from={from_route} to={to_route} reason={reason} "
                                             f"(Selected fallback route '{to_route}' for '{from_route}' "
                                             f"after '{reason}'.)")
 
     async def circuit_skip(self, route: str, reason: str, reopens_in_s: float | None) -> None:
         self.metrics.circuit_skip(route)
+        if self.live is not None:
+            self.live.circuit_skip(route)
         reopen = f", reopens in {reopens_in_s:.1f}s" if reopens_in_s is not None else ""
         await self.marker("circuit-open", f"Skipping direct call for route {route} ({reason}{reopen}); "
                                           "attempting fallback.")

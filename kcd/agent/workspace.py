@@ -16,6 +16,7 @@ import difflib
 import os
 import shutil
 import stat
+import tempfile
 from pathlib import Path
 
 __all__ = [
@@ -23,7 +24,9 @@ __all__ = [
     "prepare_workspace",
     "relative_to_workspace",
     "resolve_in_workspace",
+    "resolve_tool_path",
     "workspace_diff",
+    "write_file_atomic",
 ]
 
 # Directory names left out of diffs: VCS internals are noise, never the agent's work product.
@@ -66,9 +69,58 @@ def resolve_in_workspace(root: Path, user_path: str) -> Path:
     return Path(candidate)
 
 
+def resolve_tool_path(root: Path, user_path: str) -> Path:
+    """Like `resolve_in_workspace`, but an absolute path naming something inside the
+    workspace is accepted (OpenCode's tools ask models for absolute paths).
+
+    The absolute path must start with the workspace root as given or as resolved;
+    the remainder then goes through `resolve_in_workspace`, so `..` and symlinks
+    are still resolved for real and escapes refused.
+    """
+    if isinstance(user_path, str) and os.path.isabs(user_path) and "\x00" not in user_path:
+        for base in (os.path.realpath(root), os.path.abspath(root)):
+            if user_path == base or user_path.startswith(base.rstrip("/") + "/"):
+                rest = user_path[len(base):].lstrip("/") or "."
+                try:
+                    return resolve_in_workspace(root, rest)
+                except WorkspaceEscape:
+                    raise WorkspaceEscape(
+                        f"path {user_path!r} resolves outside the workspace (via '..' or a symlink); "
+                        "use a path inside the workspace root"
+                    ) from None
+        raise WorkspaceEscape(
+            f"path {user_path!r} is absolute and outside the workspace; "
+            "use a path relative to the workspace root"
+        )
+    return resolve_in_workspace(root, user_path)
+
+
 def relative_to_workspace(root: Path, resolved: Path) -> str:
     """Workspace-relative display form of a path returned by `resolve_in_workspace`."""
     return os.path.relpath(resolved, os.path.realpath(root))
+
+
+def write_file_atomic(path: str, data: bytes, mode: int | None = None) -> None:
+    """Write `data` to `path` (a path already confined) through a sibling temp file and a rename.
+
+    A hard link planted in the workspace is replaced, never written through (path
+    checks cannot see hard links), and readers never see half a file. `mode`
+    defaults to 0o644; pass the old file's mode to keep it.
+    """
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=parent, prefix=".kcd-write-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, 0o644 if mode is None else mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
 
 
 def prepare_workspace(dest: Path, seed: Path | None) -> list[str]:

@@ -62,6 +62,7 @@ class DaemonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_upload_bytes: int = 256 * 1024 * 1024  # compressed workspace uploads
     max_workspace_bytes: int = 1024 * 1024 * 1024  # unpacked size of an upload
     executor: Literal["ray", "in-process"] = "ray"
+    tool_isolation: Literal["none", "bwrap", "unshare"] = "none"  # stronger sandbox for shell tools
     ray_address: str | None = None  # None: start a local Ray instance
     ray_num_cpus: int | None = None
     ray_temp_dir: str | None = None

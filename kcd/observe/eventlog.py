@@ -8,7 +8,7 @@ for new events, so a client that reconnects with `since=N` loses nothing.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,9 @@ def utc_now() -> str:
 
 
 class EventLog:
-    def __init__(self, run_id: str, path: Path | None):
+    def __init__(self, run_id: str, path: Path | None, scrub: Callable[[bytes], bytes] | None = None):
         self.run_id = run_id
+        self._scrub = scrub
         self.path = path
         self._lines: list[bytes] = []
         self._changed = anyio.Event()
@@ -52,6 +53,8 @@ class EventLog:
             raise RuntimeError(f"event log of run {self.run_id} is closed")
         event = Event(seq=len(self._lines) + 1, ts=utc_now(), run_id=self.run_id, type=type_, data=data)
         line = _encoder.encode(event) + b"\n"
+        if self._scrub is not None:
+            line = self._scrub(line)
         self._lines.append(line)
         if self._fd is not None:
             # One small O_APPEND write per event (a few hundred bytes): cheaper

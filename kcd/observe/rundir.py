@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 from datetime import datetime, timezone
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +55,19 @@ def create_run_dir(root: Path, config_stem: str, run_id: str) -> Path:
     raise RuntimeError(f"could not create a unique run directory under {root}")
 
 
+Scrub = Callable[[bytes], bytes]
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
 class RunDir:
-    def __init__(self, path: Path):
+    """Writes under one run directory; every byte passes the redactor first."""
+
+    def __init__(self, path: Path, scrub: Scrub | None = None):
         self.path = path
+        self._scrub = scrub or _identity
 
     def rel(self, *parts: str) -> Path:
         target = self.path.joinpath(*parts)
@@ -66,23 +77,23 @@ class RunDir:
     async def write_json(self, relpath: str, obj: Any) -> Path:
         target = self.rel(relpath)
         async with aiofiles.open(target, "wb") as fh:
-            await fh.write(pretty_json(obj))
+            await fh.write(self._scrub(pretty_json(obj)))
         return target
 
     async def write_text(self, relpath: str, text: str) -> Path:
         target = self.rel(relpath)
-        async with aiofiles.open(target, "w", encoding="utf-8") as fh:
-            await fh.write(text)
+        async with aiofiles.open(target, "wb") as fh:
+            await fh.write(self._scrub(text.encode("utf-8", "surrogateescape")))
         return target
 
     async def append_text(self, relpath: str, text: str) -> None:
         target = self.rel(relpath)
-        async with aiofiles.open(target, "a", encoding="utf-8") as fh:
-            await fh.write(text)
+        async with aiofiles.open(target, "ab") as fh:
+            await fh.write(self._scrub(text.encode("utf-8", "surrogateescape")))
 
     def write_json_sync(self, relpath: str, obj: Any) -> None:
         """For finalisation paths that must not be interrupted by cancellation."""
         target = self.rel(relpath)
         tmp = target.with_suffix(target.suffix + ".tmp")
-        tmp.write_bytes(pretty_json(obj))
+        tmp.write_bytes(self._scrub(pretty_json(obj)))
         os.replace(tmp, target)

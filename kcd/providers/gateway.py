@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import httpx
@@ -28,6 +28,9 @@ from kcd.providers.openai_compat import Attempt, Timeouts, send_chat
 from kcd.providers.retry import Decision, RetryPolicy, backoff_delay, decide, same_route_retries
 from kcd.providers.routes import Route
 from kcd.providers.types import ChatMessage, ChatRequest, ChatResponse, ToolSchema
+
+if TYPE_CHECKING:  # the daemon passes its Redactor; providers do not depend on observe
+    from kcd.observe.redact import Redactor
 
 # Pool limits per endpoint. Large keep-alive pools make httpcore slow at high
 # concurrency (httpx #3215); these keep reuse high without that cost.
@@ -120,8 +123,9 @@ class _Turn:
 class ProviderGateway:
     def __init__(self, env: Mapping[str, str], *, breakers: BreakerBoard | None = None,
                  simulator_url: Callable[[], Awaitable[str]] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, redactor: Redactor | None = None):
         self._env = env
+        self._redactor = redactor
         self._simulator_url = simulator_url
         self._clients: dict[str, httpx.AsyncClient] = {}
         self.breakers = breakers or BreakerBoard()
@@ -255,6 +259,10 @@ class ProviderGateway:
                 return Served(attempt.response, entry, turn.attempts, turn.upstream_s)
 
             failure = attempt.failure or ProviderFailure(route, "empty_response", "no response")
+            if self._redactor is not None:
+                # Scrub at the exception-mapping point: providers echo keys in error bodies.
+                failure = attempt.failure = self._scrub_failure(failure)
+                attempt.raw_excerpt = self._redactor.text(attempt.raw_excerpt) if attempt.raw_excerpt else None
             decision = decide(failure, key_env=endpoint.key_env)
             turn.last_failure = failure
             turn.failures.append(_failure_summary(route, failure))
@@ -286,6 +294,12 @@ class ProviderGateway:
                 await obs.circuit_skip(route, again.reason or "open", again.reopens_in_s)
                 return None
             trial = again.trial
+
+    def _scrub_failure(self, failure: ProviderFailure) -> ProviderFailure:
+        assert self._redactor is not None
+        return ProviderFailure(failure.route, failure.classification, self._redactor.text(failure.message),
+                               status_code=failure.status_code, retryable=failure.retryable,
+                               details=self._redactor.obj(failure.details))
 
     def _record_breaker(self, route: str, decision: Decision, failure: ProviderFailure,
                         turn_key: str, trial: bool) -> None:

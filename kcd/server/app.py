@@ -61,10 +61,12 @@ class ControlAPI:
         r.add("POST", "/v1/workspaces", self.upload_workspace)
         r.add("GET", "/v1/runs/{run_id}/changes", self.run_changes)
         r.add("GET", "/v1/runs/{run_id}/workspace", self.run_workspace)
+        r.add("GET", "/v1/metrics", self.live_metrics)
         r.add("GET", "/v1/routes", self.routes)
         r.add("POST", "/v1/routes/reset", self.reset_route)
         r.add("POST", "/v1/shutdown", self.shutdown)
-        return App(r, max_body=self.daemon.config.max_body_bytes, on_error=self.daemon.log_exception)
+        return App(r, max_body=self.daemon.config.max_body_bytes, on_error=self.daemon.log_exception,
+                   scrub=self.daemon.redactor.bytes)
 
     async def version(self, req: Request) -> Response:
         return json_response(VersionInfo(api=API_VERSION, min_api=MIN_API_VERSION, daemon=__version__))
@@ -172,6 +174,15 @@ class ControlAPI:
             return json_response(ConfigCheckResult(ok=False, error=ErrorDetail("config_error", str(exc))))
         return json_response(ConfigCheckResult(ok=True, route=loaded.config.default_route().id,
                                                digest=loaded.digest, warnings=list(loaded.warnings)))
+
+    async def live_metrics(self, req: Request) -> Response:
+        """Daemon-wide metrics in Prometheus text format 0.0.4."""
+        from kcd.observe.prometheus import CONTENT_TYPE
+
+        d = self.daemon
+        stats = d.telemetry.stats()
+        d.metrics.telemetry_stats(stats["written"], stats["dropped"], stats["write_errors"])
+        return Response(d.metrics.render(), content_type=CONTENT_TYPE)
 
     async def routes(self, req: Request) -> Response:
         route = req.query.get("route") or None

@@ -198,10 +198,12 @@ class Router:
 class App:
     """The ASGI callable: routing, body limit, and errors that never escape."""
 
-    def __init__(self, router: Router, *, max_body: int, on_error: Callable[[BaseException], None] | None = None):
+    def __init__(self, router: Router, *, max_body: int, on_error: Callable[[BaseException], None] | None = None,
+                 scrub: Callable[[bytes], bytes] | None = None):
         self.router = router
         self.max_body = max_body
         self.on_error = on_error
+        self.scrub = scrub  # applied to every non-streamed response body
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":  # lifespan is off; websockets are not served
@@ -217,4 +219,7 @@ class App:
             if self.on_error:
                 self.on_error(exc)
             response = error_response(500, "internal_error", f"{type(exc).__name__}: {exc}")
+        if self.scrub is not None and response.body and \
+                response.headers["content-type"].startswith(("application/json", "text/")):
+            response.body = self.scrub(response.body)  # never binary bodies (workspace archives)
         await response.send(send)

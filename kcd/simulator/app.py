@@ -49,6 +49,12 @@ _DECODER = msgspec.json.Decoder()
 _ENCODER = msgspec.json.Encoder()
 
 
+def _bearer(headers: dict[str, str]) -> str | None:
+    """The presented API key: only the auth_401 fault with echo_key=1 ever shows it."""
+    auth = headers.get("authorization", "")
+    return auth.split(" ", 1)[1] if auth.lower().startswith("bearer ") else None
+
+
 def _headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw}
 
@@ -265,7 +271,8 @@ class SimulatorApp:
         exchange = Exchange(tracked, request, model=model, behaviour=name, request_id=request_id,
                             seq=seq, created=int(time.time()),
                             extra_headers=[(FAULT_HEADER, fault.name)] if fault else (),
-                            abort=_connection_aborter(send))
+                            abort=_connection_aborter(send),
+                            credential=_bearer(headers))
         async with anyio.create_task_group() as tg:
 
             async def watch_disconnect() -> None:

@@ -47,6 +47,7 @@ class Exchange:
         "created",
         "started",
         "extra_headers",
+        "credential",
         "_abort",
     )
 
@@ -62,6 +63,7 @@ class Exchange:
         created: int,
         extra_headers: Sequence[tuple[str, str]] = (),
         abort: Abort | None = None,
+        credential: str | None = None,
     ) -> None:
         self._send = send
         self.request = request
@@ -76,6 +78,7 @@ class Exchange:
         self.started = False
         self.extra_headers = tuple(extra_headers)  # on every response start (e.g. x-kc-sim-fault)
         self._abort = abort
+        self.credential = credential  # the presented API key, for the key-echo fault only
 
     # shapes --------------------------------------------------------------
 

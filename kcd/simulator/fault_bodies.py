@@ -80,7 +80,10 @@ def bad_gateway(fx: FaultRun, ex: Exchange) -> dict[str, Any]:
 
 
 def invalid_key(fx: FaultRun, ex: Exchange) -> dict[str, Any]:
-    return openai_error("Incorrect API key provided: sk-***. You can find your API key at "
+    # echo_key=1 quotes the presented key in full, as careless providers do: a leak
+    # vector that kcd's redaction must stop before anything is written.
+    shown = ex.credential if fx.params.get("echo_key") and ex.credential else "sk-***"
+    return openai_error(f"Incorrect API key provided: {shown}. You can find your API key at "
                         "https://platform.openai.com/account/api-keys.", "invalid_request_error",
                         "invalid_api_key")
 

@@ -176,7 +176,9 @@ _CATALOGUE = (
     Fault("F27", "deferred_first_chunk_error", act.deferred_first_chunk_error,
           "200 event-stream whose first (and only) event is an OpenRouter error object; no [DONE]",
           "502 OpenRouter-style JSON error"),
-    Fault("F28", "auth_401", act.auth_401, "401 OpenAI invalid_api_key error", "same"),
+    Fault("F28", "auth_401", act.auth_401,
+          "401 OpenAI invalid_api_key error; echo_key=1 quotes the presented key in the message",
+          "same", (("echo_key", 0),)),
     Fault("F29", "credits_402", act.credits_402,
           "402 OpenRouter insufficient-credits error; with retry_after a Retry-After header and "
           "metadata.limit_source openrouter_in_flight_budget", "same", (("retry_after", None),)),

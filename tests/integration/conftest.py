@@ -26,7 +26,7 @@ CANARY_KEYS = {
 def base_env(home: Path) -> dict[str, str]:
     """A clean environment: no real provider keys, a private HOME."""
     env = {k: v for k, v in os.environ.items()
-           if not k.endswith("_API_KEY") and not k.startswith(("KYLECODE_", "RAY_", "XDG_", "OPENAI_",
+           if not k.endswith("_API_KEY") and not k.startswith(("KYLECODE_", "RAY_", "RAYCODE_", "XDG_", "OPENAI_",
                                                               "OPENROUTER_"))}
     env.update(HOME=str(home), PYTHONUNBUFFERED="1", RAY_AUTH_MODE="disabled",
                RAY_USAGE_STATS_ENABLED="0", **CANARY_KEYS)

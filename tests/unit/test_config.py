@@ -20,7 +20,9 @@ from kcd.config.agent import (
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
-KCD_TOOLS = ["list_dir", "read_file", "create_file", "run_shell", "mark_task_complete"]
+from kcd.agent.tools import TOOL_SPECS  # noqa: E402
+
+KCD_TOOLS = list(TOOL_SPECS)
 
 MINIMAL: dict[str, Any] = {
     "version": 2,
@@ -93,10 +95,11 @@ def test_demo_configs() -> None:
     assert demo.provider_tools.use_native is True
     assert demo.max_iterations == 8
     assert demo.active_mode().name == "build"
-    assert demo.select_tools([*KCD_TOOLS, "extra_tool"]) == KCD_TOOLS
+    demo_tools = ["list_dir", "read_file", "create_file", "run_shell", "mark_task_complete"]
+    assert demo.select_tools([*KCD_TOOLS, "extra_tool"]) == demo_tools
     text = load_agent_config(CONFIGS / "demo_text.yaml").config
     assert text.provider_tools.use_native is False
-    assert text.select_tools(KCD_TOOLS) == KCD_TOOLS
+    assert text.select_tools(KCD_TOOLS) == demo_tools
 
 
 def test_c_fs_configs_effective_values() -> None:

@@ -121,6 +121,35 @@ async def test_dev_text_mode_three_steps(http):
     assert final.startswith("## Workspace summary")
 
 
+async def test_dev_native_speaks_the_offered_opencode_names(http):
+    tools = [{"type": "function", "function": {"name": n, "description": n, "parameters": {"type": "object"}}}
+             for n in ("list", "read", "mark_task_complete")]
+    r = await http.post("/chat/completions", json={"model": "dev", "messages": start(), "tools": tools})
+    [call] = r.json()["choices"][0]["message"]["tool_calls"]
+    assert (call["function"]["name"], json.loads(call["function"]["arguments"])) == ("list", {"path": "."})
+    listing = '<TOOL_OUTPUT tool="list" path=".">\n./\n  docs/\n    guide.md\n  README.md\n</TOOL_OUTPUT>'
+    messages = start() + [r.json()["choices"][0]["message"],
+                          {"role": "tool", "tool_call_id": call["id"], "content": listing}]
+    r = await http.post("/chat/completions", json={"model": "dev", "messages": messages, "tools": tools})
+    [call] = r.json()["choices"][0]["message"]["tool_calls"]
+    assert (call["function"]["name"], json.loads(call["function"]["arguments"])) == ("read", {"filePath": "README.md"})
+
+
+async def test_editor_text_mode_edits_with_a_search_replace_block(http):
+    from kcd.agent.dialects import render_text_catalogue
+
+    system = "You are a coding agent.\n\n" + render_text_catalogue(["read_file", "apply_search_replace",
+                                                                      "mark_task_complete"])
+    messages = [{"role": "system", "content": system},
+                {"role": "user", "content": 'edit README.md: replace "tiny" with "small"'}]
+    first = (await chat(http, messages, tools=False, model="editor"))["choices"][0]["message"]["content"]
+    assert first == '<TOOL_CALL> read_file(path="README.md") </TOOL_CALL>'
+    messages += [{"role": "assistant", "content": first},
+                 {"role": "user", "content": "Tool execution results:\n\n" + README.replace("tiny", "tiny\n")}]
+    second = (await chat(http, messages, tools=False, model="editor"))["choices"][0]["message"]["content"]
+    assert "README.md\n```\n<<<<<<< SEARCH\nA tiny\n=======\nA small\n>>>>>>> REPLACE\n```" in second
+
+
 async def test_dev_empty_workspace_completes_after_the_listing(http):
     messages = start() + [
         {"role": "assistant", "content": '<TOOL_CALL> list_dir(path=".", depth=2) </TOOL_CALL>'},
@@ -177,7 +206,7 @@ async def test_routing_health_models_and_header_override(http, sim):
     health = await http.get(root)
     assert health.json() == {"status": "ok"} and health.headers["x-request-id"]
     models = {m["id"] for m in (await http.get("/models")).json()["data"]}
-    assert {"dev", "echo", "shell", "boom"} <= models
+    assert {"dev", "editor", "echo", "shell", "boom"} <= models
     # the header picks another behaviour; a prefixed model falls back to its last segment
     r = await http.post("/chat/completions", json={"model": "dev", "messages": start("say this")},
                         headers={"x-kc-sim-behaviour": "echo"})

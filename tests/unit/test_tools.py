@@ -54,7 +54,13 @@ def _alive(pid: int) -> bool:
 
 
 def test_catalogue_is_immutable_and_complete() -> None:
-    assert set(TOOL_SPECS) == {"list_dir", "read_file", "create_file", "run_shell", "mark_task_complete"}
+    assert set(TOOL_SPECS) == {
+        # internal names (reference 4.1)
+        "list_dir", "read_file", "create_file", "create_file_from_block", "apply_search_replace",
+        "apply_unified_patch", "run_shell", "mark_task_complete",
+        # OpenCode names (reference 4.2)
+        "bash", "read", "write", "edit", "glob", "grep", "list", "patch",
+    }  # fmt: skip
     with pytest.raises(TypeError):
         TOOL_SPECS["evil"] = TOOL_SPECS["list_dir"]  # type: ignore[index]
     assert TOOL_SPECS["run_shell"].blocking and TOOL_SPECS["mark_task_complete"].blocking

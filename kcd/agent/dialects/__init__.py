@@ -1,0 +1,12 @@
+"""Text tool-call dialects, for routes that do not use native tool calls (reference 4.4).
+
+One module per format (`pythonic`: ``<TOOL_CALL>``, `bash_block`: ``<BASH>``,
+`search_replace`: SEARCH/REPLACE, `unified_diff`: fenced or raw git diffs,
+`begin_patch`: ``*** Begin Patch``); `scan` dispatches between them and
+`catalogue` renders the prompt directive that documents them.
+"""
+
+from kcd.agent.dialects.catalogue import render_text_catalogue
+from kcd.agent.dialects.scan import FORMATS, ParsedCalls, parse_text_calls
+
+__all__ = ["FORMATS", "ParsedCalls", "parse_text_calls", "render_text_catalogue"]

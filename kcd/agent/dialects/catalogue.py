@@ -1,0 +1,131 @@
+"""The text-mode tool directive (reference 4.8): the tool signatures, then the
+call formats that the given tools make usable, and nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+from kcd.agent.dialects import bash_block, begin_patch, search_replace, unified_diff
+from kcd.agent.tools import TOOL_SPECS
+
+_PY_TYPES = {"string": "str", "integer": "int", "number": "float", "boolean": "bool",
+             "array": "list", "object": "dict"}
+
+
+class _Param(Protocol):  # what is read of a kcd.agent.tools ParamSpec (read-only, so frozen types fit)
+    @property
+    def name(self) -> str: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def description(self) -> str: ...
+    @property
+    def required(self) -> bool: ...
+    @property
+    def default(self) -> Any: ...
+
+
+class _Spec(Protocol):  # ... and of a ToolSpec
+    @property
+    def description(self) -> str: ...
+    @property
+    def params(self) -> Sequence[_Param]: ...
+
+
+def render_text_catalogue(names: Iterable[str], *, specs: Mapping[str, _Spec] | None = None) -> str:
+    """The ``SYSTEM MESSAGE - AVAILABLE TOOLS`` directive for `names`.
+
+    Inside ``<FUNCTIONS>`` each tool starts with its signature at column 0
+    (``name(param: type, ...)``) and its description lines are indented: the
+    simulator's scripted agents read the tool names from those lines.
+    An unknown name is a configuration error (ValueError), never dropped.
+    `specs` defaults to the daemon's TOOL_SPECS.
+    """
+    catalogue = TOOL_SPECS if specs is None else specs
+    names = list(names)
+    blocks = []
+    for name in names:
+        spec = catalogue.get(name)
+        if spec is None:
+            raise ValueError(f"no text catalogue entry for tool {name!r}")
+        blocks.append(_signature(name, spec))
+    lines = [
+        "SYSTEM MESSAGE - AVAILABLE TOOLS",
+        "<FUNCTIONS>",
+        "\n\n".join(blocks),
+        "</FUNCTIONS>",
+        "Respond only with tool calls, written in the FORMATS below.",
+        *_formats(set(names)),
+    ]
+    if "mark_task_complete" in names:
+        lines.append("When the task is complete, call mark_task_complete() alone, in a reply with no other "
+                     "tool calls.")
+    lines.append("END SYSTEM MESSAGE")
+    return "\n".join(lines)
+
+
+def _signature(name: str, spec: _Spec) -> str:
+    params = []
+    for p in spec.params:
+        annotation = _PY_TYPES.get(p.type, "str")
+        if p.required:
+            params.append(f"{p.name}: {annotation}")
+        elif p.default is None:
+            params.append(f"{p.name}: {annotation} | None = None")
+        else:
+            params.append(f"{p.name}: {annotation} = {p.default!r}")
+    docs = "".join(f"\n    {p.name}: {p.description}" for p in spec.params)
+    return f"{name}({', '.join(params)})\n    {spec.description}{docs}"
+
+
+def _formats(names: set[str]) -> list[str]:
+    """One entry per format whose tool is offered, in the parser's terms."""
+    out = [
+        "FORMATS",
+        "Only these forms are executed; a tool named in prose or in an ordinary code block is not called.",
+        "- Any tool above, one call per line inside the tags; argument values are Python literals "
+        "(quote strings, use triple quotes for multi-line text):",
+        "<TOOL_CALL> tool_name(arg=value, ...) </TOOL_CALL>",
+    ]
+    shell = next((t for t in bash_block.SHELL_TOOLS if t in names), None)
+    if shell is not None:
+        out += [f"- A shell command (runs {shell}):", "<BASH> command </BASH>"]
+    editor = next((t for t in search_replace.TOOLS if t in names), None)
+    if editor is not None:
+        out += [
+            f"- An exact replacement in one file (runs {editor}): the file path alone on a line, then the "
+            "exact current lines and their replacement. An empty SEARCH part creates a new file.",
+            "path/to/file",
+            "<<<<<<< SEARCH",
+            "exact current lines",
+            "=======",
+            "replacement lines",
+            ">>>>>>> REPLACE",
+        ]
+    if unified_diff.TOOL in names:
+        out += [
+            f"- A unified diff (runs {unified_diff.TOOL}, git apply) in a ```diff fence; "
+            "several files may share one diff:",
+            "```diff",
+            "--- a/path/to/file",
+            "+++ b/path/to/file",
+            "@@ -1,2 +1,2 @@",
+            " unchanged line",
+            "-old line",
+            "+new line",
+            "```",
+        ]
+    if begin_patch.TOOL in names:
+        out += [
+            f"- A patch (runs {begin_patch.TOOL}): sections *** Add File: <path> (every line prefixed +), "
+            "*** Delete File: <path>, or *** Update File: <path> with @@ hunks of ' ' context, '-' removed "
+            "and '+' added lines:",
+            "*** Begin Patch",
+            "*** Update File: path/to/file",
+            "@@ unchanged line",
+            "-old line",
+            "+new line",
+            "*** End Patch",
+        ]
+    return out
