@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
@@ -143,7 +143,7 @@ async def _probe_stream(client: httpx.AsyncClient, endpoint: Endpoint, route: Ro
     model = attempt.response.model
     if not attempt.streamed:  # a whole JSON body: the server ignores stream=true
         return _Outcome(False, f"asked to stream, got a whole {attempt.content_type or 'untyped'} body",
-                        model, 0)
+                        model, events)
     if events == 0 or not attempt.response.content.strip():
         return _Outcome(False, f"the stream carried no content ({attempt.events} SSE events)", model, events)
     return _Outcome(True, None, model, events)
@@ -192,7 +192,9 @@ async def _probe_json(client: httpx.AsyncClient, endpoint: Endpoint, route: Rout
     return _Outcome(True, None, attempt.response.model)
 
 
-_PROBES = (("stream", _probe_stream), ("tool", _probe_tool), ("json", _probe_json))
+_Probe = Callable[[httpx.AsyncClient, Endpoint, Route, Timeouts], Awaitable[_Outcome]]
+_PROBES: tuple[tuple[str, _Probe], ...] = (("stream", _probe_stream), ("tool", _probe_tool),
+                                          ("json", _probe_json))
 
 
 # ------------------------------------------------------------------ the manager
@@ -254,7 +256,7 @@ class ProbeManager:
         return self.ttl_s if result.passed() else self.failure_ttl_s
 
     def is_fresh(self, result: ProbeResult) -> bool:
-        if result.route in self._stale and self._results.get(result.route) is result:
+        if result.route in self._stale:
             return False
         age = self.age_s(result)
         return 0 <= age < self.ttl_for(result)  # a negative age: the wall clock went back; re-probe
@@ -275,7 +277,7 @@ class ProbeManager:
 
     def invalidate(self, route: str | None = None) -> None:
         """Make one route's result (or all) stale, e.g. after a config reload."""
-        self._stale.update([route] if route is not None else self._results)
+        self._stale.update(self._results if route is None else (route,))
 
     # ---- probing ----------------------------------------------------------------
 
@@ -323,7 +325,7 @@ class ProbeManager:
         outcomes: dict[str, _Outcome] = {}
         elapsed: dict[str, float] = {}
 
-        async def one(name: str, probe: Any) -> None:
+        async def one(name: str, probe: _Probe) -> None:
             t0 = self._clock()
             try:
                 outcomes[name] = await probe(client, endpoint, entry.route, timeouts)
@@ -335,8 +337,8 @@ class ProbeManager:
         async with anyio.create_task_group() as tg:
             for name, probe in _PROBES:
                 tg.start_soon(one, name, probe)
-        errors = {name: self._redact(outcomes[name].error or "") for name, _ in _PROBES
-                  if outcomes[name].error}
+        ordered = [(name, outcomes[name]) for name, _ in _PROBES]  # stream, tool, json
+        errors = {name: self._redact(o.error) for name, o in ordered if o.error is not None}
         return ProbeResult(
             model_id=route, route=route, attempted=True,
             stream_success=outcomes["stream"].ok, tool_stream_success=outcomes["tool"].ok,
@@ -344,7 +346,7 @@ class ProbeManager:
             error=list(errors.values())[-1] if errors else None, errors=errors,
             elapsed=round(self._clock() - started, 6), probe_elapsed=elapsed,
             stream_events=outcomes["stream"].content_events, checked_at=self._wall(),
-            model_reported=next((o.model for _, o in sorted(outcomes.items()) if o.model), None),
+            model_reported=next((o.model for _, o in ordered if o.model), None),
         )
 
     def _timeouts(self, route_timeouts: Timeouts) -> Timeouts:
