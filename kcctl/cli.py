@@ -386,15 +386,55 @@ def routes_reset(obj: Ctx, route: str) -> None:
     click.echo(f"{route}: {data[route]['state']}")
 
 
+# ---- probes ---------------------------------------------------------------------------
+
+@main.command()
+@click.argument("route", required=False)
+@click.option("--refresh", is_flag=True, help="probe ROUTE now (needs ROUTE)")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@_guard
+def probes(obj: Ctx, route: str | None, refresh: bool, as_json: bool) -> None:
+    """Capability probe results per route (streaming, native tools, JSON mode) and their age."""
+    if refresh and not route:
+        raise click.UsageError("--refresh needs a ROUTE")
+    with obj.client() as client:
+        if refresh:
+            data = client.call("POST", "/v1/probes/refresh", {"route": route})["probes"]
+        else:
+            data = client.call("GET", "/v1/probes", params={"route": route} if route else None)["probes"]
+    if as_json:
+        _print_json(data)
+        return
+    if not data:
+        click.echo("no probe results yet (probes run when a config enables them)")
+        return
+
+    def b(v):
+        return "-" if v is None else ("ok" if v else "FAIL")
+
+    click.echo(f"{'ROUTE':<40} {'STREAM':<6} {'TOOLS':<6} {'JSON':<6} {'AGE':>7}  NOTE")
+    for r in sorted(data, key=lambda r: r["route"]):
+        note = r.get("skipped_reason") or r.get("error") or ""
+        age = f"{r['age_s']:.0f}s" + ("" if r.get("fresh") else "*")
+        click.echo(f"{r['route']:<40} {b(r['stream_success']):<6} {b(r['tool_stream_success']):<6} "
+                   f"{b(r['json_mode_success']):<6} {age:>7}  {' '.join(str(note).split())[:80]}")
+
+
 # ---- metrics --------------------------------------------------------------------------
 
 @main.group(invoke_without_command=True)
+@click.option("--grep", "pattern", help="only lines containing this text")
 @click.pass_context
-def metrics(ctx: click.Context) -> None:
-    """Provider metrics: export a telemetry file (offline, no daemon needed)."""
+@_guard
+def metrics(ctx: click.Context, pattern: str | None) -> None:
+    """The daemon's live metrics (Prometheus text); `metrics export` summarises telemetry files."""
     if ctx.invoked_subcommand is None:
-        # lead: live metrics (the daemon's GET /v1/metrics) go here; until then, the help.
-        click.echo(ctx.get_help())
+        with ctx.obj.client() as client:
+            text = client.text("/v1/metrics")
+        for line in text.splitlines():
+            if pattern is None or pattern in line:
+                click.echo(line)
 
 
 _RUN_ID = r"[A-Za-z0-9_-]+"

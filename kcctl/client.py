@@ -98,6 +98,12 @@ class Client:
         self._raise_for(resp)
         return msgspec.json.decode(resp.content) if resp.content else None
 
+    def text(self, path: str, params: dict | None = None) -> str:
+        """GET a text resource (Prometheus metrics)."""
+        resp = self._send("GET", path, params=params)
+        self._raise_for(resp)
+        return resp.text
+
     def call_raw(self, method: str, path: str, fileobj, content_type: str) -> Any:
         """Send a file object as the body (streamed), decode the JSON answer."""
         resp = self._send(method, path, content=_chunks(fileobj), headers={"content-type": content_type},

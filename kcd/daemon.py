@@ -24,9 +24,10 @@ from kcd.config.daemon import DaemonConfig
 from kcd.execution.base import Executor
 from kcd.observe.prometheus import DaemonMetrics
 from kcd.observe.redact import Redactor
-from kcd.observe.telemetry import TelemetrySink, circuit_event, default_central_path
+from kcd.observe.telemetry import Probe, TelemetrySink, circuit_event, default_central_path
 from kcd.providers.breaker import BreakerBoard, BreakerConfig, Transition
 from kcd.providers.gateway import ProviderGateway
+from kcd.providers.probes import ProbeManager, ProbeResult
 from kcd.runs import RunManager
 from kcd.sdnotify import activated_sockets, notify
 from kcd.server.app import ControlAPI
@@ -86,6 +87,7 @@ class Daemon:
         self.executor: Executor = make_executor(config)
         self.store: StateStore | None = None
         self.breakers: BreakerBoard | None = None
+        self.probes: ProbeManager | None = None
         self.runs: RunManager  # set in run()
 
     def log_exception(self, exc: BaseException) -> None:
@@ -127,6 +129,15 @@ class Daemon:
         log.info("breaker %s: %s -> %s (%s)%s", t.route, t.from_state, t.to_state, t.reason,
                  f"; last error: {t.last_error}" if t.last_error else "")
 
+    def _on_probe(self, result: ProbeResult, outcomes: Mapping[str, bool | None]) -> None:
+        names = {"stream": "stream", "tool": "tool_stream", "json": "json_mode"}
+        for key, success in outcomes.items():
+            name = names.get(key, key)
+            self.telemetry.emit(Probe(route=result.route, probe=name, success=success,
+                                      error=result.errors.get(key), elapsed=result.probe_elapsed.get(key, 0.0),
+                                      skipped_reason=result.skipped_reason))
+            self.metrics.probe(result.route, name, success)
+
     async def _signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
@@ -164,11 +175,14 @@ class Daemon:
         self.breakers = self._make_breakers()
         gateway = ProviderGateway(self.env, breakers=self.breakers, simulator_url=self.simulator_url,
                                   redactor=self.redactor)
+        self.probes = ProbeManager(gateway, self.store, redact=self.redactor.text, on_result=self._on_probe)
+        self.probes.restore()
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 tg.start_soon(self._signals)
                 await tg.start(self.telemetry.run)
+                await tg.start(self.probes.refresher)
                 for route in self.breakers.routes():
                     self.metrics.set_route_state(route, self.breakers.state(route))
                 await self.executor.start(tg)  # Ray connects in the background
@@ -179,7 +193,7 @@ class Daemon:
                     heartbeat_s=cfg.heartbeat_s, max_workspace_bytes=cfg.max_workspace_bytes,
                     redactor=self.redactor,
                     services=RunServices(gateway=gateway, executor=self.executor,
-                                         tool_isolation=cfg.tool_isolation,
+                                         tool_isolation=cfg.tool_isolation, probes=self.probes, env=self.env,
                                          telemetry=self.telemetry, metrics=self.metrics))
                 server = make_server(ControlAPI(self).asgi(), log_level="warning")
                 server_done = anyio.Event()

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from kcd.agent import prompts, routing
+from kcd.agent import probing, prompts, routing
 from kcd.agent.calls import ToolInvocation, ToolOutcome
 from kcd.agent.provider_log import RunCallObserver
 from kcd.agent.toolset import build_toolset
@@ -30,6 +31,7 @@ from kcd.observe.run_metrics import RunMetrics
 from kcd.observe.telemetry import TelemetrySink
 from kcd.providers.errors import ProviderFailure
 from kcd.providers.gateway import ProviderGateway
+from kcd.providers.probes import ProbeManager
 from kcd.providers.types import ChatMessage, ChatResponse
 
 EXCERPT = 400
@@ -68,6 +70,8 @@ class RunServices:
     gateway: ProviderGateway
     executor: Executor
     tool_isolation: str = "none"  # "none" | "bwrap" | "unshare" for shell tools
+    probes: ProbeManager | None = None  # the daemon's capability probe cache
+    env: Mapping[str, str] = field(default_factory=dict)  # the daemon's environment (probe switch)
     telemetry: TelemetrySink | None = None  # the daemon's single telemetry writer
     metrics: DaemonMetrics | None = None  # daemon-wide live metrics (/v1/metrics)
 
@@ -115,9 +119,32 @@ class AgentRun:
         refs = list(getattr(getattr(self.cfg.prompts, "injection", None), "system_order", None) or [])
         return [self.spec.loaded.pack_text(ref) for ref in refs]
 
+    async def _apply_probes(self, native: bool) -> str | None:
+        """Probe results (daemon-cached) for every route of the chain, and their policies.
+        Returns the reason when the primary must leave native tools."""
+        enabled = probing.probes_enabled(self.cfg, self.services.env)
+        results = await probing.probe_chain(self.services.probes, self.chain, enabled)
+        await self.rundir.write_json("meta/capability_probes.json", [r.record() for r in results.values()])
+        policy = probing.apply_probes(self.cfg, self.chain, results, native=native)
+        self.chain = policy.chain
+        for line in policy.notes:  # raw lines, as the original wrote them
+            await self.rundir.append_text("conversation/conversation.md", f"[capability-probe] {line}\n")
+            self.events.emit("policy", marker="capability-probe", text=line, turn=0)
+        for route, reason in policy.stream_off.items():
+            self.stream_off.add(route)
+            if any(e.route.id == route and e.stream for e in self.chain):
+                self.metrics.stream_override(route, reason)
+                await self.observer.marker("stream-policy", f"Disabled streaming for route '{route}' based "
+                                                            "on capability probe results.")
+        return policy.primary_native_off
+
     async def _setup(self) -> tuple[list[str], bool, str | None]:
         tools = self.toolset.names
         native, override = routing.tool_mode(self.cfg, self.route)
+        await self.conversation.start()
+        probe_override = await self._apply_probes(native)
+        if probe_override:
+            native, override = False, probe_override
         mode = self.cfg.prompts.tool_prompt_mode
         if native:
             # With native tools the catalogue travels as schemas, not prompt text.
@@ -129,7 +156,6 @@ class AgentRun:
         self.messages = [ChatMessage(role="system", content=system),
                          ChatMessage(role="user", content=self.spec.task)]
         await self.rundir.write_text("prompts/compiled_system.md", system)
-        await self.conversation.start()
         if override:
             self.metrics.tool_override(self.route.id, override)
             await self.observer.marker("tool-policy", f"Disabled native tool usage for route "
@@ -171,6 +197,9 @@ class AgentRun:
             self.chain, messages, schemas, policy=self.policy, turn_key=f"{self.spec.run_id}:{turn}",
             observer=self.observer, stream_off=self.stream_off)
         self.served_route = served.entry.route.id
+        if self.services.probes is not None:
+            self.services.probes.note_used(served.entry.route.id, served.entry,
+                                           model_reported=served.response.model)
         response = served.response
         await self.rundir.write_json(f"raw/responses/turn_{turn}.response.json",
                                      response.raw or msgspec.to_builtins(response))

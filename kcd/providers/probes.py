@@ -65,7 +65,8 @@ class ProbeResult(msgspec.Struct, kw_only=True):
     stream_success: bool | None
     tool_stream_success: bool | None
     json_mode_success: bool | None
-    skipped_reason: str | None = None  # "missing_api_key" | "runtime_init_failed" | "client_init_failed" | "disabled"
+    # "missing_api_key" | "runtime_init_failed" | "client_init_failed" | "disabled"
+    skipped_reason: str | None = None
     error: str | None = None  # the last error, stream → tool → json order (original field)
     errors: dict[str, str] = {}  # per probe: "stream" | "tool" | "json" -> error text
     elapsed: float = 0.0  # seconds for the whole (parallel) run
@@ -242,6 +243,10 @@ class ProbeManager:
         self._stale: set[str] = set()  # invalidated before their TTL (model swap, config reload)
 
     # ---- reading the cache ------------------------------------------------------
+
+    def entry_for(self, route: str) -> ChainEntry | None:
+        """The request settings a run last used for `route` (for on-demand refreshes)."""
+        return self._entries.get(route)
 
     def cached(self, route: str) -> ProbeResult | None:
         return self._results.get(route)

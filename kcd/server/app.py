@@ -62,6 +62,8 @@ class ControlAPI:
         r.add("GET", "/v1/runs/{run_id}/changes", self.run_changes)
         r.add("GET", "/v1/runs/{run_id}/workspace", self.run_workspace)
         r.add("GET", "/v1/metrics", self.live_metrics)
+        r.add("GET", "/v1/probes", self.list_probes)
+        r.add("POST", "/v1/probes/refresh", self.refresh_probes)
         r.add("GET", "/v1/routes", self.routes)
         r.add("POST", "/v1/routes/reset", self.reset_route)
         r.add("POST", "/v1/shutdown", self.shutdown)
@@ -183,6 +185,31 @@ class ControlAPI:
         stats = d.telemetry.stats()
         d.metrics.telemetry_stats(stats["written"], stats["dropped"], stats["write_errors"])
         return Response(d.metrics.render(), content_type=CONTENT_TYPE)
+
+    def _probe_view(self, result) -> dict:
+        manager = self.daemon.probes
+        return {**result.record(), "age_s": round(manager.age_s(result), 3), "fresh": manager.is_fresh(result)}
+
+    async def list_probes(self, req: Request) -> Response:
+        route = req.query.get("route") or None
+        results = [r for r in self.daemon.probes.results() if route is None or r.route == route]
+        if route and not results:
+            raise HTTPError(404, "probe_not_found", f"no probe results for route {route!r}")
+        return json_response({"probes": [self._probe_view(r) for r in results]})
+
+    async def refresh_probes(self, req: Request) -> Response:
+        from kcd.providers.gateway import ChainEntry
+        from kcd.providers.routes import RouteError, parse_route
+
+        body = await req.json(RouteRef)
+        try:
+            route = parse_route(body.route)
+        except RouteError as exc:
+            raise HTTPError(400, "invalid_route", str(exc)) from None
+        manager = self.daemon.probes
+        entry = manager.entry_for(route.id) or ChainEntry(route=route)
+        result = await manager.get(entry, refresh=True)
+        return json_response({"probes": [self._probe_view(result)]})
 
     async def routes(self, req: Request) -> Response:
         route = req.query.get("route") or None

@@ -439,9 +439,11 @@ def test_read_failure_prints_no_summary(telemetry: Path, monkeypatch: pytest.Mon
     assert res.stderr.strip() == f"[export-provider-metrics] cannot read {telemetry}: Input/output error"
 
 
-def test_metrics_group_without_subcommand_prints_help() -> None:
-    res = CliRunner().invoke(main, ["metrics"])
+def test_metrics_group_lists_export_and_needs_a_daemon_for_live_metrics(tmp_path: Path) -> None:
+    res = CliRunner().invoke(main, ["metrics", "--help"])
     assert res.exit_code == 0 and "export" in res.stdout
+    live = CliRunner().invoke(main, ["--socket", str(tmp_path / "none.sock"), "--no-autostart", "metrics"])
+    assert live.exit_code == 3
 
 
 def test_script_runs_from_a_checkout(telemetry: Path, tmp_path: Path) -> None:

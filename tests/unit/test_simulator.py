@@ -247,3 +247,44 @@ def test_listing_parser_tree_plain_and_errors():
     assert pick_file(nested) == "src/main.c"  # a file with an extension beats one without
     assert pick_file(parse_listing("docs/\nbuild/")) is None
     assert parse_listing('<TOOL_ERROR tool="list_dir">no such directory</TOOL_ERROR>') == []
+
+
+# ------------------------------------------------------------------ capability probes
+
+PROBE_START = [{"role": "system", "content": "You are a diagnostic probe. Reply concisely."},
+               {"role": "user", "content": "Respond with the single word PING."}]
+
+
+@pytest.mark.parametrize("model", ["dev", "editor", "shell", "echo", "gpt-4o-mini", "x-ai/grok-4-fast"])
+async def test_every_model_answers_probes(http, model):
+    out = await chat(http, PROBE_START, tools=False, model=model)
+    assert out["choices"][0]["message"]["content"] == "PING"
+    out = await chat(http, PROBE_START, tools=True, model=model)  # a call to the first offered tool
+    [call] = out["choices"][0]["message"]["tool_calls"]
+    assert call["function"]["name"] == "list_dir"
+    assert json.loads(call["function"]["arguments"]) == {"echo": "ping"}
+    r = await http.post("/chat/completions", json={"model": model, "messages": PROBE_START,
+                                                   "response_format": {"type": "json_object"}})
+    assert json.loads(r.json()["choices"][0]["message"]["content"]) == {"pong": "yes"}
+
+
+async def test_faults_still_apply_to_probes(http):
+    out = await chat(http, PROBE_START, tools=True, model="dev+tool_stripping")
+    msg = out["choices"][0]["message"]
+    assert "tool_calls" not in msg and "I would now use list_dir" in msg["content"]
+    r = await http.post("/chat/completions", json={"model": "dev+html_502", "messages": PROBE_START})
+    assert r.status_code == 502 and r.headers["content-type"].startswith("text/html")
+
+
+def test_probe_responder_only_answers_probes():
+    from kcd.simulator.agents_probe import is_probe, probe_reply
+    from kcd.simulator.behaviours import DevAgent, Echo, default_behaviours
+
+    registry = default_behaviours()
+    assert isinstance(registry["dev"], DevAgent) and isinstance(registry["echo"], Echo)
+    plain = {"messages": start("hello")}
+    assert not is_probe(plain) and probe_reply(plain) is None
+    assert registry["echo"].reply(plain).content == "hello"
+    later = {"messages": start() + [{"role": "system", "content": "You are a diagnostic probe."}]}
+    assert not is_probe(later)  # only the first system message counts
+    assert registry["echo"].reply({"messages": PROBE_START}).content == "PING"
