@@ -10,9 +10,9 @@ from typing import Any, Literal
 
 import msgspec
 
-# Reference 2.3 `concurrency.nonblocking_tools` default; kept equal to
-# kcd.config.agent_schema.DEFAULT_NONBLOCKING_TOOLS (a test checks), but defined
-# here so this module, which Ray workers import, does not pull in the config code.
+# Reference 2.3 `concurrency.nonblocking_tools` default, also the config's default
+# (kcd.config.agent_schema imports it; this module, which Ray workers import, must
+# not pull in the config code).
 DEFAULT_NONBLOCKING_TOOLS: tuple[str, ...] = (
     "apply_unified_patch",
     "apply_search_replace",

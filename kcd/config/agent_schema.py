@@ -31,18 +31,8 @@ ToolPromptMode = Literal[
     "none",
 ]
 
-DEFAULT_NONBLOCKING_TOOLS = (
-    "apply_unified_patch",
-    "apply_search_replace",
-    "create_file_from_block",
-    "read",
-    "read_file",
-    "glob",
-    "grep",
-    "list",
-    "list_dir",
-    "patch",
-)
+# One definition, shared with the executor settings (kcd.agent.calls imports only msgspec).
+from kcd.agent.calls import DEFAULT_NONBLOCKING_TOOLS  # noqa: E402
 
 
 class _Cfg(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
