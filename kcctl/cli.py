@@ -513,6 +513,343 @@ def metrics_export(obj: Ctx, target: str, print_summary: bool, http_endpoint: st
     sys.exit(export.run_export(_export_target(obj, target), opts, err=lambda m: click.echo(m, err=True)))
 
 
+# ---- vendor bundle, incident ------------------------------------------------------------
+# `kcctl bundle` and `kcctl incident` (runbook §6 vendor escalation, §7 incident checklist).
+# The daemon builds the bundle (POST /v1/bundles): it can read the run directory and knows the
+# secret values. The client only names the run and decides where the bytes land.
+
+BUNDLE_PREFIX = "[vendor-bundle]"
+_BUNDLE_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*_vendor_bundle\.zip"
+_FAILED_BUNDLE = ("bundle_refused", "bundle_too_large")  # the run is fine; the bundle is not: exit 1
+
+
+def _run_ref(run: str) -> str:
+    """An id or run-dir name goes as typed; a path is resolved here (the daemon's working
+    directory is not ours), physically: `link/..` means the link target's parent, as in the
+    shell, never a lexical shortcut back into the runs root. The daemon checks it again."""
+    import os
+
+    return os.path.realpath(run) if "/" in run or os.path.exists(run) else run
+
+
+def _fetch_bundle(client: Client, run: str, matrix_files: tuple[Path, ...] = ()) -> tuple[str, bytes]:
+    """(file name, zip bytes) of RUN's bundle; DaemonError as the daemon says."""
+    import re
+
+    attachments = []
+    for path in matrix_files:
+        try:
+            attachments.append({"name": path.name, "content": path.read_text(encoding="utf-8")})
+        except (OSError, UnicodeDecodeError) as exc:
+            raise click.BadParameter(f"cannot read {path} as UTF-8 text: {exc}", param_hint="--with-matrix")
+    # Client has no binary POST helper; _send/_raise_for keep its error mapping.
+    resp = client._send("POST", "/v1/bundles", content=msgspec.json.encode({"run": _run_ref(run),
+                                                                            "matrix": attachments}),
+                        headers={"content-type": "application/json"}, timeout=600.0)
+    client._raise_for(resp)
+    name = resp.headers.get("x-kc-bundle-name", "")
+    if not re.fullmatch(_BUNDLE_NAME, name):  # never let the daemon pick a path
+        raise DaemonError(502, "bad_response", f"kcd named the bundle {name!r}; not using that as a file name")
+    return name, resp.content
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """Whole or not at all: a failed write leaves no half bundle behind."""
+    import os
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _redaction_line(manifest: dict) -> str:
+    t = manifest["redaction"]["totals"]
+    return (f"{BUNDLE_PREFIX} run {manifest.get('run_id') or manifest['run']}: {len(manifest['files'])} files; "
+            f"{t['secrets_masked']} secrets masked ({t['already_masked']} masked by the run already), "
+            f"{t['paths_replaced']} local paths and {t['user_names_replaced']} user names replaced")
+
+
+class _BundleFailed(Exception):
+    """kcd refused the bundle, or sent one that does not match its manifest."""
+
+
+def _get_bundle(obj: Ctx, run: str, matrix_files: tuple[Path, ...] = ()) -> tuple[str, bytes, dict]:
+    """Fetch and check a bundle: (file name, bytes, manifest)."""
+    from kcd.observe.bundle import verify_bundle
+
+    try:
+        with obj.client() as client:
+            name, data = _fetch_bundle(client, run, matrix_files)
+    except DaemonError as exc:
+        if exc.code in _FAILED_BUNDLE:
+            raise _BundleFailed(exc.message) from None
+        raise
+    try:
+        return name, data, verify_bundle(data)
+    except (ValueError, KeyError) as exc:
+        raise _BundleFailed(f"the bundle kcd sent does not match its manifest: {exc}") from None
+
+
+def _get_bundle_or_exit(obj: Ctx, run: str, matrix_files: tuple[Path, ...] = ()) -> tuple[str, bytes, dict]:
+    try:
+        return _get_bundle(obj, run, matrix_files)
+    except _BundleFailed as exc:
+        _fail(f"{BUNDLE_PREFIX} {exc}", EXIT_NOT_COMPLETED)
+        raise  # unreachable: _fail exits
+
+
+@main.command()
+@click.argument("run")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="where to write the zip (default: ./<run dir name>_vendor_bundle.zip)")
+@click.option("--with-matrix", "matrix_files", multiple=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="a matrix result (JSON or JUnit) to include under matrix/; repeatable")
+@click.pass_obj
+@_guard
+def bundle(obj: Ctx, run: str, out: Path | None, matrix_files: tuple[Path, ...]) -> None:
+    """Build RUN's vendor bundle for a provider's support team.
+
+    RUN is a run id, or a run directory under the daemon's runs root (anything resolving
+    outside it is refused). The zip holds an allow-list of the run's evidence, scrubbed of
+    secret values, local paths and user names, with MANIFEST.json (size and sha256 of every
+    file, redaction report) and SUMMARY.md. Exit codes: 0 written, 1 refused (a secret would
+    remain, or too large), 2 no such run or a path outside the runs root, 3 kcd unreachable.
+    """
+    name, data, manifest = _get_bundle_or_exit(obj, run, matrix_files)
+    target = out or Path(name)
+    _write_file(target, data)
+    click.echo(f"{BUNDLE_PREFIX} Wrote {target}")
+    click.echo(_redaction_line(manifest))
+
+
+class _Piece:
+    """One deliverable of `kcctl incident` and how it went."""
+
+    def __init__(self, title: str, status: str, files: list[str], detail: str):
+        self.title, self.status, self.files, self.detail = title, status, files, detail
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "failed"
+
+
+def _zip_member(data: bytes, name: str) -> bytes | None:
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        try:
+            return zf.read(name)
+        except KeyError:
+            return None
+
+
+def _run_routes(data: bytes) -> list[str]:
+    """Every route the run touched: its primary, every metered route, every fallback end."""
+    routes: set[str] = set()
+    for member in ("meta/run.json", "meta/provider_metrics.json", "result.json"):
+        try:
+            doc = json.loads(_zip_member(data, member) or b"{}")
+        except (ValueError, RecursionError):
+            continue
+        if not isinstance(doc, dict):
+            continue
+        routes.update(r for r in (doc.get("route"), doc.get("served_route")) if isinstance(r, str))
+        metered = doc.get("routes")
+        if isinstance(metered, dict):
+            routes.update(r for r in metered if isinstance(r, str))
+        for fb in doc.get("fallbacks") or []:
+            if isinstance(fb, dict):
+                routes.update(r for r in (fb.get("from"), fb.get("to")) if isinstance(r, str))
+    return sorted(routes)
+
+
+def _incident_metrics(data: bytes, manifest: dict, folder: Path) -> _Piece:
+    """incident_metrics.json: the exporter's summary of the run's telemetry lines, taken from
+    the bundle the daemon sent (so scrubbed and limited to this run)."""
+    import tempfile
+
+    from kcctl import export
+
+    title, target = "metrics summary", folder / "incident_metrics.json"
+    lines = _zip_member(data, "meta/telemetry.jsonl")
+    if not lines:
+        return _Piece(title, "failed", [], "the run has no telemetry lines (meta/telemetry.jsonl)")
+    messages: list[str] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "telemetry.jsonl"
+        source.write_bytes(lines)
+        with open(target, "wb") as fh:
+            code = export.run_export(source, export.Options(fmt="summary"), out=fh, err=messages.append)
+    if code != export.EXIT_OK:
+        target.unlink(missing_ok=True)
+        return _Piece(title, "failed", [], "; ".join(messages) or f"the exporter exited {code}")
+    row = next((f for f in manifest["files"] if f["path"] == "meta/telemetry.jsonl"), {})
+    note = " (telemetry truncated by the bundle's per-file cap: partial)" if row.get("truncated") else ""
+    summary = json.loads(target.read_bytes())
+    return _Piece(title, "ok", [target.name], f"{summary['calls']} calls, {summary['errors']} errors, "
+                  f"{summary['html_errors']} HTML errors, {summary['fallbacks']} fallbacks{note}")
+
+
+def _incident_readme(run_name: str, manifest: dict, routes: list[str], pieces: list[_Piece],
+                     summary_md: str) -> str:
+    rows = "\n".join(f"| {p.title} | {p.status} | {', '.join(f'`{f}`' for f in p.files) or '-'} | {p.detail} |"
+                     for p in pieces)
+    attach = [f"`{f}`" for p in pieces if not p.failed for f in p.files]
+    return "\n".join([
+        f"# Incident: run {manifest.get('run_id') or run_name}", "",
+        f"Made by `kcctl incident` (KyleCode {manifest['kylecode_version']}) from run directory `{run_name}`.",
+        f"Routes the run used: {', '.join(f'`{r}`' for r in routes) or '-'}.", "",
+        "| Piece | Status | Files | Detail |", "|---|---|---|---|", rows, "",
+        "## Attach to the ticket", "",
+        *(f"{i}. {f}" for i, f in enumerate(attach, 1)),
+        f"{len(attach) + 1}. Paste the summary below (SUMMARY.md from the bundle) into the ticket body.", "",
+        "The bundle is scrubbed (secret values, local paths, user names); its MANIFEST.json lists every",
+        "file with its size and sha256 and a redaction report.", "",
+        "---", "", summary_md])
+
+
+@main.command()
+@click.argument("run")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="folder to write (default: ./incident_<run dir name>); must be new or empty")
+@click.option("--require-matrix", is_flag=True,
+              help="fail unless the matrix rerun ran (by default an unavailable or empty rerun is reported only)")
+@click.pass_context
+@_guard
+def incident(ctx: click.Context, run: str, out: Path | None, require_matrix: bool) -> None:
+    """The runbook's incident checklist as one command.
+
+    Writes into one folder: the run's vendor bundle, incident_metrics.json (the telemetry
+    summary export), matrix/ (results.json and junit.xml of a rerun of the regression
+    scenarios whose routes the run used; also inside the bundle), and README.md saying
+    what to attach to the ticket. Failing scenarios are a finding (the problem reproduces
+    under the harness), not a failure of this command. Exit codes: 0 every piece written,
+    1 a piece could not be produced, 2 no such run or a path outside the runs root,
+    3 kcd unreachable.
+    """
+    if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise click.UsageError(f"{out} exists and is not an empty directory")
+    name, data, manifest = _get_bundle_or_exit(ctx.obj, run)
+    folder = out or Path(f"incident_{manifest['run']}")
+    if out is None and folder.exists() and any(folder.iterdir()):
+        raise click.UsageError(f"{folder} exists and is not empty; choose another with --out")
+    routes = _run_routes(data)
+    folder.mkdir(parents=True, exist_ok=True)
+    metrics = _incident_metrics(data, manifest, folder)
+    matrix_piece, data, manifest = _incident_matrix(ctx, run, routes, folder, data, manifest, require_matrix)
+    _write_file(folder / name, data)  # with the matrix results inside when the rerun ran
+    pieces = [_Piece("vendor bundle", "ok", [name], _redaction_line(manifest)[len(BUNDLE_PREFIX) + 1:]),
+              metrics, matrix_piece]
+    summary_md = (_zip_member(data, "SUMMARY.md") or b"").decode("utf-8", "replace")
+    (folder / "README.md").write_text(_incident_readme(manifest["run"], manifest, routes, pieces, summary_md),
+                                      encoding="utf-8")
+    click.echo(f"[incident] {folder}/")
+    for p in pieces:
+        click.echo(f"[incident] {p.title}: {p.status}: {p.detail}")
+    click.echo("[incident] attach to the ticket:")
+    for f in (f for p in pieces if not p.failed for f in p.files):
+        click.echo(f"  {folder / f}")
+    click.echo(f"  and paste the summary in {folder / 'README.md'} (the bundle's SUMMARY.md) into the ticket body")
+    sys.exit(EXIT_NOT_COMPLETED if any(p.failed for p in pieces) else EXIT_OK)
+
+
+def _matrix_selection(routes: list[str]) -> list[str]:
+    """Offline scenarios of `kcctl matrix`'s default catalogue whose route chain meets `routes`.
+
+    Loaded here with the matrix's own loader: the dry-run answer names scenarios but not
+    their routes. Raises click.UsageError (no catalogue), ConfigError or ImportError.
+    """
+    from kcd.config.keypath import ConfigError
+    from kcd.matrix.catalogue import load_catalogue
+    from kcd.matrix.configgen import prepare
+    from kcd.matrix.types import ScenarioFile
+
+    files = [ScenarioFile(text=p.read_text(encoding="utf-8"), path=str(p.resolve())) for p in _matrix_files((), None)]
+    wanted, picked = set(routes), []
+    for sc in load_catalogue(files):
+        try:
+            chain = prepare(sc).chain
+        except ConfigError:
+            continue  # the matrix reports a broken scenario itself; it is no evidence here
+        if not sc.live and wanted.intersection(chain):
+            picked.append(sc.name)
+    return picked
+
+
+def _run_matrix(ctx: click.Context, names: list[str], workdir: Path) -> tuple[int, str]:
+    """`kcctl matrix --scenario N... --json --junit FILE` in this process: (exit code, stdout)."""
+    import contextlib
+    import io
+
+    command = main.commands["matrix"]
+    args = [a for n in names for a in ("--scenario", n)] + ["--json", "--junit", str(workdir / "junit.xml")]
+    out = io.StringIO()
+    code = EXIT_OK
+    try:
+        with contextlib.redirect_stdout(out), command.make_context("matrix", args, parent=ctx) as sub:
+            command.invoke(sub)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else EXIT_NOT_COMPLETED
+    return code, out.getvalue()
+
+
+def _incident_matrix(ctx: click.Context, run: str, routes: list[str], folder: Path, data: bytes, manifest: dict,
+                     require: bool) -> tuple[_Piece, bytes, dict]:
+    """Rerun the scenarios for the run's routes; their results come back scrubbed by kcd inside
+    a rebuilt bundle (they name daemon paths), and are copied from it into matrix/.
+    Returns the piece and the bundle to keep."""
+    import tempfile
+
+    title = "matrix rerun"
+
+    def not_run(kind: str, why: str) -> tuple[_Piece, bytes, dict]:
+        return _Piece(title, "failed" if require else kind, [], f"matrix: {kind} ({why})"), data, manifest
+
+    if "matrix" not in main.commands:
+        return not_run("unavailable", "this kcctl has no `matrix` command")
+    try:
+        from kcd.config.keypath import ConfigError
+
+        names = _matrix_selection(routes)
+    except (click.UsageError, ImportError, ConfigError, ValueError, OSError) as exc:
+        return not_run("unavailable", f"cannot load the scenario catalogue: {exc}")
+    if not names:
+        return not_run("skipped", f"no offline scenario uses {', '.join(routes) or 'the run’s routes'}")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        code, stdout = _run_matrix(ctx, names, work)
+        try:
+            results = json.loads(stdout)
+            status = results["status"]
+        except (ValueError, KeyError, TypeError):
+            return _Piece(title, "failed", [], f"kcctl matrix exited {code} without results"), data, manifest
+        (work / "results.json").write_text(stdout, encoding="utf-8")
+        outputs = tuple(p for p in (work / "results.json", work / "junit.xml") if p.is_file())
+        try:
+            name, data2, manifest2 = _get_bundle(ctx.obj, run, outputs)
+        except _BundleFailed as exc:
+            return _Piece(title, "failed", [], f"the results could not be scrubbed into the bundle: {exc}"), \
+                data, manifest
+    (folder / "matrix").mkdir(exist_ok=True)
+    files = []
+    for p in outputs:
+        _write_file(folder / "matrix" / p.name, _zip_member(data2, f"matrix/{p.name}") or b"")
+        files.append(f"matrix/{p.name}")
+    summary = results.get("summary") or {}
+    failed = [r["name"] for r in results.get("results") or [] if r.get("verdict") == "fail"]
+    if status == "cancelled":
+        return _Piece(title, "failed", files, f"the matrix was cancelled ({len(names)} scenarios)"), data2, manifest2
+    finding = (f"{len(failed)} failed: {', '.join(failed[:8])}{' …' if len(failed) > 8 else ''}: the problem "
+               "reproduces under the harness" if failed else "all passed: it does not reproduce under the harness")
+    return _Piece(title, "ok", files, f"{summary.get('total', len(names))} scenarios for {', '.join(routes)}, "
+                  f"{summary.get('passed', '?')} passed, {finding}"), data2, manifest2
+
+
 # ---- config, daemon -------------------------------------------------------------------
 
 @main.group()
@@ -589,6 +926,117 @@ def daemon_stop(obj: Ctx, timeout: float) -> None:
             return
         time.sleep(0.05)
     _fail(f"kcd (pid {h['pid']}) did not stop within {timeout:.0f}s", 1)
+
+
+# ---- regression matrix -------------------------------------------------------------------
+# `kcctl matrix`: the daemon runs the scenarios (POST /v1/matrix) as real runs against its
+# simulator and judges them from their run directories; the client sends the scenario files,
+# follows the NDJSON events and renders (kcd.matrix.report: stdlib only).
+
+MATRIX_DIR = Path("configs") / "matrix"
+
+
+def _matrix_files(files: tuple[Path, ...], directory: Path | None) -> list[Path]:
+    if files:
+        return list(files)
+    candidates = [directory] if directory else [MATRIX_DIR, Path(__file__).resolve().parents[1] / MATRIX_DIR]
+    for d in candidates:
+        if d.is_dir():
+            found = sorted(p for p in d.iterdir() if p.suffix in (".yaml", ".yml", ".json") and p.is_file())
+            if found:
+                return found
+    raise click.UsageError(f"no scenario files in {' or '.join(map(str, candidates))}; use --dir or --config")
+
+
+@main.command()
+@click.option("--scenario", "-s", "names", multiple=True, metavar="NAME",
+              help="run only this scenario (fnmatch patterns allowed); repeatable")
+@click.option("--config", "files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              metavar="FILE", help="a scenario YAML or plan JSON to run instead of the catalogue; repeatable")
+@click.option("--dir", "directory", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="catalogue directory (default: configs/matrix)")
+@click.option("--live", is_flag=True, help="run the live scenarios on real providers (keys from kcd's "
+              "environment); scenarios whose keys are missing are skipped")
+@click.option("--parallel", "-j", type=click.IntRange(1, 32), default=4, show_default=True,
+              help="scenarios run at once")
+@click.option("--json", "as_json", is_flag=True, help="print the results as JSON on stdout")
+@click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), help="write JUnit XML to FILE")
+@click.option("--list", "list_only", is_flag=True, help="load and check the scenarios, list them, run nothing")
+@click.pass_obj
+@_guard
+def matrix(obj: Ctx, names: tuple[str, ...], files: tuple[Path, ...], directory: Path | None, live: bool,
+           parallel: int, as_json: bool, junit: Path | None, list_only: bool) -> None:
+    """Run the provider regression matrix through the daemon.
+
+    Every scenario (configs/matrix/*.yaml, plus the plan file's grid) is a real run
+    against kcd's fault-injecting simulator, several at a time. Prints a progress line,
+    then a table (scenario, outcome, route used, fallbacks, time) and, for failures, the
+    stream and fallback diagnostics and the run directory. Exit codes: 0 every scenario
+    passed (skips allowed), 1 a scenario failed or the matrix was cancelled, 2 a scenario
+    file does not load or no scenario matches, 3 kcd unreachable.
+    """
+    from kcd.matrix import report
+
+    sources = _matrix_files(files, directory)
+    body = {"files": [{"text": p.read_text(encoding="utf-8"), "path": str(p.resolve())} for p in sources],
+            "scenarios": list(names), "parallel": parallel, "live": live, "dry_run": list_only}
+    with obj.client() as client:
+        info = client.call("POST", "/v1/matrix", body)
+        if list_only:
+            if as_json:
+                _print_json(info)
+            else:
+                for name in info["scenarios"]:
+                    click.echo(f"{name:<44} {info['descriptions'].get(name, '')}")
+            return
+        total = len(info["scenarios"])
+        click.echo(f"[regression-matrix] {info['id']}: {total} {'live ' if live else ''}scenario(s), "
+                   f"{parallel} at a time", err=True)
+        try:
+            final = _follow_matrix(client, info["id"], total)
+        except KeyboardInterrupt:
+            client.call("POST", f"/v1/matrix/{info['id']}/cancel")
+            click.echo(f"\nmatrix {info['id']} cancelled", err=True)
+            sys.exit(130)
+    if junit is not None:
+        junit.write_text(report.junit_xml(final), encoding="utf-8")
+    if as_json:
+        _print_json(final)
+    else:
+        click.echo(report.table(final))
+        for r in final["results"]:
+            if r["verdict"] != "pass":
+                click.echo("\n" + report.details(r))
+        click.echo("\n" + report.summary_line(final))
+    if junit is not None:
+        click.echo(f"[regression-matrix] JUnit XML: {junit}", err=True)
+    sys.exit(EXIT_OK if final["status"] == "passed" else EXIT_NOT_COMPLETED)
+
+
+def _follow_matrix(client: Client, matrix_id: str, total: int) -> dict:
+    """Follow the matrix's events with a progress line; returns the final MatrixInfo."""
+    from kcd.matrix import report
+
+    tty = sys.stderr.isatty()
+    done: list[dict] = []
+    running = 0
+    for line in client.stream_lines(f"/v1/matrix/{matrix_id}/events", {"follow": "1"}):
+        event = msgspec.json.decode(line)
+        kind, data = event.get("type"), event.get("data") or {}
+        if kind == "scenario.start":
+            running += 1
+        elif kind == "scenario.end":
+            running -= 1
+            done.append(data["result"])
+            if not tty:
+                click.echo(report.result_line(len(done), total, data["result"]), err=True)
+        elif kind == "matrix.end":
+            if tty:
+                click.echo("\r" + report.progress(done, total, 0) + "\033[K", err=True)
+            return data["info"]
+        if tty and kind in ("scenario.start", "scenario.end"):
+            click.echo("\r" + report.progress(done, total, running) + "\033[K", err=True, nl=False)
+    return client.call("GET", f"/v1/matrix/{matrix_id}")  # the stream ended early: ask for the state
 
 
 if __name__ == "__main__":

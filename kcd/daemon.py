@@ -13,6 +13,7 @@ import os
 import signal
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
@@ -22,6 +23,8 @@ from kcd import __version__
 from kcd.agent.loop import RunServices
 from kcd.config.daemon import DaemonConfig
 from kcd.execution.base import Executor
+from kcd.gateway_api.access import TokenTable
+from kcd.gateway_api.models import ModelMap
 from kcd.observe.prometheus import DaemonMetrics
 from kcd.observe.redact import Redactor
 from kcd.observe.telemetry import Probe, TelemetrySink, circuit_event, default_central_path
@@ -31,9 +34,14 @@ from kcd.providers.probes import ProbeManager, ProbeResult
 from kcd.runs import RunManager
 from kcd.sdnotify import activated_sockets, notify
 from kcd.server.app import ControlAPI
+from kcd.server.gateway_tcp import bind_tcp_socket
 from kcd.server.listener import bind_unix_socket, make_server
+from kcd.server.openai_api import OpenAIEndpoint, TCPGatewayApp
 from kcd.state import StateStore
 from kcd.workspaces import UploadStore
+
+if TYPE_CHECKING:
+    from kcd.matrix.runner import MatrixService
 
 log = logging.getLogger("kcd")
 
@@ -79,7 +87,8 @@ class Daemon:
         self._sim_lock = anyio.Lock()
         self._sim_url: str | None = None
         self._tg: anyio.abc.TaskGroup | None = None
-        self.redactor = Redactor.from_env(env)
+        # Gateway bearer tokens from the config file are secrets too (the env one already is).
+        self.redactor = Redactor.from_env(env, extra=config.gateway.tokens.values())
         self.metrics = DaemonMetrics()
         self.telemetry = TelemetrySink(
             default_central_path(env, config.mode, config.state_dir or Path(".")),
@@ -89,6 +98,8 @@ class Daemon:
         self.breakers: BreakerBoard | None = None
         self.probes: ProbeManager | None = None
         self.runs: RunManager  # set in run()
+        self._matrix: MatrixService | None = None  # regression matrices, made on first use
+        self.openai: OpenAIEndpoint  # set in run(): the OpenAI-compatible gateway endpoint
 
     def log_exception(self, exc: BaseException) -> None:
         log.error("unhandled error in a request handler", exc_info=exc)
@@ -110,6 +121,16 @@ class Daemon:
                 self._sim_url = handle.base_url
                 log.info("provider simulator listening on %s", self._sim_url)
             return self._sim_url
+
+    @property
+    def matrix(self) -> MatrixService:
+        """Regression matrices (`/v1/matrix`), set up on first use: nothing at start-up."""
+        if self._matrix is None:
+            from kcd.matrix.runner import MatrixService
+
+            assert self._tg is not None
+            self._matrix = MatrixService(self.runs, simulator_url=self.simulator_url, task_group=self._tg)
+        return self._matrix
 
     def _make_breakers(self) -> BreakerBoard:
         """Breakers are daemon state shared by every run; restored from the store
@@ -164,11 +185,18 @@ class Daemon:
     async def run(self) -> None:
         cfg = self.config
         install_log_redaction(self.redactor)
+        if not logging.getLogger().isEnabledFor(logging.DEBUG):
+            # httpx logs every request at INFO: a record and a redaction pass per provider call
+            # cost more than the gateway's own work per call (docs/benchmarks.md §5).
+            logging.getLogger("httpx").setLevel(logging.WARNING)
         assert cfg.state_dir and cfg.runs_root and cfg.socket
         self.store = StateStore(cfg.state_dir / "state.db")
         interrupted = self.store.mark_interrupted()
         if interrupted:
             log.warning("marked %d run(s) from a previous daemon as interrupted", len(interrupted))
+        # The gateway's TCP listener is bound first, so a taken port fails start-up cleanly.
+        gw = cfg.gateway
+        tcp_sock = bind_tcp_socket(gw.tcp.host, gw.tcp.port) if gw.tcp.port is not None else None
         sockets = activated_sockets()
         sock = sockets[0] if sockets else bind_unix_socket(cfg.socket, cfg.socket_mode)
         owns_socket_file = not sockets
@@ -177,6 +205,12 @@ class Daemon:
                                   redactor=self.redactor)
         self.probes = ProbeManager(gateway, self.store, redact=self.redactor.text, on_result=self._on_probe)
         self.probes.restore()
+        # ---- OpenAI-compatible gateway endpoint: same gateway, breakers and probes as runs.
+        self.openai = OpenAIEndpoint(
+            gateway, ModelMap(gw), telemetry=self.telemetry, metrics=self.metrics, probes=self.probes,
+            tokens=TokenTable(gw.tokens), env=self.env, max_body=gw.max_body_bytes,
+            secrets=self.redactor.known_values, redact=self.redactor.bytes, log_exception=self.log_exception)
+        tcp_server = None
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
@@ -205,6 +239,11 @@ class Daemon:
                         server_done.set()
 
                 tg.start_soon(serve)
+                if tcp_sock is not None:  # the gateway's TCP listener: OpenAI routes only, bearer tokens
+                    tcp_server = make_server(TCPGatewayApp(self.openai), log_level="warning")
+                    tg.start_soon(tcp_server.serve, [tcp_sock])
+                    host, port = tcp_sock.getsockname()[:2]
+                    log.info("OpenAI-compatible gateway listening on http://%s:%d/v1", host, port)
                 log.info("kcd %s listening on %s (executor: %s)", __version__, cfg.socket,
                          self.executor.mode)
                 notify(f"READY=1\nSTATUS=listening on {cfg.socket}\nMAINPID={os.getpid()}")
@@ -214,8 +253,12 @@ class Daemon:
 
                 self.stopping = True
                 notify("STOPPING=1")
+                if self._matrix is not None:  # its runs finalise like any other
+                    await self._matrix.shutdown(cfg.shutdown_grace_s)
                 await self.runs.shutdown(cfg.shutdown_grace_s)
                 server.should_exit = True  # uvicorn closes listeners, drains connections
+                if tcp_server is not None:
+                    tcp_server.should_exit = True
                 with anyio.move_on_after(10):
                     await server_done.wait()
                 tg.cancel_scope.cancel()
@@ -226,6 +269,8 @@ class Daemon:
                 await gateway.aclose()
                 await self.executor.aclose()
             self.store.close()
+            if tcp_sock is not None:
+                tcp_sock.close()
             if owns_socket_file:
                 try:
                     Path(cfg.socket).unlink()

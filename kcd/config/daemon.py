@@ -8,10 +8,15 @@ state is shared by every run: `breaker` applies to every route, and
 `breaker_overrides` (keyed by route id) replaces it for one route. In a YAML
 file each override is layered over `breaker`, so it only needs the keys that
 differ; keys are normalised to canonical route ids.
+
+`gateway` configures the OpenAI-compatible endpoint (`kcd.server.openai_api`):
+model names and their route chains, the optional loopback TCP listener and its
+bearer tokens (plus `KYLECODE_GATEWAY_TOKEN`, named "env").
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -52,6 +57,76 @@ class BreakerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError(f"cap_s ({self.cap_s:g}) is shorter than cooldown_s ({self.cooldown_s:g})")
 
 
+# ---- gateway: the OpenAI-compatible endpoint --------------------------------------
+
+GATEWAY_TOKEN_ENV = "KYLECODE_GATEWAY_TOKEN"
+ENV_TOKEN_NAME = "env"
+MIN_TOKEN_CHARS = 16  # shorter bearer tokens are refused: they would be guessable
+
+
+class GatewayTimeouts(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Per-attempt deadlines (`kcd.providers.attempt.Timeouts`); unset keys keep its defaults."""
+
+    connect: Seconds | None = None
+    write: Seconds | None = None
+    ttft: Seconds | None = None
+    idle: Seconds | None = None
+    progress: Seconds | None = None
+    total: Seconds | None = None
+
+
+class GatewayRetry(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The turn's `kcd.providers.retry.RetryPolicy`; unset keys keep its defaults."""
+
+    retries_per_route: Annotated[int, Meta(ge=0)] | None = None
+    max_attempts_per_turn: Annotated[int, Meta(ge=1)] | None = None
+    backoff_base_s: Annotated[float, Meta(ge=0)] | None = None
+    backoff_cap_s: Annotated[float, Meta(ge=0)] | None = None
+    retry_after_inline_max_s: Annotated[float, Meta(ge=0)] | None = None
+    turn_deadline_s: Seconds | None = None
+    all_open_max_wait_s: Annotated[float, Meta(ge=0)] | None = None
+
+
+class GatewayFallback(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A fallback written as a mapping, for a route that needs its own settings."""
+
+    route: str
+    base_url: str | None = None
+    timeouts: GatewayTimeouts | None = None  # None: the model's
+    native_tools: bool | None = None
+
+
+class GatewayModel(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One model name clients may ask for: a route and its ordered fallback chain."""
+
+    route: str
+    fallbacks: list[str | GatewayFallback] = []
+    # buffer: only a complete, validated answer reaches the client (any failure falls back
+    # transparently); passthrough: text is forwarded as it arrives (docs/runbook.md §11).
+    stream_mode: Literal["buffer", "passthrough"] = "buffer"
+    stream_upstream: bool | None = None  # None: stream upstream iff the client streams
+    timeouts: GatewayTimeouts = msgspec.field(default_factory=GatewayTimeouts)
+    retry: GatewayRetry = msgspec.field(default_factory=GatewayRetry)
+    base_url: str | None = None  # the primary's; None: from the daemon's environment
+    native_tools: bool | None = None  # False: never offer this route tool schemas
+    params: dict[str, Any] = {}  # request defaults (temperature, provider routing...); the client's win
+    probes: bool = False  # True: probe uncached routes before the first request, as runs do
+
+
+class GatewayTCP(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=0, le=65535)] | None = None  # None: no TCP listener
+    allow_remote: bool = False  # required to bind anything but a loopback address
+
+
+class GatewaySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    tcp: GatewayTCP = msgspec.field(default_factory=GatewayTCP)
+    tokens: dict[str, str] = {}  # name -> bearer token (TCP only; never logged or echoed)
+    models: dict[str, GatewayModel] = {}
+    allow_route_ids: bool = True  # a full route id (`openrouter/z-ai/glm-4.6`) works as a model name
+    max_body_bytes: Annotated[int, Meta(ge=1024)] = 16 * 1024 * 1024
+
+
 class DaemonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     mode: Literal["user", "system"] = "user"
     socket: Path | None = None
@@ -75,6 +150,7 @@ class DaemonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     idle_exit_s: float = 0.0  # auto-started daemons exit after this long idle; 0 = never
     breaker: BreakerSettings = msgspec.field(default_factory=BreakerSettings)
     breaker_overrides: dict[str, BreakerSettings] = {}  # canonical route id -> settings
+    gateway: GatewaySettings = msgspec.field(default_factory=GatewaySettings)
 
     def breaker_for(self, route_id: str) -> BreakerSettings:
         """The route's override, else `breaker` (RouteError if `route_id` is not a route id)."""
@@ -104,6 +180,7 @@ def load_daemon_config(path: Path | None, env: Mapping[str, str], overrides: dic
         data.update(loaded)
     where = f"{path}: " if path else ""
     _prepare_breakers(data, where)
+    _prepare_gateway(data, env, where)
     if env.get("RAY_SCE_LOCAL_MODE", "").lower() in TRUTHY:
         data["executor"] = "in-process"
     if env.get("RAY_ADDRESS") and "ray_address" not in data:
@@ -172,6 +249,98 @@ def _settings(raw: dict[str, Any], at: Path_, where: str) -> None:
             message, inner = str(exc), "$`"
         path = render((*at, *parse(inner.rstrip("`"))))
         raise DaemonConfigError(f"{where}{message} - at `{path}`") from None
+
+
+def _check(raw: Any, type_: Any, at: Path_, where: str) -> Any:
+    """`msgspec.convert` with errors that name the full key path (msgspec writes `[...]`
+    for mapping keys; a user needs `$.gateway.models["fast"].route`)."""
+    try:
+        return msgspec.convert(raw, type_, strict=False)
+    except msgspec.ValidationError as exc:
+        message, sep, inner = str(exc).rpartition(" - at `")
+        if not sep:
+            message, inner = str(exc), "$`"
+        raise DaemonConfigError(f"{where}{message} - at `{render((*at, *parse(inner.rstrip('`'))))}`") \
+            from None
+
+
+def _fail(where: str, message: str, at: Path_) -> DaemonConfigError:
+    return DaemonConfigError(f"{where}{message} - at `{render(at)}`")
+
+
+def _prepare_gateway(data: dict[str, Any], env: Mapping[str, str], where: str) -> None:
+    """Check the `gateway` section key by key, and add the environment's token."""
+    raw = data.get("gateway")
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise _fail(where, f"Expected `object`, got `{_kind(raw)}`", ("gateway",))
+    raw = dict(raw)
+    models = raw.pop("models", None) or {}
+    tokens = raw.pop("tokens", None) or {}
+    if not isinstance(models, dict):
+        raise _fail(where, f"Expected `object`, got `{_kind(models)}`", ("gateway", "models"))
+    if not isinstance(tokens, dict):
+        raise _fail(where, f"Expected `object`, got `{_kind(tokens)}`", ("gateway", "tokens"))
+    settings: GatewaySettings = _check(raw, GatewaySettings, ("gateway",), where)
+    checked_models = {}
+    for name, model in models.items():
+        here: Path_ = ("gateway", "models", str(name))
+        if not isinstance(name, str) or not name.strip() or any(c.isspace() for c in name):
+            raise _fail(where, "a model name must be a non-empty string without whitespace", here)
+        checked = _check(model, GatewayModel, here, where)
+        _route(checked.route, (*here, "route"), where)
+        _base_url(checked.base_url, (*here, "base_url"), where)
+        for i, fallback in enumerate(checked.fallbacks):
+            if isinstance(fallback, str):
+                _route(fallback, (*here, "fallbacks", i), where)
+            else:
+                _route(fallback.route, (*here, "fallbacks", i, "route"), where)
+                _base_url(fallback.base_url, (*here, "fallbacks", i, "base_url"), where)
+        checked_models[name] = checked
+    checked_tokens: dict[str, str] = {}
+    for name, token in tokens.items():
+        here = ("gateway", "tokens", str(name))
+        if not isinstance(token, str):
+            raise _fail(where, f"Expected `str`, got `{_kind(token)}`", here)
+        if len(token.strip()) < MIN_TOKEN_CHARS:  # the message never quotes the token
+            raise _fail(where, f"token is shorter than {MIN_TOKEN_CHARS} characters", here)
+        checked_tokens[str(name)] = token.strip()
+    env_token = (env.get(GATEWAY_TOKEN_ENV) or "").strip()
+    if env_token:
+        if len(env_token) < MIN_TOKEN_CHARS:
+            raise DaemonConfigError(f"{GATEWAY_TOKEN_ENV} is shorter than {MIN_TOKEN_CHARS} characters")
+        checked_tokens[ENV_TOKEN_NAME] = env_token  # the environment wins over a file token "env"
+    tcp = settings.tcp
+    if tcp.port is not None:
+        if not tcp.allow_remote and not _is_loopback(tcp.host):
+            raise _fail(where, f"{tcp.host!r} is not a loopback address; set allow_remote: true to "
+                               "serve the gateway beyond this machine", ("gateway", "tcp", "host"))
+        if not checked_tokens:
+            raise _fail(where, f"the TCP listener needs a bearer token: set gateway.tokens or "
+                               f"{GATEWAY_TOKEN_ENV}", ("gateway", "tcp", "port"))
+    data["gateway"] = msgspec.structs.replace(settings, models=checked_models, tokens=checked_tokens)
+
+
+def _route(raw: Any, at: Path_, where: str) -> None:
+    try:
+        parse_route(raw)
+    except RouteError as exc:
+        raise _fail(where, str(exc), at) from None
+
+
+def _base_url(url: str | None, at: Path_, where: str) -> None:
+    if url is not None and not url.strip().startswith(("http://", "https://")):
+        raise _fail(where, f"base URL {url!r} must start with http:// or https://", at)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve anywhere
 
 
 def default_env() -> Mapping[str, str]:

@@ -12,6 +12,7 @@ The whole turn runs under one deadline and one attempt budget.
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -88,6 +89,16 @@ class CallObserver(Protocol):
     async def stream_disabled(self, route: str, reason: str) -> None: ...
 
 
+class AttemptTap(Protocol):
+    """For callers that forward a turn's output live (the OpenAI endpoint's passthrough
+    streams): told when each attempt starts, and asked after a failed attempt whether
+    part of its output already reached their client. If so the turn ends with that
+    failure: a retry or fallback would be spliced onto text the client already has."""
+
+    def started(self, entry: ChainEntry, number: int) -> None: ...
+    def committed(self) -> bool: ...
+
+
 class NullObserver:
     async def attempt(self, record: AttemptRecord) -> None: ...
     async def marker(self, prefix: str, text: str) -> None: ...
@@ -105,8 +116,9 @@ def _failure_summary(route: str, failure: ProviderFailure) -> dict[str, Any]:
 class _Turn:
     """Mutable bookkeeping of one `complete()` call."""
 
-    def __init__(self, policy: RetryPolicy, clock: Callable[[], float]):
+    def __init__(self, policy: RetryPolicy, clock: Callable[[], float], tap: AttemptTap | None = None):
         self.policy = policy
+        self.tap = tap
         self.clock = clock
         self.deadline = clock() + policy.turn_deadline_s
         self.budget = policy.max_attempts_per_turn
@@ -163,17 +175,19 @@ class ProviderGateway:
                        tools: list[ToolSchema], *, policy: RetryPolicy = RetryPolicy(),
                        turn_key: str, observer: CallObserver | None = None,
                        stream_off: set[str] | None = None,
-                       on_chunk: Callable[[str], None] | None = None) -> Served:
+                       on_chunk: Callable[[str], None] | None = None,
+                       tap: AttemptTap | None = None) -> Served:
         """Serve one turn from the first route of `chain` that can, or raise.
 
         `stream_off` holds the routes this run no longer streams on; the
         gateway adds to it when a stream breaks. Raises `ProviderFailure`:
         the route's own failure when it must not be retried anywhere (a bad
-        request), else an aggregate naming every attempt.
+        request), else an aggregate naming every attempt. With a `tap`, a failed
+        attempt whose output the tap says was already delivered is raised as is.
         """
         obs = observer or NullObserver()
         stream_off = stream_off if stream_off is not None else set()
-        turn = _Turn(policy, self._clock)
+        turn = _Turn(policy, self._clock, tap)
         primary = chain[0].route.id
         tried: set[str] = set()
         served_from: str | None = None
@@ -248,6 +262,8 @@ class ProviderGateway:
             if remaining < timeouts.total:
                 timeouts = msgspec.structs.replace(timeouts, total=max(remaining, 0.001))
             turn.attempts += 1
+            if turn.tap is not None:
+                turn.tap.started(entry, turn.attempts)
             started = self._clock()
             attempt = await send_chat(self.client_for(endpoint), endpoint, entry.route, request,
                                       timeouts=timeouts, on_chunk=on_chunk)
@@ -274,6 +290,8 @@ class ProviderGateway:
             await obs.attempt(AttemptRecord(turn.attempts, kind, entry, attempt, decision,
                                             next_delay_s=delay,
                                             breaker_state=self.breakers.state(route)))
+            if turn.tap is not None and turn.tap.committed():
+                return failure  # output of this attempt reached the caller's client: no splice
             if stream_broke:
                 stream_off.add(route)
                 await obs.stream_disabled(route, failure.classification)
@@ -297,9 +315,13 @@ class ProviderGateway:
 
     def _scrub_failure(self, failure: ProviderFailure) -> ProviderFailure:
         assert self._redactor is not None
+        details = self._redactor.obj(failure.details)
+        if isinstance(details.get("raw_body_b64"), str):
+            # The base64 body hides secrets from text scrubbing: scrub the bytes, re-encode.
+            raw = base64.b64decode(details["raw_body_b64"])
+            details["raw_body_b64"] = base64.b64encode(self._redactor.bytes(raw)).decode("ascii")
         return ProviderFailure(failure.route, failure.classification, self._redactor.text(failure.message),
-                               status_code=failure.status_code, retryable=failure.retryable,
-                               details=self._redactor.obj(failure.details))
+                               status_code=failure.status_code, retryable=failure.retryable, details=details)
 
     def _record_breaker(self, route: str, decision: Decision, failure: ProviderFailure,
                         turn_key: str, trial: bool) -> None:

@@ -67,6 +67,12 @@ class ControlAPI:
         r.add("GET", "/v1/routes", self.routes)
         r.add("POST", "/v1/routes/reset", self.reset_route)
         r.add("POST", "/v1/shutdown", self.shutdown)
+        # ---- OpenAI-compatible gateway (kcd.server.openai_api; the caller is the peer's uid) ----
+        r.add("POST", "/v1/chat/completions", self.daemon.openai.chat_completions)
+        r.add("GET", "/v1/models", self.daemon.openai.list_models)
+        # ---- end of the OpenAI-compatible gateway block ----
+        r.add("POST", "/v1/bundles", self.create_bundle)  # vendor bundles: see the block below
+        self._matrix_routes(r)  # regression matrix and simulator: see the block below
         return App(r, max_body=self.daemon.config.max_body_bytes, on_error=self.daemon.log_exception,
                    scrub=self.daemon.redactor.bytes)
 
@@ -234,6 +240,103 @@ class ControlAPI:
         self.daemon.request_stop("shutdown requested over the API")
         return json_response({"stopping": True}, status=202)
 
+    # ---- vendor bundles (`kcctl bundle`, `kcctl incident`) ---------------------------------
+    # POST /v1/bundles {"run": <run id | run dir name | absolute run dir>,
+    #                   "matrix": [{"name": "<file name>", "content": "<text>"}]}   (optional)
+    # -> 200 application/zip: the bundle's bytes; headers x-kc-bundle-name (the file name to
+    #    save it as), x-kc-run-id. The daemon builds it because it can read the run directory
+    #    and knows the secret values; it streams the bytes back instead of writing a file, so a
+    #    client can never make the daemon write, or read, a path of its choosing (attachments
+    #    come as content for the same reason). A path must resolve directly under the runs root.
+    # Errors: 400 invalid_run / run_outside_runs_root / unsafe_entry_name, 404 run_not_found,
+    #         413 bundle_too_large, 422 bundle_refused (a known secret would remain).
+
+    async def create_bundle(self, req: Request) -> Response:
+        import re
+
+        from kcd.observe import bundle as vb
+
+        body = await req.json(vb.BundleRequest)
+        d = self.daemon
+        runs_root = d.config.runs_root
+        assert runs_root is not None
+        by_id = d.runs.get(body.run) if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", body.run) else None
+        try:
+            run_dir = await anyio.to_thread.run_sync(vb.resolve_run_dir, runs_root,
+                                                     by_id.run_dir if by_id else body.run)
+            facts = await anyio.to_thread.run_sync(vb.run_facts, run_dir)
+            info = by_id or (d.runs.get(facts.run_id) if facts.run_id else None)
+            users, homes = vb.local_identities([req.peer.uid if req.peer else None, facts.peer_uid],
+                                               d.env.get("HOME"))
+            scrubber = vb.make_scrubber(d.redactor, run_dir, runs_root=runs_root, state_dir=d.config.state_dir,
+                                        homes=homes, users=users, config_path=facts.config_path)
+            built = await anyio.to_thread.run_sync(lambda: vb.build_bundle(
+                run_dir, scrubber, run_id=facts.run_id or (info.id if info else None),
+                run_status=info.status if info else None, attachments=body.matrix))
+        except vb.BundleError as exc:
+            raise HTTPError(exc.status, exc.code, exc.message) from None
+        run_id = built.manifest["run_id"] or ""
+        return Response(built.data, content_type="application/zip",
+                        headers={"x-kc-bundle-name": built.name,
+                                 "x-kc-run-id": run_id if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", run_id) else "",
+                                 "content-disposition": f'attachment; filename="{built.name}"'})
+
+
+    # ---- regression matrix (`kcctl matrix`; kcd.matrix) --------------------------------------
+    # POST /v1/matrix                MatrixRequest -> 201 MatrixInfo (400 config_error / no_scenario)
+    # GET  /v1/matrix/{id}           MatrixInfo, results so far
+    # GET  /v1/matrix/{id}/events    NDJSON (?follow=1&since=N): matrix.start, scenario.start,
+    #                                scenario.end {result}, matrix.end {info}; heartbeats while idle
+    # POST /v1/matrix/{id}/cancel    202 MatrixInfo; its runs are cancelled and finalised
+    # GET  /v1/simulator             {"base_url", "control_url"} of the embedded simulator (started
+    #                                on first use); namespaces under <root>/ns/<name>/...
+
+    def _matrix_routes(self, r: Router) -> None:
+        r.add("POST", "/v1/matrix", self.create_matrix)
+        r.add("GET", "/v1/matrix/{matrix_id}", self.get_matrix)
+        r.add("GET", "/v1/matrix/{matrix_id}/events", self.matrix_events)
+        r.add("POST", "/v1/matrix/{matrix_id}/cancel", self.cancel_matrix)
+        r.add("GET", "/v1/simulator", self.simulator)
+
+    async def create_matrix(self, req: Request) -> Response:
+        from kcd.matrix.runner import MatrixRejected
+        from kcd.matrix.types import MatrixRequest
+
+        body = await req.json(MatrixRequest)
+        try:
+            info = await self.daemon.matrix.submit(body, req.peer)
+        except MatrixRejected as exc:
+            raise HTTPError(400, exc.code, exc.message) from None
+        return json_response(info, status=200 if body.dry_run else 201)
+
+    def _matrix_or_404(self, matrix_id: str):
+        info = self.daemon.matrix.get(matrix_id)
+        if info is None:
+            raise HTTPError(404, "matrix_not_found", f"no matrix with id {matrix_id!r}")
+        return info
+
+    async def get_matrix(self, req: Request) -> Response:
+        return json_response(self._matrix_or_404(req.path_params["matrix_id"]))
+
+    async def matrix_events(self, req: Request) -> Response:
+        matrix_id = req.path_params["matrix_id"]
+        stream = self.daemon.matrix.follow(matrix_id, _int(req.query.get("since"), "since", 0),
+                                           _bool(req.query.get("follow")))
+        if stream is None:
+            raise HTTPError(404, "matrix_not_found", f"no matrix with id {matrix_id!r}")
+        return StreamResponse(_detaching(stream), content_type="application/x-ndjson",
+                              headers={"cache-control": "no-store"})
+
+    async def cancel_matrix(self, req: Request) -> Response:
+        matrix_id = req.path_params["matrix_id"]
+        self._matrix_or_404(matrix_id)
+        return json_response(self.daemon.matrix.cancel(matrix_id), status=202)
+
+    async def simulator(self, req: Request) -> Response:
+        base_url = await self.daemon.simulator_url()
+        return json_response({"base_url": base_url, "control_url": f"{base_url.removesuffix('/v1')}/_sim"})
+
+    # ---- end of the regression matrix block ----
 
 async def _detaching(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     """Closing the HTTP stream only detaches the follower; the run goes on."""

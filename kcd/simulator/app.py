@@ -13,6 +13,8 @@ carries ``x-request-id``; a faulted one also ``x-kc-sim-fault``.
 
 What the upstream saw is kept in the app's own `SimulatorState` (no
 module-level state), so tests can assert on it in-process or over HTTP.
+Every route also exists under ``/ns/<name>/...`` with a separate state per
+namespace (`namespaces`); ``GET /_sim/namespaces`` lists the live ones.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from kcd.simulator.behaviours import Behaviour, default_behaviours
 from kcd.simulator.control import CONTROL_PREFIXES, SimulatorState, control
 from kcd.simulator.delivery import Delivery, Exchange, WellFormed
 from kcd.simulator.faults import FAULT_HEADER, FaultError, FaultRun, FaultSpec, FAULTS, choose
+from kcd.simulator.namespaces import NamespaceError, Namespaces, split_namespace
 
 __all__ = ["BEHAVIOUR_HEADER", "FAULT_HEADER", "SimulatorApp", "SimulatorState", "create_app"]
 
@@ -121,7 +124,8 @@ def _connection_aborter(send: Send) -> Callable[[], None] | None:
 
 
 class SimulatorApp:
-    """ASGI callable; `state` holds what it has seen."""
+    """ASGI callable; `state` holds what the default namespace has seen,
+    `namespaces` the state of every other one."""
 
     def __init__(
         self,
@@ -132,6 +136,7 @@ class SimulatorApp:
         self.behaviours = dict(behaviours)
         self.delivery = delivery
         self.state = state
+        self.namespaces = Namespaces(state.max_log)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -145,21 +150,32 @@ class SimulatorApp:
                     return
         if kind != "http":
             return
-        request_id = self.state.next_request_id()
-        method, path = scope["method"], scope["path"].rstrip("/") or "/"
+        request_id = self.state.next_request_id()  # unique across namespaces
+        method = scope["method"]
+        try:
+            namespace, path = split_namespace(scope["path"].rstrip("/") or "/")
+            state = self.state if namespace is None else self.namespaces.get(namespace)
+        except NamespaceError as exc:
+            await _respond(send, exc.status, wire.error_body(str(exc), "invalid_request_error", "bad_namespace"),
+                           request_id)
+            return
         if path == "/v1/chat/completions":
             if method != "POST":
                 await _respond(send, 405, wire.error_body("use POST", "invalid_request_error",
                                                           "method_not_allowed"), request_id)
                 return
-            await self._chat(scope, receive, send, request_id)
+            await self._chat(scope, receive, send, request_id, state)
+        elif namespace is None and method == "GET" and path in ("/_sim/namespaces", "/v1/_sim/namespaces"):
+            await _respond(send, 200, {"namespaces": self.namespaces.listing()}, request_id)
         elif path.startswith(CONTROL_PREFIXES):
             body = await _read_body(receive) if method == "POST" else b""
             if body is None:
                 status, obj = 400, wire.error_body("request body missing or too large",
                                                    "invalid_request_error", "invalid_body")
             else:
-                status, obj = control(self.state, method, path, body)
+                status, obj = control(state, method, path, body)
+                if namespace is not None and method == "DELETE" and status == 200:
+                    self.namespaces.drop(namespace)  # reset == gone: nothing is left behind
             await _respond(send, status, obj, request_id)
         elif path == "/v1/models" and method == "GET":
             data = [{"id": name, "object": "model", "owned_by": "kylecode-simulator"}
@@ -186,7 +202,7 @@ class SimulatorApp:
         return DEFAULT_BEHAVIOUR, self.behaviours[DEFAULT_BEHAVIOUR]
 
     def _select(
-        self, headers: Mapping[str, str], sent: str, override: str | None
+        self, state: SimulatorState, headers: Mapping[str, str], sent: str, override: str | None
     ) -> tuple[str, tuple[str, Behaviour] | None, FaultSpec | None, str | None, FaultError | None]:
         """(model, behaviour, fault, where the fault came from, selection error).
 
@@ -201,11 +217,12 @@ class SimulatorApp:
         if found is None:
             return model, None, None, None, None
         if fault is None:
-            fault = self.state.plans.take(model)
+            fault = state.plans.take(model)
             source = "plan" if fault else None
         return model, found, fault, source, None
 
-    async def _chat(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+    async def _chat(self, scope: Scope, receive: Receive, send: Send, request_id: str,
+                    state: SimulatorState) -> None:
         body = await _read_body(receive)
         if body is None:
             await _respond(send, 400, wire.error_body("request body missing or too large",
@@ -224,8 +241,8 @@ class SimulatorApp:
             return
         headers = _headers(scope.get("headers") or ())
         override = headers.get(BEHAVIOUR_HEADER)
-        model, found, fault, source, problem = self._select(headers, request["model"], override)
-        nth = self.state.applied(fault.name, model) if fault else 0
+        model, found, fault, source, problem = self._select(state, headers, request["model"], override)
+        nth = state.applied(fault.name, model) if fault else 0
         auth = headers.get("authorization", "")
         messages = request["messages"]
         last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
@@ -248,7 +265,7 @@ class SimulatorApp:
             "headers": sanitize_headers(headers),
             "body": request,
         }
-        seq = self.state.record(entry)
+        seq = state.record(entry)
         tracked = _status_recorder(send, entry)
         if problem is not None:
             await _respond(tracked, 400, problem.body(), request_id)

@@ -5,7 +5,8 @@ app runs on one event loop and every mutation below is synchronous (no await
 between reading and writing), so concurrent requests cannot interleave inside
 one: a plan with ``count: 1`` is taken by exactly one request.
 
-Control endpoints (also under ``/v1/_sim/...``, for clients whose base URL ends in /v1):
+Control endpoints (also under ``/v1/_sim/...``, for clients whose base URL ends in /v1,
+and under ``/ns/<name>/...`` for one namespace's own state, see `namespaces`):
 
 ``GET /_sim/faults``
     ``{"faults": [catalogue rows], "plans": {model: [{"fault", "params", "remaining"}]}}``
@@ -19,6 +20,7 @@ Control endpoints (also under ``/v1/_sim/...``, for clients whose base URL ends 
 ``DELETE /_sim/faults``
     clears plans, fault counters (``server_error_once``, ``flapping_primary``),
     the request log and the stats. Request ids keep counting (they stay unique).
+    Under ``/ns/<name>/`` it also drops the namespace.
 ``GET /_sim/requests``
     ``{"requests": [...]}``, oldest first, the last `max_log` chat requests.
 ``GET /_sim/stats``

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -51,8 +52,13 @@ def test_canary_key_never_written_anywhere(make_kcd, sim, kcd_root, tmp_path):
     assert daemon.stop() == 0
     leaks = []
     for path in kcd_root.rglob("*"):
-        if path.is_file() and canary.encode() in path.read_bytes():
+        if not path.is_file():
+            continue
+        data = path.read_bytes()
+        if canary.encode() in data:
             leaks.append(str(path))
+        if path.suffix == ".b64" and canary.encode() in base64.b64decode(data):
+            leaks.append(f"{path} (base64)")
     assert not leaks, leaks
     assert not [r for r in responses if canary in r]
     assert canary.encode() not in daemon.log_path.read_bytes()

@@ -1,0 +1,296 @@
+"""The OpenAI endpoint's added latency: a client call through `kcd` vs straight to the provider.
+
+One simulator process (`kcd simulate`) stands in for the provider; one `kcd`
+daemon (in-process executor, telemetry on) serves the endpoint on loopback TCP
+with `openai/echo` routed to that simulator. The benchmark client (one event
+loop, one `httpx.AsyncClient` per target with the same pool limits) sends the
+same pre-encoded chat call either
+
+- **direct**: to the simulator's `/v1/chat/completions` (model `echo`), or
+- **endpoint**: to kcd's `/v1/chat/completions` (model `bench` or
+  `bench-passthrough`, bearer token), which makes the same call upstream,
+- **floor** (with `--floor`): to a bare proxy on the same stack as kcd (uvicorn
+  with kcd's `make_server`, one pooled `httpx.AsyncClient` with the gateway's
+  pool limits) that forwards a fixed body and returns the upstream's bytes:
+  what any gateway built on this server and client costs, before any logic,
+
+interleaved in rounds (direct, endpoint, direct, ...) at concurrency 1, 10 and
+64, non-streamed and streamed (buffer and passthrough modes). Every answer is
+checked (status, content, `[DONE]` at the end of a stream) and the simulator's
+request count must grow by exactly one per call on both paths (no hidden
+retries). Prints p50/p99 of each path, the added latency, the spread of the
+per-round added p50, and CPU per call: the client's and the daemon's (from
+/proc). Not a test: it asserts nothing about time.
+
+    .venv/bin/python bench/bench_endpoint.py [--calls 400] [--rounds 4] [--floor]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import secrets
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import anyio
+import httpx
+import msgspec
+
+REPO = Path(__file__).resolve().parents[1]
+LIMITS = httpx.Limits(max_connections=128, max_keepalive_connections=64, keepalive_expiry=30)
+MESSAGES = [{"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "Say hello in five words."}]
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen, what: str, **kw) -> None:
+    for _ in range(600):
+        if proc.poll() is not None:
+            raise SystemExit(f"{what} exited with {proc.returncode}")
+        try:
+            httpx.get(url, timeout=1, **kw)
+            return
+        except httpx.TransportError:
+            time.sleep(0.05)
+    raise SystemExit(f"{what} did not start")
+
+
+def proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
+def serve_floor(port: int, sim_base: str) -> None:
+    """The bare proxy (`--serve-floor`): kcd's server stack and HTTP client, no gateway logic."""
+    sys.path.insert(0, str(REPO))
+    from kcd.providers.gateway import POOL_LIMITS
+    from kcd.server.gateway_tcp import bind_tcp_socket
+    from kcd.server.listener import make_server
+
+    bodies = {stream: msgspec.json.encode({"model": "echo", "messages": MESSAGES,
+                                           **({"stream": True, "stream_options": {"include_usage": True}}
+                                              if stream else {})})
+              for stream in (False, True)}
+    client = httpx.AsyncClient(limits=POOL_LIMITS, trust_env=False, timeout=60)
+    url = f"{sim_base}/v1/chat/completions"
+
+    async def app(scope, receive, send):  # noqa: ANN001
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        stream = b'"stream":true' in body
+        async with client.stream("POST", url, content=bodies[stream],
+                                 headers={"content-type": "application/json"}) as resp:
+            data = await resp.aread()
+        await send({"type": "http.response.start", "status": resp.status_code,
+                    "headers": [(b"content-type", resp.headers["content-type"].encode()),
+                                (b"content-length", str(len(data)).encode())]})
+        await send({"type": "http.response.body", "body": data})
+
+    sock = bind_tcp_socket("127.0.0.1", port)
+    anyio.run(make_server(app).serve, [sock])
+
+
+class Env:
+    """The simulator and the daemon (and the floor proxy), started in their own processes."""
+
+    def __init__(self, floor: bool) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="kcbench-", dir="/tmp"))
+        sim_port, self.port = free_port(), free_port()
+        self.sim_base = f"http://127.0.0.1:{sim_port}"
+        self.sim = subprocess.Popen([sys.executable, "-m", "kcd", "simulate", "--port", str(sim_port)],
+                                    cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_http(f"{self.sim_base}/_sim/stats", self.sim, "simulator")
+        self.token = secrets.token_urlsafe(24)
+        config = self.root / "kcd.yaml"
+        config.write_text(msgspec.yaml.encode({
+            "executor": "in-process",
+            "gateway": {"tcp": {"port": self.port}, "tokens": {"bench": self.token},
+                        "models": {"bench": {"route": "openai/echo"},
+                                   "bench-passthrough": {"route": "openai/echo",
+                                                         "stream_mode": "passthrough"}}}}).decode())
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "KYLECODE_", "RAY_"))}
+        env.update(OPENAI_BASE_URL=f"{self.sim_base}/v1", OPENAI_API_KEY="sk-bench-not-a-real-key-000000",
+                   RAYCODE_TELEMETRY_PATH=str(self.root / "telemetry.jsonl"))
+        self.log = open(self.root / "kcd.log", "wb")
+        self.kcd = subprocess.Popen(
+            [sys.executable, "-m", "kcd", "serve", "--config", str(config), "--socket", str(self.root / "s"),
+             "--state-dir", str(self.root / "state"), "--runs-root", str(self.root / "runs")],
+            cwd=REPO, env=env, stdout=self.log, stderr=self.log)
+        wait_http(f"http://127.0.0.1:{self.port}/v1/models", self.kcd, "kcd")
+        self.floor: subprocess.Popen | None = None
+        if floor:
+            self.floor_port = free_port()
+            self.floor = subprocess.Popen([sys.executable, __file__, "--serve-floor", str(self.floor_port),
+                                           self.sim_base], cwd=REPO)
+            wait_http(f"http://127.0.0.1:{self.floor_port}/", self.floor, "floor proxy")
+
+    def sim_total(self) -> int:
+        return httpx.get(f"{self.sim_base}/_sim/stats").json()["total"]
+
+    def close(self) -> None:
+        for proc in (self.kcd, self.sim, *([self.floor] if self.floor else [])):
+            proc.terminate()
+            proc.wait(timeout=30)
+        self.log.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def checked_call(client: httpx.AsyncClient, url: str, body: bytes, headers: dict[str, str],
+                 stream: bool) -> Callable[[], Awaitable[None]]:
+    """One call, its answer checked for completeness."""
+
+    async def call() -> None:
+        if stream:
+            async with client.stream("POST", url, content=body, headers=headers) as resp:
+                data = b"".join([chunk async for chunk in resp.aiter_raw()])
+            assert resp.status_code == 200, (resp.status_code, data[:300])
+            assert data.endswith(b"data: [DONE]\n\n") and b'"content":"' in data, data[-300:]
+        else:
+            resp = await client.post(url, content=body, headers=headers)
+            assert resp.status_code == 200, (resp.status_code, resp.content[:300])
+            answer = msgspec.json.decode(resp.content)
+            assert answer["choices"][0]["message"]["content"], answer
+
+    return call
+
+
+async def measure(concurrency: int, calls: int, fn: Callable[[], Awaitable[None]]) -> tuple[list[float], float]:
+    """`calls` calls of `fn` with `concurrency` in flight: latencies and the client's CPU seconds."""
+    latencies: list[float] = []
+    remaining = calls
+    cpu0 = time.process_time()
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            t0 = time.perf_counter()
+            await fn()
+            latencies.append(time.perf_counter() - t0)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(concurrency):
+            tg.start_soon(worker)
+    return latencies, time.process_time() - cpu0
+
+
+def row(label: str, conc: int, a_lat: list[float], b_lat: list[float], round_added: list[float],
+        a_cpu: float, b_cpu: float, server_cpu: float) -> str:
+    a50, a99, b50, b99 = pct(a_lat, 50), pct(a_lat, 99), pct(b_lat, 50), pct(b_lat, 99)
+    return (f"| {label} | {conc} | {a50 * 1e3:.2f} / {a99 * 1e3:.2f} | {b50 * 1e3:.2f} / {b99 * 1e3:.2f} "
+            f"| {(b50 - a50) * 1e3:+.2f} / {(b99 - a99) * 1e3:+.2f} "
+            f"| {min(round_added) * 1e3:+.2f} … {max(round_added) * 1e3:+.2f} "
+            f"| {a_cpu / len(a_lat) * 1e3:.2f} / {b_cpu / len(b_lat) * 1e3:.2f} "
+            f"| {server_cpu / len(b_lat) * 1e3:.2f} | {len(a_lat)} + {len(b_lat)} |")
+
+
+async def bench(env: Env, calls: int, rounds: int) -> list[str]:
+    lines = []
+    direct_url = f"{env.sim_base}/v1/chat/completions"
+    cells = [("non-stream", False, "bench"), ("stream (buffer)", True, "bench"),
+             ("stream (passthrough)", True, "bench-passthrough")]
+    for label, stream, model in cells:
+        extra = {"stream": True, "stream_options": {"include_usage": True}} if stream else {}
+        plain = {"content-type": "application/json", "authorization": "Bearer mock"}
+        for conc in (1, 10, 64):
+            # Fresh client pools per cell, and idle keep-alives left to expire (the simulator
+            # drops them after 5 s): httpcore's per-request cost grows with the connections a
+            # pool holds (httpx #3215), so a c=64 cell would otherwise tax the next c=1 cell.
+            await anyio.sleep(6)
+            clients = [httpx.AsyncClient(limits=LIMITS, trust_env=False, timeout=60) for _ in range(3)]
+            direct = checked_call(clients[0], direct_url, msgspec.json.encode(
+                {"model": "echo", "messages": MESSAGES, **extra}), plain, stream)
+            paths = [("endpoint", env.kcd.pid, checked_call(
+                clients[1], f"http://127.0.0.1:{env.port}/v1/chat/completions",
+                msgspec.json.encode({"model": model, "messages": MESSAGES, **extra}),
+                {"content-type": "application/json", "authorization": f"Bearer {env.token}"}, stream))]
+            if env.floor is not None and model == "bench":
+                paths.append(("floor", env.floor.pid, checked_call(
+                    clients[2], f"http://127.0.0.1:{env.floor_port}/v1/chat/completions",
+                    msgspec.json.encode({"model": "echo", "messages": MESSAGES, **extra}), plain, stream)))
+            n = max(calls if conc == 1 else calls * 2, rounds * conc)
+            warm = max(50, conc * 2)
+            await measure(conc, warm, direct)
+            for _, _, fn in paths:
+                await measure(conc, warm, fn)
+            a_lat: list[float] = []
+            a_cpu = 0.0
+            results = {name: ([], [], 0.0, 0.0) for name, _, _ in paths}  # latencies, per-round added, cpu
+            for _ in range(rounds):  # interleaved: direct, endpoint[, floor], direct, ...
+                before = env.sim_total()
+                lat, cpu = await measure(conc, n // rounds, direct)
+                assert env.sim_total() - before == n // rounds, "direct: upstream count mismatch"
+                a_lat += lat
+                a_cpu += cpu
+                for name, pid, fn in paths:
+                    b_lat, added, b_cpu, server_cpu = results[name]
+                    before, cpu0 = env.sim_total(), proc_cpu(pid)
+                    lat2, cpu = await measure(conc, n // rounds, fn)
+                    server_cpu += proc_cpu(pid) - cpu0
+                    assert env.sim_total() - before == n // rounds, f"{name}: upstream saw extra requests"
+                    b_lat += lat2
+                    added.append(statistics.median(lat2) - statistics.median(lat))
+                    results[name] = (b_lat, added, b_cpu + cpu, server_cpu)
+            for name, _, _ in paths:
+                b_lat, added, b_cpu, server_cpu = results[name]
+                tag = label if name == "endpoint" else f"{label}, bare proxy (floor)"
+                line = row(tag, conc, a_lat, b_lat, added, a_cpu, b_cpu, server_cpu)
+                print(line, flush=True)
+                lines.append(line)
+            for client in clients:
+                await client.aclose()
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--calls", type=int, default=400, help="calls per path at c=1 (twice that at c=10, 64)")
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--floor", action="store_true", help="also measure a bare proxy on the same stack")
+    ap.add_argument("--serve-floor", nargs=2, metavar=("PORT", "SIM_BASE"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve_floor:
+        serve_floor(int(args.serve_floor[0]), args.serve_floor[1])
+        return
+    env = Env(args.floor)
+    try:
+        print(f"# OpenAI endpoint overhead, {time.strftime('%Y-%m-%d')}, Python {platform.python_version()}, "
+              f"{os.cpu_count()} cores, httpx {httpx.__version__}")
+        print("| mode | concurrency | direct p50 / p99 ms | endpoint p50 / p99 ms | added p50 / p99 ms "
+              "| added p50 per round (min … max) | client CPU per call direct / endpoint ms "
+              "| server CPU per call ms (kcd or floor) | calls |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        anyio.run(bench, env, args.calls, args.rounds)
+    finally:
+        env.close()
+
+
+if __name__ == "__main__":
+    main()
