@@ -15,7 +15,9 @@ same pre-encoded chat call either
   what any gateway built on this server and client costs, before any logic,
 
 interleaved in rounds (direct, endpoint, direct, ...) at concurrency 1, 10 and
-64, non-streamed and streamed (buffer and passthrough modes). Every answer is
+64, non-streamed and streamed (buffer and passthrough modes). Last, the
+endpoint's own code alone: its ASGI app called in-process with a stub gateway
+that answers at once (what the handler adds on top of the gateway and server). Every answer is
 checked (status, content, `[DONE]` at the end of a stream) and the simulator's
 request count must grow by exactly one per call on both paths (no hidden
 retries). Prints p50/p99 of each path, the added latency, the spread of the
@@ -269,6 +271,65 @@ async def bench(env: Env, calls: int, rounds: int) -> list[str]:
     return lines
 
 
+async def handler_cost(calls: int = 20000) -> str:
+    """µs per request of the endpoint's own code: ASGI app in-process, a stub gateway."""
+    sys.path.insert(0, str(REPO))
+    from kcd.config.daemon import GatewayModel, GatewaySettings
+    from kcd.gateway_api.access import TokenTable
+    from kcd.gateway_api.models import ModelMap
+    from kcd.observe.prometheus import DaemonMetrics
+    from kcd.observe.telemetry import TelemetrySink
+    from kcd.providers.attempt import Attempt
+    from kcd.providers.gateway import AttemptRecord, Served
+    from kcd.providers.types import ChatResponse, Usage
+    from kcd.server.openai_api import OpenAIEndpoint, TCPGatewayApp
+
+    class StubGateway:
+        async def complete(self, chain, messages, tools, *, observer, **_):  # noqa: ANN001, ANN003
+            entry = chain[0]
+            attempt = Attempt(route=entry.route.id, url="stub", stream_requested=False, latency_s=0.0,
+                              response=ChatResponse(content="Hello there, friend!", finish_reason="stop",
+                                                    usage=Usage(12, 5, 17), model="echo"))
+            await observer.attempt(AttemptRecord(1, "primary", entry, attempt, breaker_state="closed"))
+            return Served(attempt.response, entry, 1, 0.0)
+
+    token = "stub-token-0123456789"
+    body = msgspec.json.encode({"model": "bench", "messages": MESSAGES})
+    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "query_string": b"",
+             "headers": [(b"authorization", f"Bearer {token}".encode()), (b"content-type", b"application/json")]}
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict) -> None:
+        pass
+
+    out = []
+    root = Path(tempfile.mkdtemp(prefix="kcbench-h-", dir="/tmp"))
+    try:
+        for telemetry in (False, True):
+            sink = TelemetrySink(root / "t.jsonl")
+            async with anyio.create_task_group() as tg:
+                await tg.start(sink.run)
+                endpoint = OpenAIEndpoint(
+                    StubGateway(), ModelMap(GatewaySettings(models={"bench": GatewayModel(route="openai/echo")})),
+                    telemetry=sink if telemetry else None, metrics=DaemonMetrics(), probes=None,
+                    tokens=TokenTable({"bench": token}), env={}, max_body=1 << 20)
+                app = TCPGatewayApp(endpoint)
+                for _ in range(2000):
+                    await app(scope, receive, send)
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    await app(scope, receive, send)
+                out.append((time.perf_counter() - t0) / calls * 1e6)
+                await sink.aclose()
+                tg.cancel_scope.cancel()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return (f"endpoint code alone (in-process, stub gateway, {calls} calls): {out[0]:.1f} µs per request; "
+            f"with the telemetry event encoded and queued: {out[1]:.1f} µs")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=400, help="calls per path at c=1 (twice that at c=10, 64)")
@@ -290,6 +351,8 @@ def main() -> None:
         anyio.run(bench, env, args.calls, args.rounds)
     finally:
         env.close()
+    print()
+    print(anyio.run(handler_cost))
 
 
 if __name__ == "__main__":

@@ -116,8 +116,10 @@ class Daemon:
                 from kcd.simulator.server import serve_simulator
 
                 assert self._tg is not None
-                handle = await self._tg.start(serve_simulator, self.config.simulator_host,
-                                              self.config.simulator_port)
+                # Shielded: a caller cancelled mid-start would leave a dead simulator behind.
+                with anyio.CancelScope(shield=True):
+                    handle = await self._tg.start(serve_simulator, self.config.simulator_host,
+                                                  self.config.simulator_port)
                 self._sim_url = handle.base_url
                 log.info("provider simulator listening on %s", self._sim_url)
             return self._sim_url

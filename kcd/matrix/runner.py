@@ -25,7 +25,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 
 import anyio
@@ -34,6 +34,7 @@ import httpx
 import msgspec
 
 from kcd.api.types import PeerInfo, RunRequest
+from kcd.config.daemon import BreakerSettings
 from kcd.config.keypath import ConfigError
 from kcd.matrix.catalogue import SelectionError, load_catalogue, select
 from kcd.matrix.configgen import Prepared, RunConfig, prepare, render_config
@@ -101,19 +102,22 @@ class _Matrix:
 
 @dataclass
 class _Sandbox:
-    """What an offline scenario observes besides its runs: its namespace's request counts and
-    its private breaker board's states and transitions."""
+    """An offline scenario's own simulator namespace and breaker board, and what it saw of
+    them: request counts, breaker states and transitions."""
 
     ns: SimNamespace
-    board: BreakerBoard | None = None
+    settings: InitVar[BreakerSettings]
+    board: BreakerBoard = field(init=False)
     transitions: list[Transition] = field(default_factory=list)
 
-    def note(self, t: BreakerTransition) -> None:
+    def __post_init__(self, settings: BreakerSettings) -> None:
+        self.board = BreakerBoard(BreakerConfig(**msgspec.structs.asdict(settings)), on_transition=self._note)
+
+    def _note(self, t: BreakerTransition) -> None:
         self.transitions.append(Transition(t.route, t.from_state, t.to_state))
 
     async def observe(self, ev: Evidence, mark: int) -> Evidence:
         """`ev` plus what happened since transition `mark` (the start of the run)."""
-        assert self.board is not None
         return msgspec.structs.replace(ev, upstream=await self.ns.counts(), transitions=self.transitions[mark:],
                                        breaker={r: self.board.state(r) for r in self.board.routes()})
 
@@ -234,19 +238,17 @@ class MatrixService:
             m.events.emit("scenario.end", result=msgspec.to_builtins(result))
 
     async def _offline(self, m: _Matrix, p: Prepared, ns: SimNamespace) -> ScenarioResult:
+        from kcd.simulator.faults import unused_port  # lazily: the simulator is not needed at start-up
+
         sc = p.scenario
-        sandbox = _Sandbox(ns)
-        board = BreakerBoard(BreakerConfig(**msgspec.structs.asdict(sc.breaker)), on_transition=sandbox.note)
-        sandbox.board = board
+        sandbox = _Sandbox(ns, sc.breaker)
         base = self._runs.services
         env = sandbox_env(base.env, ns.api_base, list(sc.routes.missing_keys))
         redactor = self._runs.redactor
-        gateway = ProviderGateway(env, breakers=board, redactor=redactor)
+        gateway = ProviderGateway(env, breakers=sandbox.board, redactor=redactor)
         services = dataclasses.replace(base, gateway=gateway, env=env, metrics=None,
                                        probes=ProbeManager(gateway, None, redact=redactor.text))
         runs = self._sibling(services)
-        from kcd.simulator.faults import unused_port  # lazily: the simulator is not needed at start-up
-
         config = render_config(p, sim_base=ns.api_base, closed_url=f"http://127.0.0.1:{unused_port()}/v1")
         try:
             return _combine(p, await self._steps(m, p, runs, config, sandbox))

@@ -114,20 +114,28 @@ def test_live_without_keys_skips_clearly(make_kcd):
     assert "live_openai_direct" not in listed.stdout and "f04_unavailable_persistent" in listed.stdout
 
 
-def test_cancel_finalises_the_runs(mkcd):
+def _cancelled(c, files: list[dict], after_s: float) -> tuple[list[dict], dict, float]:
+    info = c.post("/v1/matrix", json={"files": files, "parallel": 2}).json()
+    time.sleep(after_s)
+    assert c.post(f"/v1/matrix/{info['id']}/cancel").status_code == 202
+    cancelled = time.monotonic()
+    events = [json.loads(line) for line in
+              c.get(f"/v1/matrix/{info['id']}/events", params={"follow": "1"}).text.splitlines()]
+    return events, c.get(f"/v1/matrix/{info['id']}").json(), time.monotonic() - cancelled
+
+
+def test_cancel_finalises_the_runs_and_leaves_the_simulator_working(mkcd):
     files = [{"text": (MATRIX / f"{n}.yaml").read_text(), "path": str(MATRIX / f"{n}.yaml")}
              for n in ("f08_no_response", "f31_slow_trickle")]
     with mkcd.http(timeout=120) as c:
-        info = c.post("/v1/matrix", json={"files": files, "parallel": 2}).json()
-        time.sleep(1.0)
-        assert c.post(f"/v1/matrix/{info['id']}/cancel").status_code == 202
-        cancelled = time.monotonic()
-        events = [json.loads(line) for line in
-                  c.get(f"/v1/matrix/{info['id']}/events", params={"follow": "1"}).text.splitlines()]
-        ended_after = time.monotonic() - cancelled
-        final = c.get(f"/v1/matrix/{info['id']}").json()
+        # At once: the simulator is still starting (a regression: it was left unable to accept).
+        _, first, _ = _cancelled(c, files, 0.0)
+        events, final, ended_after = _cancelled(c, files, 1.0)  # runs in flight
         runs = c.get("/v1/runs").json()["runs"]
+    assert first["status"] == "cancelled"
     assert ended_after < 30, f"matrix.end came {ended_after:.1f}s after the cancel\n{mkcd.log()[-3000:]}"
     assert events[0]["type"] == "matrix.start" and events[-1]["type"] == "matrix.end"
     assert final["status"] == "cancelled" and {r["verdict"] for r in final["results"]} == {"fail"}
     assert runs and all(r["status"] in ("cancelled", "completed", "failed") for r in runs), runs
+    proc = matrix(mkcd, "-s", "f03_server_error_once")
+    assert proc.returncode == 0, proc.stdout + proc.stderr

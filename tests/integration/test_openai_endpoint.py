@@ -225,7 +225,9 @@ def test_tokens_and_attribution(gw, sim):
 
 @pytest.mark.parametrize("via", ["tcp", "socket"])
 def test_bad_bodies_get_openai_400s_and_the_daemon_keeps_serving(gw, sim, via):
-    client = gw.client(via)._client  # the SDK's own httpx client, with its auth header
+    # raw HTTP: the SDK would refuse to send these bodies
+    client = httpx.Client(timeout=30) if via == "tcp" else \
+        httpx.Client(transport=httpx.HTTPTransport(uds=str(gw.daemon.socket)), timeout=30)
     headers = {"authorization": f"Bearer {CI_TOKEN}", "content-type": "application/json"}
     base = f"http://127.0.0.1:{gw.port}/v1" if via == "tcp" else "http://kcd/v1"
     malformed = client.post(f"{base}/chat/completions", content=b'{"model": "chat", "messages": [', headers=headers)
