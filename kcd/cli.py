@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import sys
@@ -51,6 +52,8 @@ def serve(config_path, socket_path, system, state_dir, runs_root, executor, ray_
         sys.exit(2)
     logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # A native crash (SIGSEGV, SIGABRT) then leaves every thread's Python stack in the journal.
+    faulthandler.enable(sys.stderr, all_threads=True)
     try:
         anyio.run(Daemon(config, os.environ).run, backend="asyncio")
     except SocketInUse as exc:

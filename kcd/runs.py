@@ -8,6 +8,7 @@ finalisation writes result.json, workspace.diff, meta/run.json and `run.end`.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import traceback
@@ -39,6 +40,9 @@ from kcd.workspaces import (
     seed_from_archive,
     seed_from_directory,
 )
+
+
+log = logging.getLogger("kcd.runs")
 
 
 class RunRejected(Exception):
@@ -144,6 +148,35 @@ class RunManager:
     # ---- running ----------------------------------------------------------------
 
     async def _run(self, active: ActiveRun, spec: RunSpec, seed: Path | None, peer: PeerInfo | None) -> None:
+        """The run's task in the daemon's task group: it must never raise, or every run and
+        the control socket would be torn down with it."""
+        try:
+            await self._run_and_finalise(active, spec, seed, peer)
+        except Exception as exc:
+            log.exception("run %s: finalisation failed; ending it as failed", active.info.id)
+            self._end_abruptly(active, f"finalisation failed: {type(exc).__name__}: {exc}")
+
+    def _end_abruptly(self, active: ActiveRun, error: str) -> None:
+        """Last resort when finalising raised: followers still get `run.end`, the store the status."""
+        info = active.info
+        if info.status not in TERMINAL_STATUSES:
+            info = active.info = msgspec.structs.replace(
+                info, status="failed", ended_at=utc_now(), exit_reason="finalise_error", completed=False,
+                error=self.redactor.text(error))
+            try:
+                self.store.save_run(info)
+            except Exception:
+                log.exception("run %s: its final status could not be stored", info.id)
+        if not active.events.closed:
+            active.events.emit("run.end", status=info.status, exit_reason=info.exit_reason,
+                               completed=bool(info.completed), steps=info.steps, run_dir=info.run_dir,
+                               error=info.error)
+            active.events.close()
+        self._active.pop(info.id, None)
+        active.done.set()
+
+    async def _run_and_finalise(self, active: ActiveRun, spec: RunSpec, seed: Path | None,
+                                peer: PeerInfo | None) -> None:
         rundir = RunDir(Path(active.info.run_dir), self.redactor.bytes)
         agent: AgentRun | None = None
         started = time.monotonic()

@@ -18,6 +18,7 @@ EXIT_REASONS = (
     "provider_error",
     "cancelled",
     "run_loop_exception",
+    "finalise_error",  # the run ended but its artifacts could not be written
 )
 
 

@@ -17,6 +17,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import msgspec
 from msgspec import Meta, field
 
+from kcd.api.typeinfo import prepare
 from kcd.config.agent_resilience import RouteRetry, RouteTimeouts, layered
 from kcd.providers.routes import Route, parse_route
 
@@ -508,3 +509,6 @@ class AgentConfig(_Cfg, kw_only=True, forbid_unknown_fields=True):
         if self.tools.enabled:
             return {self.canonical_tool_name(n) for n, on in self.tools.enabled.items() if on}
         return None
+
+
+prepare(AgentConfig)  # converted in worker threads: see kcd/api/typeinfo.py

@@ -18,6 +18,7 @@ from typing import Any
 
 import msgspec
 
+from kcd.api.typeinfo import prepare
 from kcd.gateway_api.errors import OpenAIError
 from kcd.providers.openai_wire import arguments_text
 from kcd.providers.types import ChatMessage, ChatResponse, ToolCall, ToolSchema, Usage
@@ -267,3 +268,6 @@ class ChunkWriter:
             parts.append(self.usage(resp.usage))
         parts.append(self.DONE)
         return b"".join(parts)
+
+
+prepare(_Owned)  # converted in worker threads: see kcd/api/typeinfo.py

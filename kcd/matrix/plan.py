@@ -26,6 +26,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta, field
 
+from kcd.api.typeinfo import prepare
 from kcd.config.keypath import ConfigError
 from kcd.matrix.scenario import (
     DEFAULT_TASK,
@@ -134,3 +135,6 @@ def _cell(entry: PlanScenario, name: str, stream: bool, tool_turn: bool) -> Scen
         routes=RouteSetup(primary=entry.model_override, fallbacks=entry.fallbacks, stream=stream,
                           native_tools=tool_turn, probes=entry.probes, max_steps=entry.max_steps),
         fault=entry.fault, expect=msgspec.structs.replace(expect, **changes))
+
+
+prepare(PlanDoc)  # converted in worker threads: see kcd/api/typeinfo.py

@@ -102,8 +102,16 @@ def kcd_root() -> Iterator[Path]:
     shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.when == "call":
+        item.kcd_call_failed = report.failed
+    return report
+
+
 @pytest.fixture
-def make_kcd(kcd_root: Path):
+def make_kcd(kcd_root: Path, request):
     started: list[Kcd] = []
 
     def factory(*args: str, env_extra: dict[str, str] | None = None, start: bool = True,
@@ -116,6 +124,10 @@ def make_kcd(kcd_root: Path):
 
     yield factory
     for daemon in started:
+        if getattr(request.node, "kcd_call_failed", False):
+            # The daemon's own account of a failure: it is removed with kcd_root right after.
+            state = "running" if daemon.proc and daemon.proc.poll() is None else f"exited {daemon.proc.returncode}"
+            print(f"--- kcd at {daemon.socket} ({state}); log tail ---\n{daemon.log()[-6000:]}")
         try:
             daemon.stop(timeout=30)
         except Exception:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -138,17 +139,22 @@ def test_config_check(kcd, tmp_path):
     assert run.returncode == 2 and "bad.yaml" in run.stderr
 
 
+def _wait_for_tool_call(c, run_id: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        events = [json.loads(x) for x in c.get(f"/v1/runs/{run_id}/events").text.splitlines()]
+        if any(e["type"] == "tool.call" for e in events):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"run {run_id} made no tool call within 30 s")
+
+
 def test_cancel_writes_final_artifacts(kcd):
     cfg = TEST_CONFIGS / "shell.yaml"
     proc = kcd.kcctl("run", str(cfg), "--task", "sleep 60", "--detach", "--json", check=True)
     run_id = json.loads(proc.stdout)["id"]
     with kcd.http() as c:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            events = [json.loads(x) for x in c.get(f"/v1/runs/{run_id}/events").text.splitlines()]
-            if any(e["type"] == "tool.call" for e in events):
-                break
-            time.sleep(0.1)
+        _wait_for_tool_call(c, run_id)
         assert c.post(f"/v1/runs/{run_id}/cancel").status_code == 202
     started = time.monotonic()
     follow = kcd.kcctl("runs", "events", run_id, "--follow", "--json", check=True)
@@ -277,3 +283,32 @@ def test_heartbeats_and_closing_the_stream_detaches(make_kcd):
             time.sleep(0.1)
         assert c.get(f"/v1/runs/{run_id}").json()["status"] == "completed"
     assert "heartbeat" in seen and "run.end" not in seen
+
+
+def test_a_run_whose_directory_was_replaced_ends_failed_and_the_daemon_keeps_serving(kcd):
+    # Finalisation cannot write where a file took the run directory's place; that must fail
+    # the run, not the daemon.
+    proc = kcd.kcctl("run", str(TEST_CONFIGS / "shell.yaml"), "--task", "sleep 60", "--detach", "--json",
+                     check=True)
+    info = json.loads(proc.stdout)
+    with kcd.http() as c:
+        _wait_for_tool_call(c, info["id"])
+        # A follower attached before the end still gets run.end (the file copy is gone).
+        follower = subprocess.Popen(
+            [sys.executable, "-m", "kcctl.cli", "--socket", str(kcd.socket), "--no-autostart", "runs", "events",
+             info["id"], "--follow", "--json"], env=kcd.env, cwd=REPO, stdout=subprocess.PIPE, text=True)
+        time.sleep(0.5)
+        shutil.rmtree(info["run_dir"])
+        Path(info["run_dir"]).write_text("not a directory")
+        assert c.post(f"/v1/runs/{info['id']}/cancel").status_code == 202
+        out, _ = follower.communicate(timeout=60)
+        end = json.loads(out.splitlines()[-1])
+        assert end["type"] == "run.end" and end["data"]["status"] == "failed", end
+        assert "finalisation failed" in end["data"]["error"]
+        run = c.get(f"/v1/runs/{info['id']}").json()
+        assert run["status"] == "failed" and run["exit_reason"] == "finalise_error"
+        assert c.get("/v1/health").status_code == 200
+    assert kcd.proc.poll() is None
+    again = kcd.kcctl("run", str(CONFIGS / "demo.yaml"), "--task", TASK, "--workspace", str(SEED), "--json")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "finalisation failed" in kcd.log()

@@ -27,6 +27,7 @@ import yaml
 from kcd.agent.calls import ToolLimit, ToolSettings
 from kcd.agent.tools.catalogue import REFUSED_TOOLS, TOOL_SPECS
 from kcd.agent.tools.spec import ParamSpec, ToolSpec
+from kcd.api.typeinfo import prepare
 
 __all__ = ["ToolDef", "ToolRegistry", "load_tool_defs"]
 
@@ -177,3 +178,6 @@ def _spec(d: ToolDef, impl: ToolSpec, path: Path, warnings: list[str]) -> ToolSp
         type_id=d.type_id,
         native_primary=frozenset(p for p, route in d.provider_routing.items() if route.native_primary),
     )
+
+
+prepare(ToolDef)  # converted in worker threads: see kcd/api/typeinfo.py
