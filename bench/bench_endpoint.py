@@ -88,13 +88,17 @@ def serve_floor(port: int, sim_base: str) -> None:
     sys.path.insert(0, str(REPO))
     from kcd.providers.gateway import POOL_LIMITS
     from kcd.server.gateway_tcp import bind_tcp_socket
-    from kcd.server.listener import make_server
+    from kcd.server.listener import loop_options, make_server
 
     bodies = {stream: msgspec.json.encode({"model": "echo", "messages": MESSAGES,
                                            **({"stream": True, "stream_options": {"include_usage": True}}
                                               if stream else {})})
               for stream in (False, True)}
-    client = httpx.AsyncClient(limits=POOL_LIMITS, trust_env=False, timeout=60)
+    from kcd.providers.aiohttp_transport import AiohttpTransport
+
+    # The same upstream client as kcd's default (`upstream_client: aiohttp`).
+    client = httpx.AsyncClient(limits=POOL_LIMITS, trust_env=False, timeout=60,
+                               transport=AiohttpTransport(POOL_LIMITS))
     url = f"{sim_base}/v1/chat/completions"
 
     async def app(scope, receive, send):  # noqa: ANN001
@@ -116,7 +120,7 @@ def serve_floor(port: int, sim_base: str) -> None:
         await send({"type": "http.response.body", "body": data})
 
     sock = bind_tcp_socket("127.0.0.1", port)
-    anyio.run(make_server(app).serve, [sock])
+    anyio.run(make_server(app).serve, [sock], backend_options=loop_options())
 
 
 class Env:
@@ -213,7 +217,7 @@ def row(label: str, conc: int, a_lat: list[float], b_lat: list[float], round_add
             f"| {server_cpu / len(b_lat) * 1e3:.2f} | {len(a_lat)} + {len(b_lat)} |")
 
 
-async def bench(env: Env, calls: int, rounds: int) -> list[str]:
+async def bench(env: Env, calls: int, rounds: int, levels: tuple[int, ...] = (1, 10, 64)) -> list[str]:
     lines = []
     direct_url = f"{env.sim_base}/v1/chat/completions"
     cells = [("non-stream", False, "bench"), ("stream (buffer)", True, "bench"),
@@ -221,7 +225,7 @@ async def bench(env: Env, calls: int, rounds: int) -> list[str]:
     for label, stream, model in cells:
         extra = {"stream": True, "stream_options": {"include_usage": True}} if stream else {}
         plain = {"content-type": "application/json", "authorization": "Bearer mock"}
-        for conc in (1, 10, 64):
+        for conc in levels:
             # Fresh client pools per cell, and idle keep-alives left to expire (the simulator
             # drops them after 5 s): httpcore's per-request cost grows with the connections a
             # pool holds (httpx #3215), so a c=64 cell would otherwise tax the next c=1 cell.
@@ -335,6 +339,7 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=400, help="calls per path at c=1 (twice that at c=10, 64)")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--floor", action="store_true", help="also measure a bare proxy on the same stack")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 10, 64], metavar="N")
     ap.add_argument("--serve-floor", nargs=2, metavar=("PORT", "SIM_BASE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_floor:
@@ -348,7 +353,7 @@ def main() -> None:
               "| added p50 per round (min … max) | client CPU per call direct / endpoint ms "
               "| server CPU per call ms (kcd or floor) | calls |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-        anyio.run(bench, env, args.calls, args.rounds)
+        anyio.run(bench, env, args.calls, args.rounds, tuple(args.concurrency))
     finally:
         env.close()
     print()

@@ -222,6 +222,8 @@ def status(obj: Ctx, as_json: bool) -> None:
     click.echo(f"  runs root: {h['runs_root']}")
     click.echo(f"  executor:  {ex['mode']} ({ex['state']}) {json.dumps(ex.get('detail') or {})}")
     click.echo(f"  active runs: {h['runs_active']}")
+    if h.get("upstream_client"):
+        click.echo(f"  http:      upstream via {h['upstream_client']}, event loop {h.get('event_loop')}")
     if h.get("peer"):
         click.echo(f"  you:       uid {h['peer']['uid']} pid {h['peer']['pid']}")
 

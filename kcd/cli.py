@@ -39,7 +39,7 @@ def serve(config_path, socket_path, system, state_dir, runs_root, executor, ray_
 
     from kcd.config.daemon import DaemonConfigError, load_daemon_config
     from kcd.daemon import Daemon
-    from kcd.server.listener import SocketInUse
+    from kcd.server.listener import SocketInUse, loop_options
 
     overrides = {"socket": socket_path, "state_dir": state_dir, "runs_root": runs_root,
                  "executor": executor, "ray_address": ray_address, "max_body_bytes": max_body_bytes,
@@ -55,7 +55,7 @@ def serve(config_path, socket_path, system, state_dir, runs_root, executor, ray_
     # A native crash (SIGSEGV, SIGABRT) then leaves every thread's Python stack in the journal.
     faulthandler.enable(sys.stderr, all_threads=True)
     try:
-        anyio.run(Daemon(config, os.environ).run, backend="asyncio")
+        anyio.run(Daemon(config, os.environ).run, backend="asyncio", backend_options=loop_options())
     except SocketInUse as exc:
         click.echo(f"kcd: {exc}", err=True)
         sys.exit(1)

@@ -204,7 +204,7 @@ class Daemon:
         owns_socket_file = not sockets
         self.breakers = self._make_breakers()
         gateway = ProviderGateway(self.env, breakers=self.breakers, simulator_url=self.simulator_url,
-                                  redactor=self.redactor)
+                                  redactor=self.redactor, upstream_client=cfg.upstream_client)
         self.probes = ProbeManager(gateway, self.store, redact=self.redactor.text, on_result=self._on_probe)
         self.probes.restore()
         # ---- OpenAI-compatible gateway endpoint: same gateway, breakers and probes as runs.

@@ -61,6 +61,8 @@ class Health(msgspec.Struct):
     socket: str
     runs_root: str
     peer: PeerInfo | None = None
+    upstream_client: str | None = None  # "aiohttp" | "httpx": what sends provider calls
+    event_loop: str | None = None  # "uvloop" | "asyncio"
 
 
 class RunRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -245,7 +245,8 @@ class MatrixService:
         base = self._runs.services
         env = sandbox_env(base.env, ns.api_base, list(sc.routes.missing_keys))
         redactor = self._runs.redactor
-        gateway = ProviderGateway(env, breakers=sandbox.board, redactor=redactor)
+        gateway = ProviderGateway(env, breakers=sandbox.board, redactor=redactor,
+                                  upstream_client=base.gateway.upstream_client)
         services = dataclasses.replace(base, gateway=gateway, env=env, metrics=None,
                                        probes=ProbeManager(gateway, None, redact=redactor.text))
         runs = self._sibling(services)

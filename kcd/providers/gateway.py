@@ -135,8 +135,10 @@ class _Turn:
 class ProviderGateway:
     def __init__(self, env: Mapping[str, str], *, breakers: BreakerBoard | None = None,
                  simulator_url: Callable[[], Awaitable[str]] | None = None,
-                 clock: Callable[[], float] = time.monotonic, redactor: Redactor | None = None):
+                 clock: Callable[[], float] = time.monotonic, redactor: Redactor | None = None,
+                 upstream_client: str = "aiohttp"):
         self._env = env
+        self.upstream_client = upstream_client  # "aiohttp" or "httpx": who sends the bytes
         self._redactor = redactor
         self._simulator_url = simulator_url
         self._clients: dict[str, httpx.AsyncClient] = {}
@@ -157,10 +159,14 @@ class ProviderGateway:
     def client_for(self, endpoint: Endpoint) -> httpx.AsyncClient:
         client = self._clients.get(endpoint.key)
         if client is None:
-            client = httpx.AsyncClient(
-                limits=POOL_LIMITS, timeout=httpx.Timeout(30.0),
-                # Loopback simulator traffic must never go through a proxy.
-                trust_env=endpoint.provider != "mock")
+            trust_env = endpoint.provider != "mock"  # loopback simulator traffic never goes via a proxy
+            transport = None
+            if self.upstream_client == "aiohttp":
+                from kcd.providers.aiohttp_transport import AiohttpTransport
+
+                transport = AiohttpTransport(POOL_LIMITS, trust_env=trust_env)
+            client = httpx.AsyncClient(limits=POOL_LIMITS, timeout=httpx.Timeout(30.0), trust_env=trust_env,
+                                       transport=transport)
             self._clients[endpoint.key] = client
         return client
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import AsyncIterator
@@ -87,7 +88,8 @@ class ControlAPI:
             pid=os.getpid(), uid=os.getuid(), uptime_s=round(time.monotonic() - self.started, 3),
             executor=ExecutorInfo(mode=ex.mode, state=ex.state, detail=dict(ex.detail)),
             runs_active=d.runs.active_count, socket=str(d.config.socket),
-            runs_root=str(d.config.runs_root), peer=req.peer))
+            runs_root=str(d.config.runs_root), peer=req.peer, upstream_client=d.config.upstream_client,
+            event_loop=_event_loop_name()))
 
     async def create_run(self, req: Request) -> Response:
         from kcd.runs import RunRejected
@@ -337,6 +339,11 @@ class ControlAPI:
         return json_response({"base_url": base_url, "control_url": f"{base_url.removesuffix('/v1')}/_sim"})
 
     # ---- end of the regression matrix block ----
+
+def _event_loop_name() -> str:
+    loop = asyncio.get_running_loop()
+    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+
 
 async def _detaching(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     """Closing the HTTP stream only detaches the follower; the run goes on."""

@@ -6,7 +6,7 @@ import contextlib
 import errno
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import uvicorn
@@ -59,6 +59,18 @@ def bind_unix_socket(path: Path, mode: int = 0o660) -> socket.socket:
     return sock
 
 
+def loop_options(environ: Mapping[str, str] = os.environ) -> dict[str, bool]:
+    """anyio backend options: uvloop when installed (a cheaper event loop per request),
+    unless `KC_EVENT_LOOP=asyncio` asks for the standard library's loop."""
+    if environ.get("KC_EVENT_LOOP", "").strip().lower() == "asyncio":
+        return {}
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return {}
+    return {"use_uvloop": True}
+
+
 class QuietServer(uvicorn.Server):
     """uvicorn without its own signal handling: the daemon owns signals."""
 
@@ -76,5 +88,9 @@ def make_server(app, *, log_level: str = "warning", graceful_timeout: float = 5.
         http=http_protocol_class(),
         timeout_graceful_shutdown=graceful_timeout,
         timeout_keep_alive=30,
+        # kcd is the edge: nothing in front of it sets X-Forwarded-*, so skip the middleware
+        # that parses them on every request (and trusts them from 127.0.0.1 by default).
+        proxy_headers=False,
+        server_header=False,
     )
     return QuietServer(config)

@@ -312,3 +312,24 @@ def test_a_run_whose_directory_was_replaced_ends_failed_and_the_daemon_keeps_ser
     again = kcd.kcctl("run", str(CONFIGS / "demo.yaml"), "--task", TASK, "--workspace", str(SEED), "--json")
     assert again.returncode == 0, again.stdout + again.stderr
     assert "finalisation failed" in kcd.log()
+
+
+def test_the_httpx_upstream_client_serves_runs_too(make_kcd, kcd_root):
+    # `upstream_client: httpx` puts httpx's own transport back (the default is aiohttp).
+    config = kcd_root / "kcd.yaml"
+    config.write_text("upstream_client: httpx\nexecutor: in-process\n")
+    daemon = make_kcd("--config", str(config), env_extra={"KC_EVENT_LOOP": "asyncio"})
+    with daemon.http() as c:
+        health = c.get("/v1/health").json()
+    assert health["upstream_client"] == "httpx" and health["event_loop"] == "asyncio"
+    proc = daemon.kcctl("run", str(CONFIGS / "demo.yaml"), "--task", TASK, "--workspace", str(SEED))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "mark_task_complete" in proc.stdout
+    status = daemon.kcctl("status", check=True)
+    assert "upstream via httpx, event loop asyncio" in status.stdout
+
+
+def test_the_default_daemon_runs_on_uvloop_with_aiohttp_upstream(kcd):
+    with kcd.http() as c:
+        health = c.get("/v1/health").json()
+    assert health["upstream_client"] == "aiohttp" and health["event_loop"] == "uvloop"

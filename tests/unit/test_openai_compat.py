@@ -134,9 +134,15 @@ async def sim() -> AsyncIterator:
         tg.cancel_scope.cancel()
 
 
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(trust_env=False) as c:
+@pytest.fixture(params=["httpx", "aiohttp"])
+async def client(request) -> AsyncIterator[httpx.AsyncClient]:
+    """Both upstream transports (`upstream_client` in the daemon config) must behave alike:
+    every loopback test below runs on each."""
+    from kcd.providers.aiohttp_transport import AiohttpTransport
+    from kcd.providers.gateway import POOL_LIMITS
+
+    transport = AiohttpTransport(POOL_LIMITS) if request.param == "aiohttp" else None
+    async with httpx.AsyncClient(trust_env=False, transport=transport) as c:
         yield c
 
 

@@ -1,0 +1,132 @@
+"""An httpx transport that sends requests with aiohttp.
+
+Why: httpx's own transport (httpcore + h11, pure Python) costs about 0.8 ms of CPU
+per call on these machines, aiohttp (C HTTP parser) about 0.25 ms
+(`../shared/reference/performance-notes.md`); for the OpenAI-compatible endpoint,
+where every client call is one upstream call, that is most of what the daemon adds.
+The rest of the provider code keeps httpx's API (`client.stream`, `httpx.Timeout`,
+`httpx.Response`, its exception types), so this module is the only place that knows
+about aiohttp, and `upstream_client: httpx` in the daemon config switches it off.
+
+Contract kept for `openai_compat.AttemptRun`:
+- connect and pool timeouts from `httpx.Timeout` apply (`ConnectTimeout`); read timeouts
+  are the caller's own (anyio scopes), so none is armed here unless one is given;
+- a failure before the response headers is `ConnectError` (cannot connect) or
+  `RemoteProtocolError` (the server closed or answered garbage); a body cut off is
+  `RemoteProtocolError`; other socket errors while reading are `ReadError`;
+- bodies arrive as the server sends them (`iter_any`), so SSE events are not held back;
+- no decompression here (httpx decodes `content-encoding` itself), no redirects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator
+
+import aiohttp
+import certifi
+import httpx
+from aiohttp.helpers import get_env_proxy_for_url
+from yarl import URL
+
+
+def _timeout(request: httpx.Request) -> aiohttp.ClientTimeout:
+    t = request.extensions.get("timeout") or {}
+    connect = t.get("connect")
+    pool = t.get("pool")
+    return aiohttp.ClientTimeout(total=None, connect=pool if pool is not None else connect,
+                                 sock_connect=connect, sock_read=t.get("read"))
+
+
+class _Body(httpx.AsyncByteStream):
+    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request):
+        self._response = response
+        self._request = request
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._response.content.iter_any():
+                yield chunk
+        except aiohttp.ClientPayloadError as exc:
+            raise httpx.RemoteProtocolError(f"response body incomplete: {exc}", request=self._request) from exc
+        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise httpx.ReadTimeout(f"read timed out: {exc}", request=self._request) from exc
+        except aiohttp.ServerDisconnectedError as exc:
+            raise httpx.RemoteProtocolError(f"server disconnected: {exc}", request=self._request) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise httpx.ReadError(f"{type(exc).__name__}: {exc}", request=self._request) from exc
+
+    async def aclose(self) -> None:
+        self._response.release()  # back to the pool if read to the end, else the socket is closed
+
+
+class AiohttpTransport(httpx.AsyncBaseTransport):
+    """One aiohttp session (one connection pool) per transport; made on first use,
+    inside the running event loop."""
+
+    def __init__(self, limits: httpx.Limits, *, trust_env: bool = False):
+        self._limits = limits
+        self._trust_env = trust_env
+        self._session: aiohttp.ClientSession | None = None
+        # (scheme, host) -> the proxy from the environment, looked up once: aiohttp's own
+        # trust_env reads the environment and ~/.netrc on every request (~0.1 ms each).
+        self._proxies: dict[tuple[str, str], tuple[URL | None, aiohttp.BasicAuth | None]] = {}
+
+    def _proxy_for(self, url: httpx.URL) -> tuple[URL | None, aiohttp.BasicAuth | None]:
+        if not self._trust_env:
+            return None, None
+        key = (url.scheme, url.host)
+        found = self._proxies.get(key)
+        if found is None:
+            try:
+                found = get_env_proxy_for_url(URL(str(url)))
+            except LookupError:
+                found = (None, None)
+            self._proxies[key] = found
+        return found
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            limits = self._limits
+            connector = aiohttp.TCPConnector(
+                limit=limits.max_connections or 0, limit_per_host=0,
+                keepalive_timeout=limits.keepalive_expiry or 15.0,
+                ssl=ssl.create_default_context(cafile=certifi.where()),  # httpx's trust store
+                enable_cleanup_closed=False)
+            self._session = aiohttp.ClientSession(
+                connector=connector, trust_env=False, auto_decompress=False,
+                skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
+                timeout=aiohttp.ClientTimeout(total=None))
+        return self._session
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        session = self._get_session()
+        body = await request.aread()
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw
+                   if k.lower() not in (b"host", b"content-length", b"transfer-encoding")]
+        proxy, proxy_auth = self._proxy_for(request.url)
+        try:
+            response = await session.request(
+                request.method, str(request.url), data=body or None, headers=headers, proxy=proxy,
+                proxy_auth=proxy_auth, allow_redirects=False, timeout=_timeout(request), compress=None)
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise httpx.ConnectTimeout(f"connect timed out: {exc}", request=request) from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise httpx.ConnectError(str(exc), request=request) from exc
+        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise httpx.ReadTimeout(f"no response headers in time: {exc}", request=request) from exc
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientResponseError) as exc:
+            raise httpx.RemoteProtocolError(f"{type(exc).__name__}: {exc}", request=request) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise httpx.ConnectError(f"{type(exc).__name__}: {exc}", request=request) from exc
+        return httpx.Response(
+            response.status, headers=[(k, v) for k, v in response.raw_headers],
+            stream=_Body(response, request), request=request,
+            extensions={"http_version": b"HTTP/1.1",
+                        "reason_phrase": (response.reason or "").encode("latin-1", "replace")})
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
