@@ -76,6 +76,14 @@ class RunServices:
     metrics: DaemonMetrics | None = None  # daemon-wide live metrics (/v1/metrics)
 
 
+def _json_args(arguments: str | None) -> object:
+    """A call's arguments as JSON when they parse, else the provider's text as sent."""
+    try:
+        return msgspec.json.decode(arguments or "{}")
+    except msgspec.DecodeError:
+        return arguments
+
+
 def _excerpt(text: str | None, limit: int = EXCERPT) -> str:
     text = text or ""
     return text if len(text) <= limit else text[:limit] + "…"
@@ -191,6 +199,10 @@ class AgentRun:
             "model": self.route.id, "messages": messages, "tools": schemas or None,
             "stream": self.chain[0].stream and self.route.id not in self.stream_off,
             "params": dict(self.chain[0].params)})
+        if schemas:  # the original's per-turn record of the native tool schemas sent
+            await self.rundir.write_json(f"provider_native/tools_provided/turn_{turn}.json", [
+                {"type": "function", "function": {"name": t.name, "description": t.description,
+                                                  "parameters": t.parameters}} for t in schemas])
         if per_turn and turn == 1:
             await self.conversation.section(conv.TOOLS_PROMPT, per_turn)
         served = await self.services.gateway.complete(
@@ -264,8 +276,11 @@ class AgentRun:
             o = by_id.get(tc.id)
             content = o.output if o else f'<TOOL_ERROR tool="{tc.name}">no result</TOOL_ERROR>'
             self.messages.append(ChatMessage(role="tool", tool_call_id=tc.id, name=tc.name, content=content))
+        called = {tc.id: tc for tc in response.tool_calls}
         await self.rundir.write_json(f"provider_native/tool_results/turn_{turn}.json", [
-            {"fn": o.name, "call_id": o.call_id, "ok": o.ok, "out": o.output, "data": o.data}
+            {"fn": o.name, "provider_fn": called[o.call_id].name if o.call_id in called else o.name,
+             "call_id": o.call_id, "args": _json_args(called[o.call_id].arguments) if o.call_id in called else None,
+             "ok": o.ok, "out": o.output, "data": o.data}
             for o in outcomes])
         await self.conversation.section(conv.NATIVE_RESULTS, "\n\n".join(o.output for o in outcomes))
 

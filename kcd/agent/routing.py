@@ -21,8 +21,18 @@ def provider_native_default(route: Route) -> bool:
 
 
 def route_supports_native(cfg: AgentConfig, route: Route) -> bool:
+    """Whether the gateway may send this route a native-tool turn.
+
+    A route's own `native_tools` decides; without one, an explicit
+    `provider_tools.use_native: true` is the user's word for every route (the
+    same rule `tool_mode` applies to the primary, so a run in native mode never
+    skips its own primary as `no_native_tools`); else the provider default."""
     configured = cfg.native_tools_for(route.id)
-    return provider_native_default(route) if configured is None else configured
+    if configured is not None:
+        return configured
+    if cfg.provider_tools.use_native is True:
+        return True
+    return provider_native_default(route)
 
 
 def tool_mode(cfg: AgentConfig, route: Route) -> tuple[bool, str | None]:

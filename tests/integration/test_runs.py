@@ -59,7 +59,15 @@ def assert_complete_run_dir(run_dir: Path, *, native: bool) -> None:
         tool_msgs = [m for m in second["messages"] if m["role"] == "tool"]
         assistant = [m for m in second["messages"] if m["role"] == "assistant"]
         assert tool_msgs and tool_msgs[0]["tool_call_id"] == assistant[0]["tool_calls"][0]["id"]
+        provided = json.loads((run_dir / "provider_native/tools_provided/turn_1.json").read_text())
+        assert [t["function"]["name"] for t in provided] == [t["name"] for t in first["tools"]]
+        calls = json.loads((run_dir / "provider_native/tool_calls/turn_1.json").read_text())
+        results = json.loads((run_dir / "provider_native/tool_results/turn_1.json").read_text())
+        assert [r["call_id"] for r in results] == [c["id"] for c in calls]
+        assert results[0]["fn"] == "list_dir" and results[0]["provider_fn"] == "list_dir"
+        assert results[0]["args"] == json.loads(calls[0]["function"]["arguments"]) and results[0]["out"]
     else:
+        assert not (run_dir / "provider_native").exists()
         assert "**Tool Results (Text-Based Execution)**" in convo
         first = json.loads((run_dir / "raw/requests/turn_1.request.json").read_text())
         assert not first["tools"]

@@ -1002,3 +1002,24 @@ def test_resilience_error_in_a_base_names_the_base_file(tmp_path: Path) -> None:
     err = error_for(tmp_path, {"extends": "base.yaml"}, "child.yaml")
     assert err.file == str(tmp_path / "base.yaml")
     assert err.key_path == "$.providers.models[0].timeouts.idle"
+
+
+@pytest.mark.parametrize("name", [
+    "opencode_openrouter_glm46_c_fs_perturn_append.yaml",  # use_native: true
+    "opencode_openrouter_deepseek_v32exp_c_fs_perturn_append.yaml",  # use_native: true
+    "opencode_grok4fast_c_fs_v2.yaml",  # the provider default
+])
+def test_an_explicit_use_native_covers_the_primary_in_the_route_chain(name):
+    # A run in native mode must not have its own primary skipped as `no_native_tools`
+    # (GLM-4.6 on OpenRouter used to be skipped every turn and the fallback served).
+    from kcd.agent.routing import build_chain, tool_mode
+
+    cfg = load_agent_config(CONFIGS / name).config
+    primary = cfg.default_route()
+    run_native, _ = tool_mode(cfg, primary)
+    chain = build_chain(cfg, primary, primary_stream=False)
+    assert chain[0].route == primary and chain[0].native_tools is run_native
+    if cfg.provider_tools.use_native is True:
+        assert run_native is True and all(e.native_tools for e in chain)
+    else:  # the provider default: OpenRouter models outside openai/ are text-mode
+        assert run_native is primary.model.startswith("openai/")
