@@ -99,7 +99,10 @@ async def overhead(base: str, calls: int, rounds: int) -> list[str]:
     import msgspec
 
     route = parse_route("openai/echo")
-    gateway = ProviderGateway({"OPENAI_API_KEY": "mock"}, breakers=BreakerBoard(BreakerConfig()))
+    # httpx's own transport, like the direct path: this measures the gateway's logic, not the
+    # HTTP client (the aiohttp transport is compared in bench_endpoint.py, docs/benchmarks.md §5).
+    gateway = ProviderGateway({"OPENAI_API_KEY": "mock"}, breakers=BreakerBoard(BreakerConfig()),
+                              upstream_client="httpx")
     url = f"{base}/v1/chat/completions"
     lines = []
     limits = httpx.Limits(max_connections=128, max_keepalive_connections=64, keepalive_expiry=30)
