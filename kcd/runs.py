@@ -39,6 +39,7 @@ from kcd.workspaces import (
     diff_against_seed,
     seed_from_archive,
     seed_from_directory,
+    unreadable_for,
 )
 
 
@@ -102,6 +103,12 @@ class RunManager:
         seed = Path(req.workspace) if req.workspace else None
         if seed is not None and not seed.is_dir():
             raise RunRejected("invalid_request", f"workspace {req.workspace} is not a directory")
+        if seed is not None and peer is not None and peer.uid not in (0, os.getuid()):
+            # The daemon copies with its own rights: another user gets only what it could read.
+            blocked = await anyio.to_thread.run_sync(unreadable_for, seed, peer.uid, peer.gid)
+            if blocked is not None:
+                raise RunRejected("forbidden", f"workspace {req.workspace}: {blocked} is not readable by uid "
+                                               f"{peer.uid}; upload the tree instead (kcctl run --workspace does)")
         upload = None
         if req.workspace_upload:
             try:

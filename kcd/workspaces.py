@@ -14,6 +14,7 @@ import base64
 import os
 import secrets
 import shutil
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -77,6 +78,40 @@ class UploadStore:
 def seed_from_archive(archive: Path, workspace: Path, max_bytes: int) -> dict[str, str]:
     with open(archive, "rb") as fh:
         return safe_extract(fh, workspace, max_bytes=max_bytes)
+
+
+def unreadable_for(seed: Path, uid: int, gid: int) -> str | None:
+    """The first path under `seed` (or on the way to it) that user `uid` (primary group
+    `gid`) could not read by the permission bits, else None.
+
+    Same-host seeding by path makes the daemon copy files with *its* rights; a socket peer
+    of another user must not get a copy of what it could not read itself (the daemon's
+    state, another user's tree). Only the bits are checked (no ACLs, no supplementary
+    groups): when in doubt the peer uploads the tree instead, as `kcctl run -w` does.
+    """
+
+    def allowed(st: os.stat_result, need: int) -> bool:  # need: 4 read, 1 search, 5 both
+        if st.st_uid == uid:
+            bits = (st.st_mode >> 6) & 7
+        elif st.st_gid == gid:
+            bits = (st.st_mode >> 3) & 7
+        else:
+            bits = st.st_mode & 7
+        return bits & need == need
+
+    real = Path(os.path.realpath(seed))
+    for ancestor in reversed(real.parents):
+        if not allowed(os.stat(ancestor), 1):
+            return str(ancestor)
+    for dirpath, dirnames, filenames in os.walk(real, followlinks=False):
+        if not allowed(os.stat(dirpath), 5):
+            return dirpath
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode) and not allowed(st, 4):
+                return path
+    return None
 
 
 def seed_from_directory(seed: Path | None, workspace: Path) -> dict[str, str]:

@@ -98,7 +98,7 @@ class ControlAPI:
         try:
             info = await self.daemon.runs.submit(body, req.peer)
         except RunRejected as exc:
-            status = 503 if exc.code == "shutting_down" else 400
+            status = {"shutting_down": 503, "forbidden": 403}.get(exc.code, 400)
             raise HTTPError(status, exc.code, exc.message) from None
         return json_response(info, status=201)
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import msgspec
+import pytest
 
 from .conftest import CONFIGS
 
@@ -149,3 +150,51 @@ def test_kcd_simulate_runs_standalone(kcd_root):
     finally:
         proc.terminate()
         assert proc.wait(timeout=30) in (0, -15)
+
+
+def _post_as(uid: int, sock_path: str, path: str, body: bytes) -> tuple[int, bytes]:
+    """POST over the socket with `uid` as the effective uid at connect time (SO_PEERCRED)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    os.seteuid(uid)
+    try:
+        s.connect(sock_path)
+    finally:
+        os.seteuid(0)
+    with s:
+        s.sendall(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: kcd\r\nContent-Type: application/json\r\n"
+                  b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, payload = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), payload
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to connect as another uid")
+def test_another_users_run_cannot_seed_from_a_path_it_could_not_read(kcd, kcd_root):
+    # Same-host seeding copies with the daemon's rights: a peer of another uid may name
+    # only trees it could read itself (else 403, and it uploads instead).
+    os.chmod(kcd_root, 0o755)
+    os.chmod(kcd.socket, 0o666)
+    secret = kcd_root / "private"
+    secret.mkdir(mode=0o700)
+    (secret / "token.txt").write_text("only root reads this")
+    public = kcd_root / "public"
+    public.mkdir(mode=0o755)
+    (public / "main.c").write_text("int main(void) { return 0; }\n")
+    os.chmod(public / "main.c", 0o644)
+    config = (CONFIGS / "demo.yaml").read_text()
+
+    def run_request(workspace):
+        return msgspec.json.encode({"config_text": config, "config_path": str(CONFIGS / "demo.yaml"),
+                                    "task": "list the files", "workspace": str(workspace)})
+
+    status, payload = _post_as(65534, str(kcd.socket), "/v1/runs", run_request(secret))
+    assert status == 403, payload
+    error = msgspec.json.decode(payload)["error"]
+    assert error["code"] == "forbidden" and str(secret) in error["message"] and "upload" in error["message"]
+    status, payload = _post_as(65534, str(kcd.socket), "/v1/runs", run_request(public))
+    assert status == 201, payload
+    assert msgspec.json.decode(payload)["peer_uid"] == 65534
+    with kcd.http() as c:  # the daemon's own user may still seed from its own trees
+        assert c.post("/v1/runs", content=run_request(secret)).status_code == 201

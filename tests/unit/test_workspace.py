@@ -237,3 +237,44 @@ def test_diff_empty_seed_and_symlinks(tmp_path: Path) -> None:
     assert "diff --git a/empty.txt b/empty.txt\nnew file mode 100644\n" in diff
     assert "new file mode 120000\n--- /dev/null\n+++ b/link\n@@ -0,0 +1 @@\n+/etc/passwd\n" in diff
     assert "root:" not in diff  # the link was not followed
+
+
+@pytest.fixture
+def open_tmp():
+    """A temp dir whose ancestors others may search (pytest's own base is 0700)."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="kcd-perm-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to chown files to another uid")
+def test_another_user_may_seed_only_from_what_it_could_read(open_tmp):
+    from kcd.workspaces import unreadable_for
+
+    tmp_path = open_tmp
+
+    other = (12345, 12345)  # a socket peer that is neither root nor the daemon's user
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "a.txt").write_text("a")
+    (tree / "sub" / "b.txt").write_text("b")
+    os.chmod(tmp_path, 0o755)
+    for d in (tree, tree / "sub"):
+        os.chmod(d, 0o755)
+    for f in (tree / "a.txt", tree / "sub" / "b.txt"):
+        os.chmod(f, 0o644)
+    assert unreadable_for(tree, *other) is None  # world-readable: what the peer could copy itself
+    os.chmod(tree / "sub" / "b.txt", 0o600)
+    assert unreadable_for(tree, *other) == str(tree / "sub" / "b.txt")
+    os.chown(tree / "sub" / "b.txt", *other)
+    assert unreadable_for(tree, *other) is None  # the peer's own file
+    os.chmod(tree / "sub", 0o700)
+    assert unreadable_for(tree, *other) == str(tree / "sub")
+    os.chmod(tree / "sub", 0o750)
+    os.chown(tree / "sub", 0, other[1])
+    assert unreadable_for(tree, *other) is None  # readable through the group
+    os.chmod(tmp_path, 0o700)
+    assert unreadable_for(tree, *other) == str(tmp_path)  # a locked ancestor hides the tree
