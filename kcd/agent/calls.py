@@ -81,6 +81,7 @@ class ToolSettings(msgspec.Struct, frozen=True, omit_defaults=True):
     max_parallel_calls: int = 8  # worker threads for one reply's parallel reads
     # -- glob / grep / list
     search_max_results: int = 200
+    grep_timeout_s: float = 10.0  # one grep call's whole budget, regex matching included
     # -- shell sandbox (see kcd.agent.tools.sandbox)
     isolation: Isolation = "none"
     isolation_network: bool = False  # with bwrap/unshare: keep the host network (default: none)

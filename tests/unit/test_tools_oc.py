@@ -237,6 +237,16 @@ def test_grep_no_match_and_bad_regex(ws: Path) -> None:
     assert not bad.ok and "invalid regular expression '(unclosed'" in bad.output
 
 
+def test_grep_with_a_catastrophic_pattern_stops_within_its_budget(ws: Path) -> None:
+    # (a|aa)+$ against a run of a's then "b" backtracks exponentially (hours at 60 a's);
+    # the call must end with a clear error instead of hanging the turn.
+    (ws / "aaa.txt").write_text("a" * 60 + "b\n")
+    out = run1(ws, "grep", ToolSettings(grep_timeout_s=0.5), pattern="(a|aa)+$")
+    assert not out.ok and "grep stopped after 0.5s" in out.output and "simplify the pattern" in out.output
+    # The patterns Python's `re` takes minutes over, `regex` answers at once.
+    assert run1(ws, "grep", ToolSettings(grep_timeout_s=5), pattern="(a+)+$").ok
+
+
 # --------------------------------------------------------------------------- list
 
 

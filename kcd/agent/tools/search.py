@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import re
+import time
 from pathlib import Path
 from threading import Event
 from typing import Any
+
+import regex as re  # `re`'s syntax, plus a timeout: a model's regex can backtrack for hours
 
 from kcd.agent.calls import ToolSettings
 from kcd.agent.tools.paths import compile_glob, resolve, walk_files
@@ -46,7 +48,7 @@ def glob(root: Path, args: dict[str, Any], settings: ToolSettings, cancel: Event
 def grep(root: Path, args: dict[str, Any], settings: ToolSettings, cancel: Event | None) -> Result:
     try:
         regex = re.compile(args["pattern"])
-    except re.error as exc:
+    except (re.error, ValueError) as exc:
         raise ToolError(f"invalid regular expression {args['pattern']!r}: {exc}") from None
     except RecursionError:
         raise ToolError(f"regular expression {args['pattern']!r} is too deeply nested") from None
@@ -57,6 +59,7 @@ def grep(root: Path, args: dict[str, Any], settings: ToolSettings, cancel: Event
     matches: list[dict[str, Any]] = []
     total = 0
     skipped = {"binary": 0, "too_large": 0, "unreadable": 0}
+    deadline = time.monotonic() + settings.grep_timeout_s
     for real, rel in walk_files(base, root, cancel):
         if include is not None:
             inc_regex, by_path = include
@@ -67,7 +70,7 @@ def grep(root: Path, args: dict[str, Any], settings: ToolSettings, cancel: Event
         if lines is None:
             continue
         for number, line in enumerate(lines, 1):
-            if regex.search(line):
+            if _search(regex, line, deadline, args["pattern"], settings.grep_timeout_s):
                 total += 1
                 if len(matches) < cap:
                     matches.append({"path": rel, "line": number, "text": line})
@@ -89,6 +92,17 @@ def grep(root: Path, args: dict[str, Any], settings: ToolSettings, cancel: Event
         "skipped": skipped,
     }
     return Result(output, data)
+
+
+def _search(regex: Any, line: str, deadline: float, pattern: str, budget: float) -> bool:
+    """One line, within what is left of the call's time budget; `concurrent` lets other
+    threads (the daemon's event loop among them) run while the match works."""
+    try:
+        return regex.search(line, timeout=max(deadline - time.monotonic(), 0.001), concurrent=True) is not None
+    except TimeoutError:
+        raise ToolError(f"grep stopped after {budget:g}s: the pattern {pattern!r} is too slow on this "
+                        "workspace (nested repetition such as (a+)+ backtracks without end); "
+                        "simplify the pattern or narrow path/include") from None
 
 
 def _search_base(root: Path, path: str | None) -> tuple[Path, str]:
