@@ -580,7 +580,7 @@ class _BundleFailed(Exception):
 
 def _get_bundle(obj: Ctx, run: str, matrix_files: tuple[Path, ...] = ()) -> tuple[str, bytes, dict]:
     """Fetch and check a bundle: (file name, bytes, manifest)."""
-    from kcd.observe.bundle import verify_bundle
+    from kcd.api.bundle_check import verify_bundle
 
     try:
         with obj.client() as client:
@@ -760,27 +760,19 @@ def incident(ctx: click.Context, run: str, out: Path | None, require_matrix: boo
     sys.exit(EXIT_NOT_COMPLETED if any(p.failed for p in pieces) else EXIT_OK)
 
 
-def _matrix_selection(routes: list[str]) -> list[str]:
-    """Offline scenarios of `kcctl matrix`'s default catalogue whose route chain meets `routes`.
-
-    Loaded here with the matrix's own loader: the dry-run answer names scenarios but not
-    their routes. Raises click.UsageError (no catalogue), ConfigError or ImportError.
-    """
-    from kcd.config.keypath import ConfigError
-    from kcd.matrix.catalogue import load_catalogue
-    from kcd.matrix.configgen import prepare
-    from kcd.matrix.types import ScenarioFile
-
-    files = [ScenarioFile(text=p.read_text(encoding="utf-8"), path=str(p.resolve())) for p in _matrix_files((), None)]
-    wanted, picked = set(routes), []
-    for sc in load_catalogue(files):
-        try:
-            chain = prepare(sc).chain
-        except ConfigError:
-            continue  # the matrix reports a broken scenario itself; it is no evidence here
-        if not sc.live and wanted.intersection(chain):
-            picked.append(sc.name)
-    return picked
+def _matrix_selection(obj: Ctx, routes: list[str]) -> list[str]:
+    """Offline scenarios of `kcctl matrix`'s default catalogue whose route chain meets `routes`:
+    a dry run of the matrix, selected by kcd (it loads the scenarios and knows their chains).
+    Raises click.UsageError (no catalogue) or DaemonError."""
+    files = [{"text": p.read_text(encoding="utf-8"), "path": str(p.resolve())} for p in _matrix_files((), None)]
+    try:
+        with obj.client() as client:
+            info = client.call("POST", "/v1/matrix", {"files": files, "routes": routes, "dry_run": True})
+    except DaemonError as exc:
+        if exc.code == "no_scenario":
+            return []
+        raise
+    return list(info["scenarios"])
 
 
 def _run_matrix(ctx: click.Context, names: list[str], workdir: Path) -> tuple[int, str]:
@@ -815,10 +807,8 @@ def _incident_matrix(ctx: click.Context, run: str, routes: list[str], folder: Pa
     if "matrix" not in main.commands:
         return not_run("unavailable", "this kcctl has no `matrix` command")
     try:
-        from kcd.config.keypath import ConfigError
-
-        names = _matrix_selection(routes)
-    except (click.UsageError, ImportError, ConfigError, ValueError, OSError) as exc:
+        names = _matrix_selection(ctx.obj, routes)
+    except (click.UsageError, DaemonError, OSError) as exc:
         return not_run("unavailable", f"cannot load the scenario catalogue: {exc}")
     if not names:
         return not_run("skipped", f"no offline scenario uses {', '.join(routes) or 'the run’s routes'}")
@@ -933,7 +923,7 @@ def daemon_stop(obj: Ctx, timeout: float) -> None:
 # ---- regression matrix -------------------------------------------------------------------
 # `kcctl matrix`: the daemon runs the scenarios (POST /v1/matrix) as real runs against its
 # simulator and judges them from their run directories; the client sends the scenario files,
-# follows the NDJSON events and renders (kcd.matrix.report: stdlib only).
+# follows the NDJSON events and renders (kcctl.matrix_report: stdlib only).
 
 MATRIX_DIR = Path("configs") / "matrix"
 
@@ -977,7 +967,7 @@ def matrix(obj: Ctx, names: tuple[str, ...], files: tuple[Path, ...], directory:
     passed (skips allowed), 1 a scenario failed or the matrix was cancelled, 2 a scenario
     file does not load or no scenario matches, 3 kcd unreachable.
     """
-    from kcd.matrix import report
+    from kcctl import matrix_report as report
 
     sources = _matrix_files(files, directory)
     body = {"files": [{"text": p.read_text(encoding="utf-8"), "path": str(p.resolve())} for p in sources],
@@ -1017,7 +1007,7 @@ def matrix(obj: Ctx, names: tuple[str, ...], files: tuple[Path, ...], directory:
 
 def _follow_matrix(client: Client, matrix_id: str, total: int) -> dict:
     """Follow the matrix's events with a progress line; returns the final MatrixInfo."""
-    from kcd.matrix import report
+    from kcctl import matrix_report as report
 
     tty = sys.stderr.isatty()
     done: list[dict] = []

@@ -351,7 +351,19 @@ class MatrixService:
 
 def _load(req: MatrixRequest) -> list[Prepared]:
     scenarios = select(load_catalogue(req.files), req.scenarios, live=req.live)
-    return [prepare(sc) for sc in scenarios]
+    if not req.routes:
+        return [prepare(sc) for sc in scenarios]
+    wanted, picked = set(req.routes), []
+    for sc in scenarios:
+        try:
+            p = prepare(sc)
+        except ConfigError:
+            continue  # a broken scenario is no evidence about these routes
+        if wanted.intersection(p.chain):
+            picked.append(p)
+    if not picked:
+        raise SelectionError(f"no offline scenario uses {', '.join(sorted(wanted))}")
+    return picked
 
 
 async def _wait_end(runs: RunManager, run_id: str) -> bool:

@@ -41,6 +41,9 @@ class MatrixRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     parallel: Annotated[int, Meta(ge=1, le=MAX_PARALLEL)] = 4
     live: bool = False  # run the live scenarios on real providers (and only those)
     dry_run: bool = False  # load and check, list what would run, run nothing
+    # Only the offline scenarios whose route chain includes one of these (kcctl incident);
+    # scenarios that do not load are left out rather than refusing the request.
+    routes: list[str] = []
 
 
 class Diagnostics(msgspec.Struct, kw_only=True, omit_defaults=True):

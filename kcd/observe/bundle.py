@@ -40,7 +40,7 @@ import pwd
 import re
 import stat
 import zipfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -49,11 +49,12 @@ from typing import Any
 import msgspec
 
 from kcd import __version__
+from kcd.api.bundle_check import MANIFEST, UnsafeEntryName, unzip_entries, verify_bundle  # noqa: F401
+from kcd.api.bundle_check import check_entry_name as _check_name
 from kcd.observe.redact import MASK, Redactor
 from kcd.observe.rundir import pretty_json
 
 BUNDLE_SUFFIX = "_vendor_bundle.zip"
-MANIFEST = "MANIFEST.json"
 SUMMARY = "SUMMARY.md"
 FORMAT = "kylecode-vendor-bundle/1"
 ATTACHMENT_DIR = "matrix"
@@ -364,11 +365,10 @@ def _truncate(name: str, data: bytes, limit: int) -> bytes:
 
 def check_entry_name(name: str) -> str:
     """A zip entry name that cannot escape wherever the zip is unpacked (no zip-slip)."""
-    path = PurePosixPath(name)
-    if (not name or "\\" in name or "\x00" in name or ":" in name or path.is_absolute()
-            or name != str(path) or any(part in ("", ".", "..") for part in path.parts)):
-        raise BundleError(400, "unsafe_entry_name", f"refusing the zip entry name {name!r}")
-    return name
+    try:
+        return _check_name(name)
+    except UnsafeEntryName as exc:
+        raise BundleError(400, "unsafe_entry_name", str(exc)) from None
 
 
 def _is_plain(path: Path, run_dir: Path) -> bool:
@@ -499,7 +499,7 @@ def build_bundle(run_dir: Path, scrubber: Scrubber, *, run_id: str | None, run_s
     _refuse_leaks(ordered, scrubber)
     _check_total(sum(len(b) for b in ordered.values()), caps)
     data = _zip(ordered, created)
-    _refuse_leaks(dict(_unzip(data)), scrubber)  # what was written, not what was meant to be
+    _refuse_leaks(dict(unzip_entries(data)), scrubber)  # what was written, not what was meant to be
     # The name travels in an HTTP header and becomes a client's file name: plain characters only.
     stem = run_dir.name if _SAFE_NAME.fullmatch(run_dir.name) else f"run_{hashlib.sha256(data).hexdigest()[:12]}"
     return Bundle(name=f"{stem}{BUNDLE_SUFFIX}", data=data, manifest=manifest)
@@ -529,26 +529,6 @@ def _zip(entries: Mapping[str, bytes], created: datetime) -> bytes:
             info.external_attr = 0o644 << 16
             zf.writestr(info, data)
     return buf.getvalue()
-
-
-def _unzip(data: bytes) -> Iterator[tuple[str, bytes]]:
-    with zipfile.ZipFile(io.BytesIO(data)) as zf:
-        for info in zf.infolist():
-            yield check_entry_name(info.filename), zf.read(info)
-
-
-def verify_bundle(data: bytes) -> dict[str, Any]:
-    """The manifest of a bundle whose entries match it exactly (sizes, sha256, names), else ValueError."""
-    entries = dict(_unzip(data))
-    manifest = json.loads(entries.pop(MANIFEST))
-    listed = {row["path"]: row for row in manifest["files"]}
-    if set(listed) != set(entries):
-        raise ValueError(f"zip entries and manifest differ: {sorted(set(listed) ^ set(entries))}")
-    for name, blob in entries.items():
-        row = listed[name]
-        if row["size"] != len(blob) or row["sha256"] != hashlib.sha256(blob).hexdigest():
-            raise ValueError(f"{name}: size or sha256 differs from the manifest")
-    return manifest
 
 
 # ---- SUMMARY.md ---------------------------------------------------------------------------

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import msgspec
 
-from kcd.matrix import report
+from kcctl import matrix_report as report
 from kcd.matrix.types import Diagnostics, MatrixInfo, MatrixSummary, ScenarioResult, StepResult
 
 FAILED = ScenarioResult(
@@ -76,3 +77,19 @@ def test_junit_parses_and_counts():
     assert "run dir:" in failure.text
     assert cases["live_openai_direct"].find("skipped") is not None
     assert cases["f03_server_error_once"].find("failure") is None
+
+
+def test_kcctl_imports_nothing_of_kcd_but_its_api():
+    # The layering rule (docs/architecture.md): kcctl depends on kcd.api only, lazy imports included.
+    import ast
+
+    root = Path(__file__).resolve().parents[2] / "kcctl"
+    bad = []
+    for path in sorted(root.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                if name.split(".")[0] == "kcd" and name != "kcd" and not name.startswith("kcd.api"):
+                    bad.append(f"{path.name}:{node.lineno} {name}")
+    assert not bad, bad
