@@ -34,7 +34,6 @@ import os
 import platform
 import secrets
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,41 +45,11 @@ from pathlib import Path
 import anyio
 import httpx
 import msgspec
+from _common import REPO, free_port, measure, pct, proc_cpu, wait_http
 
-REPO = Path(__file__).resolve().parents[1]
 LIMITS = httpx.Limits(max_connections=128, max_keepalive_connections=64, keepalive_expiry=30)
 MESSAGES = [{"role": "system", "content": "You are terse."},
             {"role": "user", "content": "Say hello in five words."}]
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, proc: subprocess.Popen, what: str, **kw) -> None:
-    for _ in range(600):
-        if proc.poll() is not None:
-            raise SystemExit(f"{what} exited with {proc.returncode}")
-        try:
-            httpx.get(url, timeout=1, **kw)
-            return
-        except httpx.TransportError:
-            time.sleep(0.05)
-    raise SystemExit(f"{what} did not start")
-
-
-def proc_cpu(pid: int) -> float:
-    """User + system CPU seconds of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
 def serve_floor(port: int, sim_base: str) -> None:
@@ -185,26 +154,6 @@ def checked_call(client: httpx.AsyncClient, url: str, body: bytes, headers: dict
             assert answer["choices"][0]["message"]["content"], answer
 
     return call
-
-
-async def measure(concurrency: int, calls: int, fn: Callable[[], Awaitable[None]]) -> tuple[list[float], float]:
-    """`calls` calls of `fn` with `concurrency` in flight: latencies and the client's CPU seconds."""
-    latencies: list[float] = []
-    remaining = calls
-    cpu0 = time.process_time()
-
-    async def worker() -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            t0 = time.perf_counter()
-            await fn()
-            latencies.append(time.perf_counter() - t0)
-
-    async with anyio.create_task_group() as tg:
-        for _ in range(concurrency):
-            tg.start_soon(worker)
-    return latencies, time.process_time() - cpu0
 
 
 def row(label: str, conc: int, a_lat: list[float], b_lat: list[float], round_added: list[float],

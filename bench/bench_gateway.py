@@ -18,14 +18,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import anyio
 import httpx
+from _common import measure, pct, start_simulator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -40,29 +39,6 @@ MESSAGES = [ChatMessage(role="system", content="You are terse."),
             ChatMessage(role="user", content="Say hello in five words.")]
 
 
-def start_simulator() -> tuple[subprocess.Popen, str]:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "kcd", "simulate", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            httpx.get(f"{base}/_sim/stats", timeout=1)
-            return proc, base
-        except httpx.TransportError:
-            time.sleep(0.05)
-    raise SystemExit("simulator did not start")
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
-
-
 async def run_direct(client: httpx.AsyncClient, url: str, body: bytes, stream: bool) -> None:
     headers = {"content-type": "application/json", "authorization": "Bearer mock"}
     if stream:
@@ -73,26 +49,6 @@ async def run_direct(client: httpx.AsyncClient, url: str, body: bytes, stream: b
     else:
         resp = await client.post(url, content=body, headers=headers)
         assert resp.status_code == 200 and b"choices" in resp.content
-
-
-async def measure(concurrency: int, calls: int, fn) -> tuple[list[float], float]:
-    """Run `calls` calls of `fn` with `concurrency` in flight; latencies and CPU seconds."""
-    latencies: list[float] = []
-    remaining = calls
-    cpu0 = time.process_time()
-
-    async def worker() -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            t0 = time.perf_counter()
-            await fn()
-            latencies.append(time.perf_counter() - t0)
-
-    async with anyio.create_task_group() as tg:
-        for _ in range(concurrency):
-            tg.start_soon(worker)
-    return latencies, time.process_time() - cpu0
 
 
 async def overhead(base: str, calls: int, rounds: int) -> list[str]:
