@@ -11,7 +11,9 @@ A 400, an HTML page, a timeout or a wrong answer is a failure with its reason;
 nothing unknown passes. Probes call `send_chat` directly (one attempt each),
 never `ProviderGateway.complete`, so they move no breaker, metric or retry
 budget of real traffic. Only portable parameters are sent (no reasoning or
-other provider-specific switches), with small `max_tokens` and temperature 0.
+other provider-specific switches), with small `max_tokens` and temperature 0,
+except that OpenAI's reasoning models, which reject both, get
+`max_completion_tokens` (`probe_params`).
 
 Results are cached per route and shared by every run: a result with all three
 probes passing stays fresh for `ttl_s`; a failed or skipped one for
@@ -26,6 +28,7 @@ share one probe run.
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -53,6 +56,19 @@ PROBE_SYSTEM = "You are a diagnostic probe. Reply concisely."
 NOOP_TOOL_NAME = "kc_probe_noop"
 SMALL_MAX_TOKENS = 16
 TOOL_MAX_TOKENS = 64  # a call with its arguments needs a little more than a word
+# OpenAI's reasoning models (o1, o3, o4-mini, gpt-5…) reject `max_tokens` and any temperature
+# but 1, and spend tokens thinking before the first visible one: called directly, they get
+# `max_completion_tokens` with room to think, and no temperature. (OpenRouter maps
+# `max_tokens` itself.)
+REASONING_MAX_COMPLETION_TOKENS = 1024
+_REASONING_MODEL = re.compile(r"^(o\d|gpt-5)")
+
+
+def probe_params(route: Route, max_tokens: int) -> dict[str, Any]:
+    """The length and temperature parameters a probe request may send to `route`."""
+    if route.provider == "openai" and _REASONING_MODEL.match(route.model):
+        return {"max_completion_tokens": REASONING_MAX_COMPLETION_TOKENS}
+    return {"max_tokens": max_tokens, "temperature": 0}
 EXCERPT_CHARS = 120  # of a wrong answer, quoted in the error
 
 
@@ -136,7 +152,7 @@ async def _probe_stream(client: httpx.AsyncClient, endpoint: Endpoint, route: Ro
         events += 1
 
     request = ChatRequest(messages=_messages("Respond with the single word PING."), stream=True,
-                          params={"max_tokens": SMALL_MAX_TOKENS, "temperature": 0})
+                          params=probe_params(route, SMALL_MAX_TOKENS))
     attempt = await send_chat(client, endpoint, route, request, timeouts=timeouts, on_chunk=count)
     if not attempt.ok:
         return _Outcome(False, _failure_text(attempt), content_events=events)
@@ -158,7 +174,7 @@ async def _probe_tool(client: httpx.AsyncClient, endpoint: Endpoint, route: Rout
     request = ChatRequest(
         messages=_messages(f'Call the {NOOP_TOOL_NAME} tool with echo="ping".'), tools=[tool],
         params={"tool_choice": {"type": "function", "function": {"name": NOOP_TOOL_NAME}},
-                "max_tokens": TOOL_MAX_TOKENS, "temperature": 0})
+                **probe_params(route, TOOL_MAX_TOKENS)})
     attempt = await send_chat(client, endpoint, route, request, timeouts=timeouts)
     if not attempt.ok:
         return _Outcome(False, _failure_text(attempt))
@@ -181,8 +197,7 @@ async def _probe_json(client: httpx.AsyncClient, endpoint: Endpoint, route: Rout
                       timeouts: Timeouts) -> _Outcome:
     request = ChatRequest(
         messages=_messages('Reply with the JSON object {"pong":"yes"} and nothing else.'),
-        params={"response_format": {"type": "json_object"}, "max_tokens": SMALL_MAX_TOKENS,
-                "temperature": 0})
+        params={"response_format": {"type": "json_object"}, **probe_params(route, SMALL_MAX_TOKENS)})
     attempt = await send_chat(client, endpoint, route, request, timeouts=timeouts)
     if not attempt.ok:
         return _Outcome(False, _failure_text(attempt))

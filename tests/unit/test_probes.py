@@ -116,6 +116,25 @@ async def test_healthy_route_passes_all_three(sim, gateway, which):
     assert gateway.breakers.routes() == []
 
 
+async def test_openai_reasoning_models_are_probed_with_max_completion_tokens(sim, gateway):
+    # o-series and gpt-5 reject max_tokens and temperature 0 with a 400, which would fail
+    # every probe and wrongly switch streaming and native tools off for them.
+    entry = ChainEntry(route=parse_route("openai/o4-mini"), base_url=sim.base_url)
+    result = await manager(gateway).get(entry)
+    assert result.attempted
+    assert sim.state is not None
+    bodies = [e["body"] for e in sim.state.requests]
+    assert len(bodies) == 3
+    for body in bodies:
+        assert "max_tokens" not in body and "temperature" not in body
+        assert body["max_completion_tokens"] >= 1024
+    openrouter = parse_route("openrouter/openai/o4-mini")  # OpenRouter maps max_tokens itself
+    from kcd.providers.probes import probe_params
+
+    assert probe_params(openrouter, 16) == {"max_tokens": 16, "temperature": 0}
+    assert probe_params(parse_route("openai/gpt-4o-mini"), 16) == {"max_tokens": 16, "temperature": 0}
+
+
 async def test_stream_cut_fails_the_stream_probe_with_its_reason(gateway):
     result = await manager(gateway).get(mock("dev+stream_cut"))
     assert result.attempted and result.stream_success is False
