@@ -52,6 +52,7 @@ from kcd.matrix.types import (
 )
 from kcd.observe.eventlog import EventLog, utc_now
 from kcd.observe.rundir import new_run_id
+from kcd.observe.telemetry import TelemetrySink
 from kcd.providers.breaker import BreakerBoard, BreakerConfig
 from kcd.providers.breaker import Transition as BreakerTransition
 from kcd.providers.gateway import ProviderGateway
@@ -139,6 +140,8 @@ class MatrixService:
         self._tg = task_group
         self._keep = keep
         self._matrices: dict[str, _Matrix] = {}
+        self._telemetry: TelemetrySink | None = None  # scenario runs' own sink: see _sandbox_telemetry
+        self._telemetry_lock = anyio.Lock()
 
     # ---- the resource -----------------------------------------------------------
 
@@ -185,6 +188,21 @@ class MatrixService:
         with anyio.move_on_after(grace):
             for m in running:
                 await m.done.wait()
+        if self._telemetry is not None:
+            await self._telemetry.aclose()  # flushes and fsyncs the scenario runs' files
+
+    async def _sandbox_telemetry(self) -> TelemetrySink | None:
+        """Scenario runs keep their own meta/telemetry.jsonl but stay out of the central file:
+        faults injected on purpose are not production evidence for the exporter or a vendor."""
+        if self._runs.services.telemetry is None:
+            return None
+        async with self._telemetry_lock:
+            if self._telemetry is None:
+                sink = TelemetrySink(None, redact=self._runs.redactor.bytes)
+                with anyio.CancelScope(shield=True):  # a cancelled matrix must not half-start it
+                    await self._tg.start(sink.run)
+                self._telemetry = sink
+        return self._telemetry
 
     # ---- running ----------------------------------------------------------------
 
@@ -248,6 +266,7 @@ class MatrixService:
         gateway = ProviderGateway(env, breakers=sandbox.board, redactor=redactor,
                                   upstream_client=base.gateway.upstream_client)
         services = dataclasses.replace(base, gateway=gateway, env=env, metrics=None,
+                                       telemetry=await self._sandbox_telemetry(),
                                        probes=ProbeManager(gateway, None, redact=redactor.text))
         runs = self._sibling(services)
         config = render_config(p, sim_base=ns.api_base, closed_url=f"http://127.0.0.1:{unused_port()}/v1")

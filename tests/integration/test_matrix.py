@@ -139,3 +139,20 @@ def test_cancel_finalises_the_runs_and_leaves_the_simulator_working(mkcd):
     assert runs and all(r["status"] in ("cancelled", "completed", "failed") for r in runs), runs
     proc = matrix(mkcd, "-s", "f03_server_error_once")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_scenario_runs_keep_their_telemetry_out_of_the_central_file(make_kcd, kcd_root):
+    # Faults injected on purpose are not production evidence: each scenario run has its own
+    # meta/telemetry.jsonl, and the central file the exporter reads has none of their lines.
+    central = kcd_root / "central.jsonl"
+    daemon = make_kcd("--executor", "in-process", env_extra={"RAYCODE_TELEMETRY_PATH": str(central)})
+    proc = matrix(daemon, "-s", "f04_unavailable_persistent", "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(proc.stdout)["results"][0]
+    run_dir = Path(result["run_dirs"][0])
+    own = [json.loads(line) for line in (run_dir / "meta" / "telemetry.jsonl").read_text().splitlines()]
+    assert {e["event"] for e in own} >= {"run.start", "llm.attempt", "run.end"}
+    assert daemon.stop() == 0  # flushes both sinks
+    run_ids = {e["run_id"] for e in own}
+    central_lines = central.read_text().splitlines() if central.exists() else []
+    assert not [line for line in central_lines if any(r in line for r in run_ids)]
