@@ -171,12 +171,13 @@ class Daemon:
                     continue
                 self.request_stop(signal.Signals(signum).name)
 
-    async def _idle_watch(self, server, idle_exit_s: float) -> None:
-        """Exit after `idle_exit_s` with no runs and no open connections (auto-started daemons)."""
+    async def _idle_watch(self, servers: list, idle_exit_s: float) -> None:
+        """Exit after `idle_exit_s` with no runs and no open connections on any listener
+        (the control socket and the gateway's TCP port) (auto-started daemons)."""
         idle_since = anyio.current_time()
         while True:
             await anyio.sleep(min(30.0, idle_exit_s / 4))
-            busy = self.runs.active_count > 0 or bool(server.server_state.connections)
+            busy = self.runs.active_count > 0 or any(s.server_state.connections for s in servers)
             now = anyio.current_time()
             if busy:
                 idle_since = now
@@ -250,7 +251,8 @@ class Daemon:
                          self.executor.mode)
                 notify(f"READY=1\nSTATUS=listening on {cfg.socket}\nMAINPID={os.getpid()}")
                 if cfg.idle_exit_s > 0:
-                    tg.start_soon(self._idle_watch, server, cfg.idle_exit_s)
+                    tg.start_soon(self._idle_watch, [x for x in (server, tcp_server) if x is not None],
+                                  cfg.idle_exit_s)
                 await self._stop.wait()
 
                 self.stopping = True

@@ -124,6 +124,25 @@ def test_idle_exit(make_kcd):
     assert not daemon.socket.exists()
 
 
+def test_idle_exit_waits_for_open_gateway_tcp_connections(make_kcd, kcd_root):
+    # An external tool holding a connection to the OpenAI endpoint keeps an idle daemon up.
+    import time
+
+    from .resilience_support import free_port
+
+    port = free_port()
+    config = kcd_root / "kcd.yaml"
+    config.write_text(f"gateway:\n  tcp: {{port: {port}}}\n  tokens: {{ci: idle-test-token-0123456789}}\n")
+    daemon = make_kcd("--executor", "in-process", "--idle-exit", "1", "--config", str(config))
+    with socket.create_connection(("127.0.0.1", port)) as held:
+        held.sendall(b"GET /v1/models HTTP/1.1\r\nHost: kcd\r\n"
+                     b"Authorization: Bearer idle-test-token-0123456789\r\n\r\n")
+        assert held.recv(65536).startswith(b"HTTP/1.1 200")
+        time.sleep(3)  # three idle periods, the connection kept alive
+        assert daemon.proc.poll() is None, daemon.log()
+    assert daemon.proc.wait(timeout=30) == 0
+
+
 def test_kcd_simulate_runs_standalone(kcd_root):
     import socket as s
     import time
