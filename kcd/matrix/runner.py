@@ -161,7 +161,7 @@ class MatrixService:
             return msgspec.structs.replace(info, status="planned")
         m = _Matrix(info=info, prepared=prepared, peer=peer, events=EventLog(info.id, None))
         self._matrices[info.id] = m
-        self._tg.start_soon(self._run, m, name=f"matrix-{info.id}")
+        self._tg.start_soon(self._run_contained, m, name=f"matrix-{info.id}")
         return info
 
     def get(self, matrix_id: str) -> MatrixInfo | None:
@@ -205,6 +205,19 @@ class MatrixService:
         return self._telemetry
 
     # ---- running ----------------------------------------------------------------
+
+    async def _run_contained(self, m: _Matrix) -> None:
+        """The matrix's task in the daemon's task group: whatever fails here ends this matrix,
+        never the daemon (an exception would tear down every run and the socket)."""
+        try:
+            await self._run(m)
+        except Exception:
+            log.exception("matrix %s: the runner failed", m.info.id)
+            if not m.done.is_set():
+                m.info.status = "failed"
+                if not m.events.closed:
+                    m.events.close()
+                m.done.set()
 
     async def _run(self, m: _Matrix) -> None:
         """Never raises: whatever happens, every scenario gets a result and matrix.end is sent."""

@@ -21,6 +21,7 @@ Wiring: `tg.start(sink.run)` early in the daemon; `reopen()` on SIGHUP;
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import socket
 import time
@@ -56,6 +57,8 @@ from kcd.observe.telemetry_events import (  # noqa: F401  (re-exported: one impo
     provider_metrics_event,
     utc_ts,
 )
+
+log = logging.getLogger("kcd.telemetry")
 
 SYSTEM_TELEMETRY_PATH = Path("/var/log/kylecode/telemetry.jsonl")
 _OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
@@ -222,10 +225,14 @@ class TelemetrySink:
                         await self._wake.wait()
                     if not self._queue and not self._reopen_requested:
                         continue
-                if self._can_drain_inline():
-                    self._drain(_INLINE_LINES)
-                else:
-                    await anyio.to_thread.run_sync(self._drain, _BATCH_LINES)
+                try:
+                    if self._can_drain_inline():
+                        self._drain(_INLINE_LINES)
+                    else:
+                        await anyio.to_thread.run_sync(self._drain, _BATCH_LINES)
+                except Exception:  # a bug here must cost lines, never the daemon (this task is its child)
+                    self._write_errors += 1
+                    log.exception("telemetry writer: a batch failed; continuing")
         finally:
             self._running = False
             self._stopped.set()
