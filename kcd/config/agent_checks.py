@@ -15,7 +15,7 @@ from kcd.config.agent_resilience import RouteRetry
 from kcd.config.agent_schema import AgentConfig, RoutingPrefs
 from kcd.config.keypath import Path_
 from kcd.config.merge import Provenance
-from kcd.providers.routes import RouteError, parse_route
+from kcd.providers.routes import RouteError, is_openai_reasoning, parse_route
 
 KNOWN_ADAPTERS = frozenset({"openai", "openrouter", "anthropic", "mock"})
 # Every kcd provider speaks the OpenAI wire format, so `openai` fits any route.
@@ -35,7 +35,7 @@ def tool_dirs(cfg: AgentConfig, prov: Provenance, explicit_defs_dir: bool, warni
     """Tool definition directories, resolved against their declaring files.
 
     `tools.defs_dir`, when written, replaces registry.paths[0] (reference §2.3).
-    Missing directories only warn: tool YAML loading is not implemented yet.
+    Missing directories only warn: the registry skips them (their tools are not offered).
     """
     entries: list[tuple[Path_, str]] = [
         (("tools", "registry", "paths", i), p) for i, p in enumerate(cfg.tools.registry.paths)
@@ -76,6 +76,11 @@ def _check_routes(cfg: AgentConfig, prov: Provenance, warnings: list[str]) -> No
         key = "routing_preferences" if entry.routing_preferences is not None else "routing"
         _check_fallbacks(prov, (*here, key), entry.routing, route_id, warnings)
         _check_adapter(prov, (*here, "adapter"), entry.adapter, route_id, warnings)
+        temperature = entry.params.temperature
+        if temperature is not None and temperature != 1 and is_openai_reasoning(parse_route(route_id)):
+            warnings.append(prov.warning((*here, "params", "temperature"),
+                                         f"{route_id} accepts only temperature 1; OpenAI refuses "
+                                         f"{temperature:g} with a 400, so every call on this route would fail"))
         if entry.retry is not None:
             _check_backoff(prov, here, entry.retry, providers.retry)
     key = "routing_preferences" if providers.routing_preferences is not None else "routing"

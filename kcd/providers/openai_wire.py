@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from kcd.providers.endpoints import Endpoint
-from kcd.providers.routes import Route
+from kcd.providers.routes import Route, is_openai_reasoning
 from kcd.providers.types import ChatMessage, ChatRequest, ChatResponse, Usage
 
 __all__ = [
@@ -74,6 +74,10 @@ def build_body(route: Route, request: ChatRequest) -> dict[str, Any]:
     for key, value in request.params.items():
         if key not in _RESERVED:
             body[key] = value
+    if "max_tokens" in body and is_openai_reasoning(route):
+        # The same limit under the name these models accept (they refuse `max_tokens`).
+        body.setdefault("max_completion_tokens", body["max_tokens"])
+        del body["max_tokens"]
     if request.tools:  # never `tools: null` or `[]`
         body["tools"] = [
             {

@@ -28,7 +28,6 @@ share one probe run.
 from __future__ import annotations
 
 import logging
-import re
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -42,7 +41,7 @@ from anyio.abc import TaskStatus
 from kcd.providers.endpoints import Endpoint
 from kcd.providers.gateway import ChainEntry, ProviderGateway
 from kcd.providers.openai_compat import Attempt, Timeouts, send_chat
-from kcd.providers.routes import Route
+from kcd.providers.routes import Route, is_openai_reasoning
 from kcd.providers.types import ChatMessage, ChatRequest, ToolSchema
 
 if TYPE_CHECKING:
@@ -61,12 +60,11 @@ TOOL_MAX_TOKENS = 64  # a call with its arguments needs a little more than a wor
 # `max_completion_tokens` with room to think, and no temperature. (OpenRouter maps
 # `max_tokens` itself.)
 REASONING_MAX_COMPLETION_TOKENS = 1024
-_REASONING_MODEL = re.compile(r"^(o\d|gpt-5)")
 
 
 def probe_params(route: Route, max_tokens: int) -> dict[str, Any]:
     """The length and temperature parameters a probe request may send to `route`."""
-    if route.provider == "openai" and _REASONING_MODEL.match(route.model):
+    if is_openai_reasoning(route):
         return {"max_completion_tokens": REASONING_MAX_COMPLETION_TOKENS}
     return {"max_tokens": max_tokens, "temperature": 0}
 EXCERPT_CHARS = 120  # of a wrong answer, quoted in the error

@@ -62,3 +62,13 @@ def parse_route(raw: str) -> Route:
         raise RouteError(f"route id {raw!r}: {provider} ids are {provider}/<model>")
     model = "/".join(parts[1:])
     return Route(id=f"{provider}/{model}", provider=provider, model=model)
+
+
+_REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
+
+
+def is_openai_reasoning(route: Route) -> bool:
+    """OpenAI's reasoning models called directly: they take `max_completion_tokens` (not
+    `max_tokens`) and only the default temperature. OpenRouter maps these itself."""
+    return route.provider == "openai" and route.model.startswith(_REASONING_PREFIXES)
+

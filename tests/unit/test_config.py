@@ -1023,3 +1023,13 @@ def test_an_explicit_use_native_covers_the_primary_in_the_route_chain(name):
         assert run_native is True and all(e.native_tools for e in chain)
     else:  # the provider default: OpenRouter models outside openai/ are text-mode
         assert run_native is primary.model.startswith("openai/")
+
+
+def test_a_temperature_an_openai_reasoning_model_refuses_is_a_warning_with_its_key_path():
+    cfg = minimal()
+    cfg["providers"]["models"] = [{"id": "openai/o4-mini", "adapter": "openai", "params": {"temperature": 0.2}},
+                                  {"id": "openai/gpt-4o-mini", "adapter": "openai", "params": {"temperature": 0.2}}]
+    cfg["providers"]["default_model"] = "openai/o4-mini"
+    loaded = load_agent_config_text(yaml.safe_dump(cfg), None)
+    hits = [w for w in loaded.warnings if "accepts only temperature 1" in w]
+    assert len(hits) == 1 and "providers.models[0].params.temperature" in hits[0], loaded.warnings

@@ -643,3 +643,13 @@ def test_failure_str_record_and_pickle():
     assert (g.route, g.classification, g.status_code, g.retryable) == (ROUTE.id, "http_error", 400, False)
     assert g.details["body_snippet"] == "x"
     assert json.loads(json.dumps(g.to_dict()))["message"] == "bad"
+
+
+def test_openai_reasoning_models_get_max_completion_tokens():
+    request = ChatRequest(messages=[ChatMessage(role="user", content="hi")], params={"max_tokens": 300})
+    assert build_body(parse_route("openai/o4-mini"), request)["max_completion_tokens"] == 300
+    assert "max_tokens" not in build_body(parse_route("openai/gpt-5-mini"), request)
+    for other in ("openai/gpt-4o-mini", "openrouter/openai/o4-mini", "openrouter/x-ai/grok-4-fast"):
+        body = build_body(parse_route(other), request)
+        assert body["max_tokens"] == 300 and "max_completion_tokens" not in body
+    assert request.params == {"max_tokens": 300}  # never mutated
