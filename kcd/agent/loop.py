@@ -108,7 +108,8 @@ class AgentRun:
         self.features = dict(self.cfg.features)
         self.mode = self.cfg.active_mode(self.features)
         self.plan_turns = 0
-        self.toolset = build_toolset(spec.loaded, isolation=services.tool_isolation, mode=self.mode)
+        self.toolset = build_toolset(spec.loaded, isolation=services.tool_isolation, mode=self.mode,
+                                     route=self.route.id)
         self.chain = routing.build_chain(self.cfg, self.route, primary_stream=spec.stream)
         self.policy = routing.retry_policy(self.cfg, self.route)
         self.stream_off: set[str] = set()  # routes whose stream broke during this run
@@ -309,7 +310,8 @@ class AgentRun:
             return tools
         self.features["plan"] = False  # per-run state: the shared config is never mutated
         previous, self.mode = self.mode.name, self.cfg.active_mode(self.features)
-        self.toolset = build_toolset(self.spec.loaded, isolation=self.services.tool_isolation, mode=self.mode)
+        self.toolset = build_toolset(self.spec.loaded, isolation=self.services.tool_isolation, mode=self.mode,
+                                     route=self.route.id)
         self.events.emit("mode.transition", turn=self.steps, **{"from": previous, "to": self.mode.name},
                          tools=self.toolset.names)
         note = (f"Mode changed from {previous} to {self.mode.name}. Available tools now: "

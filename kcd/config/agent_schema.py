@@ -369,7 +369,7 @@ class AgentConfig(_Cfg, kw_only=True, forbid_unknown_fields=True):
     ignored_keys: ClassVar[frozenset[str]] = frozenset(
         {"profile", "hpo", "rl_and_evolution", "telemetry", "model", "prompt", "limits", "output"}
     )
-    pending_keys: ClassVar[frozenset[str]] = frozenset({"enhanced_tools", "dialect_profiles"})
+    pending_keys: ClassVar[frozenset[str]] = frozenset({"enhanced_tools"})
 
     version: int
     workspace: Workspace

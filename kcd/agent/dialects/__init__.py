@@ -7,6 +7,6 @@ One module per format (`pythonic`: ``<TOOL_CALL>``, `bash_block`: ``<BASH>``,
 """
 
 from kcd.agent.dialects.catalogue import render_text_catalogue
-from kcd.agent.dialects.scan import FORMATS, ParsedCalls, parse_text_calls
+from kcd.agent.dialects.scan import FORMAT_NAMES, FORMATS, ParsedCalls, parse_text_calls
 
-__all__ = ["FORMATS", "ParsedCalls", "parse_text_calls", "render_text_catalogue"]
+__all__ = ["FORMATS", "FORMAT_NAMES", "ParsedCalls", "parse_text_calls", "render_text_catalogue"]

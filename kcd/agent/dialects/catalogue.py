@@ -3,7 +3,7 @@ call formats that the given tools make usable, and nothing else."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from kcd.agent.dialects import bash_block, begin_patch, search_replace, unified_diff
@@ -33,7 +33,8 @@ class _Spec(Protocol):  # ... and of a ToolSpec
     def params(self) -> Sequence[_Param]: ...
 
 
-def render_text_catalogue(names: Iterable[str], *, specs: Mapping[str, _Spec] | None = None) -> str:
+def render_text_catalogue(names: Iterable[str], *, specs: Mapping[str, _Spec] | None = None,
+                          formats: Collection[str] | None = None) -> str:
     """The ``SYSTEM MESSAGE - AVAILABLE TOOLS`` directive for `names`.
 
     Inside ``<FUNCTIONS>`` each tool starts with its signature at column 0
@@ -56,7 +57,7 @@ def render_text_catalogue(names: Iterable[str], *, specs: Mapping[str, _Spec] | 
         "\n\n".join(blocks),
         "</FUNCTIONS>",
         "Respond only with tool calls, written in the FORMATS below.",
-        *_formats(set(names)),
+        *_formats(set(names), None if formats is None else set(formats)),
     ]
     if "mark_task_complete" in names:
         lines.append("When the task is complete, call mark_task_complete() alone, in a reply with no other "
@@ -79,20 +80,27 @@ def _signature(name: str, spec: _Spec) -> str:
     return f"{name}({', '.join(params)})\n    {spec.description}{docs}"
 
 
-def _formats(names: set[str]) -> list[str]:
-    """One entry per format whose tool is offered, in the parser's terms."""
+def _formats(names: set[str], allowed: set[str] | None) -> list[str]:
+    """One entry per format whose tool is offered (and that `allowed` keeps), in the parser's terms."""
+
+    def on(*formats: str) -> bool:
+        return allowed is None or any(f in allowed for f in formats)
+
     out = [
         "FORMATS",
         "Only these forms are executed; a tool named in prose or in an ordinary code block is not called.",
-        "- Any tool above, one call per line inside the tags; argument values are Python literals "
-        "(quote strings, use triple quotes for multi-line text):",
-        "<TOOL_CALL> tool_name(arg=value, ...) </TOOL_CALL>",
     ]
+    if on("pythonic02"):
+        out += [
+            "- Any tool above, one call per line inside the tags; argument values are Python literals "
+            "(quote strings, use triple quotes for multi-line text):",
+            "<TOOL_CALL> tool_name(arg=value, ...) </TOOL_CALL>",
+        ]
     shell = next((t for t in bash_block.SHELL_TOOLS if t in names), None)
-    if shell is not None:
+    if shell is not None and on("bash_block"):
         out += [f"- A shell command (runs {shell}):", "<BASH> command </BASH>"]
     editor = next((t for t in search_replace.TOOLS if t in names), None)
-    if editor is not None:
+    if editor is not None and on("aider_diff"):
         out += [
             f"- An exact replacement in one file (runs {editor}): the file path alone on a line, then the "
             "exact current lines and their replacement. An empty SEARCH part creates a new file.",
@@ -103,7 +111,7 @@ def _formats(names: set[str]) -> list[str]:
             "replacement lines",
             ">>>>>>> REPLACE",
         ]
-    if unified_diff.TOOL in names:
+    if unified_diff.TOOL in names and on("unified_diff_fenced", "unified_diff_git"):
         out += [
             f"- A unified diff (runs {unified_diff.TOOL}, git apply) in a ```diff fence; "
             "several files may share one diff:",
@@ -116,7 +124,7 @@ def _formats(names: set[str]) -> list[str]:
             "+new line",
             "```",
         ]
-    if begin_patch.TOOL in names:
+    if begin_patch.TOOL in names and on("opencode_patch"):
         out += [
             f"- A patch (runs {begin_patch.TOOL}): sections *** Add File: <path> (every line prefixed +), "
             "*** Delete File: <path>, or *** Update File: <path> with @@ hunks of ' ' context, '-' removed "

@@ -10,6 +10,7 @@ never a call (defect 47).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable, Collection
@@ -37,7 +38,12 @@ FORMATS: tuple[Format, ...] = (
     Format("opencode_patch", begin_patch.START, begin_patch.parse),
 )
 _PARSERS = {f.name: f.parse for f in FORMATS}
-_STARTS = re.compile("|".join(f"(?P<{f.name}>{f.start})" for f in FORMATS), re.MULTILINE)
+FORMAT_NAMES = frozenset(_PARSERS)
+
+
+@functools.lru_cache(maxsize=16)  # one regex per distinct format set (a config has one or two)
+def _starts(formats: frozenset[str]) -> re.Pattern[str]:
+    return re.compile("|".join(f"(?P<{f.name}>{f.start})" for f in FORMATS if f.name in formats), re.MULTILINE)
 
 
 class ParsedCalls(msgspec.Struct):
@@ -46,7 +52,8 @@ class ParsedCalls(msgspec.Struct):
     errors: list[str]
 
 
-def parse_text_calls(text: str, tools: Collection[str], *, turn: int) -> ParsedCalls:
+def parse_text_calls(text: str, tools: Collection[str], *, turn: int,
+                     formats: frozenset[str] = FORMAT_NAMES) -> ParsedCalls:
     """Extract the explicit tool calls of one assistant reply, in textual order.
 
     A format whose tool is not in `tools` is reported in `errors`, never returned.
@@ -54,13 +61,17 @@ def parse_text_calls(text: str, tools: Collection[str], *, turn: int) -> ParsedC
     Call ids are `text_<turn>_<i>`, counting the returned calls from 0.
     `mark_task_complete` is returned next to other calls as written: the
     executor rejects that combination with <CONSTRAINT_ERROR>.
+    Only blocks of `formats` are read (`dialect_profiles` can narrow them); others are text.
     """
+    if not formats:
+        return ParsedCalls(calls=[], errors=[])
+    starts = _starts(formats)
     scan = Scan(text, tools)
     calls: list[ToolInvocation] = []
     errors: list[str] = []
     seen: set[tuple[str, str]] = set()
     pos = 0
-    while (start := _STARTS.search(text, pos)) is not None:
+    while (start := starts.search(text, pos)) is not None:
         assert start.lastgroup is not None  # the outer group of the alternative that matched
         block = _PARSERS[start.lastgroup](scan, start)
         pos = max(block.end, start.end())  # always make progress
