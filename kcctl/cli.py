@@ -760,11 +760,17 @@ def incident(ctx: click.Context, run: str, out: Path | None, require_matrix: boo
     sys.exit(EXIT_NOT_COMPLETED if any(p.failed for p in pieces) else EXIT_OK)
 
 
+def _scenario_files(paths: list[Path]) -> list[dict[str, str]]:
+    """Scenario files as a MatrixRequest carries them: the text, and the path that anchors
+    the scenario's relative references."""
+    return [{"text": p.read_text(encoding="utf-8"), "path": str(p.resolve())} for p in paths]
+
+
 def _matrix_selection(obj: Ctx, routes: list[str]) -> list[str]:
     """Offline scenarios of `kcctl matrix`'s default catalogue whose route chain meets `routes`:
     a dry run of the matrix, selected by kcd (it loads the scenarios and knows their chains).
     Raises click.UsageError (no catalogue) or DaemonError."""
-    files = [{"text": p.read_text(encoding="utf-8"), "path": str(p.resolve())} for p in _matrix_files((), None)]
+    files = _scenario_files(_matrix_files((), None))
     try:
         with obj.client() as client:
             info = client.call("POST", "/v1/matrix", {"files": files, "routes": routes, "dry_run": True})
@@ -970,7 +976,7 @@ def matrix(obj: Ctx, names: tuple[str, ...], files: tuple[Path, ...], directory:
     from kcctl import matrix_report as report
 
     sources = _matrix_files(files, directory)
-    body = {"files": [{"text": p.read_text(encoding="utf-8"), "path": str(p.resolve())} for p in sources],
+    body = {"files": _scenario_files(sources),
             "scenarios": list(names), "parallel": parallel, "live": live, "dry_run": list_only}
     with obj.client() as client:
         info = client.call("POST", "/v1/matrix", body)

@@ -32,7 +32,7 @@ from kcd.observe.telemetry import TelemetrySink
 from kcd.providers.errors import ProviderFailure
 from kcd.providers.gateway import ProviderGateway
 from kcd.providers.probes import ProbeManager
-from kcd.providers.types import ChatMessage, ChatResponse
+from kcd.providers.types import ChatMessage, ChatResponse, ToolCall
 
 EXCERPT = 400
 
@@ -84,6 +84,12 @@ def _json_args(arguments: str | None) -> object:
         return arguments
 
 
+def _result_row(o: ToolOutcome, call: ToolCall | None) -> dict[str, object]:
+    """A native result as the original recorded it: our tool name, the provider's, the args."""
+    return {"fn": o.name, "provider_fn": call.name if call else o.name, "call_id": o.call_id,
+            "args": _json_args(call.arguments) if call else None, "ok": o.ok, "out": o.output, "data": o.data}
+
+
 def _excerpt(text: str | None, limit: int = EXCERPT) -> str:
     text = text or ""
     return text if len(text) <= limit else text[:limit] + "…"
@@ -109,7 +115,7 @@ class AgentRun:
         self.mode = self.cfg.active_mode(self.features)
         self.plan_turns = 0
         self.toolset = build_toolset(spec.loaded, isolation=services.tool_isolation, mode=self.mode,
-                                     route=self.route.id)
+                                     route=self.route)
         self.chain = routing.build_chain(self.cfg, self.route, primary_stream=spec.stream)
         self.policy = routing.retry_policy(self.cfg, self.route)
         self.stream_off: set[str] = set()  # routes whose stream broke during this run
@@ -279,10 +285,7 @@ class AgentRun:
             self.messages.append(ChatMessage(role="tool", tool_call_id=tc.id, name=tc.name, content=content))
         called = {tc.id: tc for tc in response.tool_calls}
         await self.rundir.write_json(f"provider_native/tool_results/turn_{turn}.json", [
-            {"fn": o.name, "provider_fn": called[o.call_id].name if o.call_id in called else o.name,
-             "call_id": o.call_id, "args": _json_args(called[o.call_id].arguments) if o.call_id in called else None,
-             "ok": o.ok, "out": o.output, "data": o.data}
-            for o in outcomes])
+            _result_row(o, called.get(o.call_id)) for o in outcomes])
         await self.conversation.section(conv.NATIVE_RESULTS, "\n\n".join(o.output for o in outcomes))
 
     async def _relay_text(self, outcomes: list[ToolOutcome], errors: list[str]) -> None:
@@ -311,7 +314,7 @@ class AgentRun:
         self.features["plan"] = False  # per-run state: the shared config is never mutated
         previous, self.mode = self.mode.name, self.cfg.active_mode(self.features)
         self.toolset = build_toolset(self.spec.loaded, isolation=self.services.tool_isolation, mode=self.mode,
-                                     route=self.route.id)
+                                     route=self.route)
         self.events.emit("mode.transition", turn=self.steps, **{"from": previous, "to": self.mode.name},
                          tools=self.toolset.names)
         note = (f"Mode changed from {previous} to {self.mode.name}. Available tools now: "

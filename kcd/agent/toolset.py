@@ -14,6 +14,7 @@ from kcd.agent.tools import TOOL_SPECS, ToolSpec, tool_schemas
 from kcd.agent.tools.registry import ToolRegistry, load_tool_defs
 from kcd.config.agent import LoadedConfig
 from kcd.config.agent_schema import AgentConfig, Mode
+from kcd.providers.routes import Route
 from kcd.providers.types import ToolSchema
 
 
@@ -60,15 +61,14 @@ DIALECT_FORMATS: Mapping[str, tuple[str, ...]] = {
 }
 
 
-def text_formats(cfg: AgentConfig, route: str | None, warnings: list[str]) -> frozenset[str]:
+def text_formats(cfg: AgentConfig, route: Route | None, warnings: list[str]) -> frozenset[str]:
     """The text formats for `route`: all of them, narrowed by the first `dialect_profiles`
     entry whose key (a glob) matches the route id or its model: `preferred_dialects` (when
     given) keeps only those, `exclusions` removes. Unknown dialect names warn and are skipped."""
     if route is None or not cfg.dialect_profiles:
         return FORMAT_NAMES
-    model = route.split("/", 1)[1] if "/" in route else route
-    key = next((k for k in cfg.dialect_profiles if fnmatch.fnmatchcase(route, k) or fnmatch.fnmatchcase(model, k)),
-               None)
+    key = next((k for k in cfg.dialect_profiles
+                if fnmatch.fnmatchcase(route.id, k) or fnmatch.fnmatchcase(route.model, k)), None)
     if key is None:
         return FORMAT_NAMES
     profile = cfg.dialect_profiles[key]
@@ -92,7 +92,7 @@ def text_formats(cfg: AgentConfig, route: str | None, warnings: list[str]) -> fr
 
 
 def build_toolset(loaded: LoadedConfig, *, isolation: str = "none", mode: Mode | None = None,
-                  route: str | None = None) -> ToolSet:
+                  route: Route | None = None) -> ToolSet:
     cfg = loaded.config
     warnings: list[str] = []
     dirs = [Path(d) for d in loaded.tool_dirs if Path(d).is_dir()]

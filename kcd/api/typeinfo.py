@@ -5,7 +5,7 @@ class, and that first build is not thread-safe: two worker threads converting to
 same type for the first time can crash the process with SIGSEGV (measured: 4 threads
 loading the demo config at once crash a fresh interpreter 1 time in 4; see
 tests/unit/test_typeinfo.py). The daemon converts configs, scenarios and tool
-definitions off the event loop, so modules that define such types call `prepare` at
+definitions off the event loop, so modules that define such types call `prepare_types` at
 import time, which runs once, under Python's import lock, before any thread can race.
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 import msgspec
 
 
-def prepare(*types: type) -> None:
+def prepare_types(*types: type) -> None:
     """Build (and cache) the type info of `types` and every Struct type they contain."""
     for type_ in types:
         msgspec.json.Decoder(type_)

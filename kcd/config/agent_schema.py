@@ -17,7 +17,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import msgspec
 from msgspec import Meta, field
 
-from kcd.api.typeinfo import prepare
+from kcd.api.typeinfo import prepare_types
 from kcd.config.agent_resilience import RouteRetry, RouteTimeouts, layered
 from kcd.providers.routes import Route, parse_route
 
@@ -511,4 +511,4 @@ class AgentConfig(_Cfg, kw_only=True, forbid_unknown_fields=True):
         return None
 
 
-prepare(AgentConfig)  # converted in worker threads: see kcd/api/typeinfo.py
+prepare_types(AgentConfig)  # converted in worker threads: see kcd/api/typeinfo.py

@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from kcd.api.typeinfo import prepare
+from kcd.api.typeinfo import prepare_types
 from kcd.gateway_api.errors import OpenAIError
 from kcd.providers.openai_wire import arguments_text
 from kcd.providers.types import ChatMessage, ChatResponse, ToolCall, ToolSchema, Usage
@@ -270,4 +270,4 @@ class ChunkWriter:
         return b"".join(parts)
 
 
-prepare(_Owned)  # converted in worker threads: see kcd/api/typeinfo.py
+prepare_types(_Owned)  # converted in worker threads: see kcd/api/typeinfo.py

@@ -26,7 +26,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta, field
 
-from kcd.api.typeinfo import prepare
+from kcd.api.typeinfo import prepare_types
 from kcd.config.keypath import ConfigError
 from kcd.matrix.scenario import (
     DEFAULT_TASK,
@@ -137,4 +137,4 @@ def _cell(entry: PlanScenario, name: str, stream: bool, tool_turn: bool) -> Scen
         fault=entry.fault, expect=msgspec.structs.replace(expect, **changes))
 
 
-prepare(PlanDoc)  # converted in worker threads: see kcd/api/typeinfo.py
+prepare_types(PlanDoc)  # converted in worker threads: see kcd/api/typeinfo.py

@@ -45,7 +45,7 @@ from typing import Annotated, Any, Literal, get_args
 import msgspec
 from msgspec import Meta, field
 
-from kcd.api.typeinfo import prepare
+from kcd.api.typeinfo import prepare_types
 from kcd.api.types import EXIT_REASONS
 from kcd.config.agent_resilience import RouteRetry, RouteTimeouts
 from kcd.config.daemon import BreakerSettings
@@ -355,4 +355,4 @@ def _grammar(fn, where: Path_, err) -> None:
         raise err(where, str(exc)) from None
 
 
-prepare(ScenarioDoc)  # converted in worker threads: see kcd/api/typeinfo.py
+prepare_types(ScenarioDoc)  # converted in worker threads: see kcd/api/typeinfo.py

@@ -49,7 +49,7 @@ from typing import Any
 import msgspec
 
 from kcd import __version__
-from kcd.api.bundle_check import MANIFEST, UnsafeEntryName, unzip_entries, verify_bundle  # noqa: F401
+from kcd.api.bundle_check import MANIFEST, UnsafeEntryName, unzip_entries
 from kcd.api.bundle_check import check_entry_name as _check_name
 from kcd.observe.redact import MASK, Redactor
 from kcd.observe.rundir import pretty_json

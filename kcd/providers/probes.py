@@ -12,8 +12,8 @@ nothing unknown passes. Probes call `send_chat` directly (one attempt each),
 never `ProviderGateway.complete`, so they move no breaker, metric or retry
 budget of real traffic. Only portable parameters are sent (no reasoning or
 other provider-specific switches), with small `max_tokens` and temperature 0,
-except that OpenAI's reasoning models, which reject both, get
-`max_completion_tokens` (`probe_params`).
+except that OpenAI's reasoning models, which refuse temperature 0 and think
+first, get a larger limit and no temperature (`probe_params`).
 
 Results are cached per route and shared by every run: a result with all three
 probes passing stays fresh for `ttl_s`; a failed or skipped one for
@@ -55,19 +55,18 @@ PROBE_SYSTEM = "You are a diagnostic probe. Reply concisely."
 NOOP_TOOL_NAME = "kc_probe_noop"
 SMALL_MAX_TOKENS = 16
 TOOL_MAX_TOKENS = 64  # a call with its arguments needs a little more than a word
-# OpenAI's reasoning models (o1, o3, o4-mini, gpt-5…) reject `max_tokens` and any temperature
-# but 1, and spend tokens thinking before the first visible one: called directly, they get
-# `max_completion_tokens` with room to think, and no temperature. (OpenRouter maps
-# `max_tokens` itself.)
-REASONING_MAX_COMPLETION_TOKENS = 1024
+# OpenAI's reasoning models (o1, o3, o4-mini, gpt-5…) accept only the default temperature and
+# spend tokens thinking before the first visible one, so they get room to think and no
+# temperature. (`build_body` sends their limit as `max_completion_tokens`.)
+REASONING_MAX_TOKENS = 1024
+EXCERPT_CHARS = 120  # of a wrong answer, quoted in the error
 
 
 def probe_params(route: Route, max_tokens: int) -> dict[str, Any]:
     """The length and temperature parameters a probe request may send to `route`."""
     if is_openai_reasoning(route):
-        return {"max_completion_tokens": REASONING_MAX_COMPLETION_TOKENS}
+        return {"max_tokens": REASONING_MAX_TOKENS}
     return {"max_tokens": max_tokens, "temperature": 0}
-EXCERPT_CHARS = 120  # of a wrong answer, quoted in the error
 
 
 class ProbeResult(msgspec.Struct, kw_only=True):

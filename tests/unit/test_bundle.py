@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from kcd.api.bundle_check import verify_bundle
 from kcd.observe.bundle import (
     MANIFEST,
     SUMMARY,
@@ -25,7 +26,6 @@ from kcd.observe.bundle import (
     make_scrubber,
     resolve_run_dir,
     run_facts,
-    verify_bundle,
 )
 from kcd.observe.redact import MASK, Redactor
 

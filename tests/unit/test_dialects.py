@@ -572,25 +572,26 @@ def test_dialect_profiles_narrow_what_is_parsed_and_advertised(tmp_path: Path) -
     # block of a format left out is plain text, and the prompt no longer documents it.
     from kcd.agent.toolset import build_toolset
     from kcd.config.agent import load_agent_config
+    from kcd.providers.routes import parse_route
 
     configs = Path(__file__).resolve().parents[2] / "configs"
     base = load_agent_config(configs / "demo_text.yaml")
     reply = "<BASH>ls</BASH>\n<TOOL_CALL> list_dir(path=\".\") </TOOL_CALL>\n"
-    plain = build_toolset(base, route="mock/dev")
+    plain = build_toolset(base, route=parse_route("mock/dev"))
     assert {c.name for c in plain.parse(reply, 1).calls} >= {"list_dir"}
 
     text = f"version: 2\nextends: {configs / 'demo_text.yaml'}\n"
     narrowed_path = tmp_path / "narrow.yaml"
     narrowed_path.write_text(text + "dialect_profiles:\n  \"mock/*\":\n    exclusions: [pythonic02, nope]\n")
-    narrowed = build_toolset(load_agent_config(narrowed_path), route="mock/dev")
+    narrowed = build_toolset(load_agent_config(narrowed_path), route=parse_route("mock/dev"))
     assert "pythonic02" not in narrowed.formats and "bash_block" in narrowed.formats
     assert not [c for c in narrowed.parse(reply, 1).calls if c.name == "list_dir"]
     assert "<TOOL_CALL>" not in narrowed.catalogue()
     assert any("unknown dialect 'nope'" in w for w in narrowed.warnings)
-    other_route = build_toolset(load_agent_config(narrowed_path), route="openai/gpt-4o-mini")
+    other_route = build_toolset(load_agent_config(narrowed_path), route=parse_route("openai/gpt-4o-mini"))
     assert other_route.formats == plain.formats  # the profile's glob does not match
 
     only_path = tmp_path / "only.yaml"
     only_path.write_text(text + "dialect_profiles:\n  dev:\n    preferred_dialects: [unified_diff]\n")
-    only = build_toolset(load_agent_config(only_path), route="mock/dev")
+    only = build_toolset(load_agent_config(only_path), route=parse_route("mock/dev"))
     assert only.formats == {"unified_diff_fenced", "unified_diff_git"}

@@ -27,7 +27,7 @@ import yaml
 from kcd.agent.calls import ToolLimit, ToolSettings
 from kcd.agent.tools.catalogue import REFUSED_TOOLS, TOOL_SPECS
 from kcd.agent.tools.spec import ParamSpec, ToolSpec
-from kcd.api.typeinfo import prepare
+from kcd.api.typeinfo import prepare_types
 
 __all__ = ["ToolDef", "ToolRegistry", "load_tool_defs"]
 
@@ -180,4 +180,4 @@ def _spec(d: ToolDef, impl: ToolSpec, path: Path, warnings: list[str]) -> ToolSp
     )
 
 
-prepare(ToolDef)  # converted in worker threads: see kcd/api/typeinfo.py
+prepare_types(ToolDef)  # converted in worker threads: see kcd/api/typeinfo.py

@@ -70,7 +70,15 @@ def grep(root: Path, args: dict[str, Any], settings: ToolSettings, cancel: Event
         if lines is None:
             continue
         for number, line in enumerate(lines, 1):
-            if _search(regex, line, deadline, args["pattern"], settings.grep_timeout_s):
+            # `concurrent` lets other threads (the daemon's event loop among them) run meanwhile.
+            try:
+                found = regex.search(line, timeout=max(deadline - time.monotonic(), 0.001), concurrent=True)
+            except TimeoutError:
+                raise ToolError(f"grep stopped after {settings.grep_timeout_s:g}s: the pattern "
+                                f"{args['pattern']!r} is too slow on this workspace (nested repetition such "
+                                "as (a+)+ backtracks without end); simplify the pattern or narrow "
+                                "path/include") from None
+            if found:
                 total += 1
                 if len(matches) < cap:
                     matches.append({"path": rel, "line": number, "text": line})
@@ -92,17 +100,6 @@ def grep(root: Path, args: dict[str, Any], settings: ToolSettings, cancel: Event
         "skipped": skipped,
     }
     return Result(output, data)
-
-
-def _search(regex: Any, line: str, deadline: float, pattern: str, budget: float) -> bool:
-    """One line, within what is left of the call's time budget; `concurrent` lets other
-    threads (the daemon's event loop among them) run while the match works."""
-    try:
-        return regex.search(line, timeout=max(deadline - time.monotonic(), 0.001), concurrent=True) is not None
-    except TimeoutError:
-        raise ToolError(f"grep stopped after {budget:g}s: the pattern {pattern!r} is too slow on this "
-                        "workspace (nested repetition such as (a+)+ backtracks without end); "
-                        "simplify the pattern or narrow path/include") from None
 
 
 def _search_base(root: Path, path: str | None) -> tuple[Path, str]:
