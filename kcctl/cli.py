@@ -222,6 +222,11 @@ def status(obj: Ctx, as_json: bool) -> None:
     click.echo(f"  runs root: {h['runs_root']}")
     click.echo(f"  executor:  {ex['mode']} ({ex['state']}) {json.dumps(ex.get('detail') or {})}")
     click.echo(f"  active runs: {h['runs_active']}")
+    sb = h.get("sandbox")
+    if sb:
+        caps = f"processes by {sb.get('processes_capped_by') or 'nothing'}, memory by {sb.get('memory_capped_by') or 'nothing'}"
+        click.echo(f"  sandbox:   {sb['mode']}{' (WEAKER)' if sb.get('weaker') else ''} "
+                   f"(configured {sb['configured']}; {caps}): {sb['guarantees']}")
     if h.get("upstream_client"):
         click.echo(f"  http:      upstream via {h['upstream_client']}, event loop {h.get('event_loop')}")
     if h.get("peer"):

@@ -35,6 +35,14 @@ def main(ctx: click.Context) -> None:
 def serve(config_path, socket_path, system, state_dir, runs_root, executor, ray_address,
           max_body_bytes, heartbeat_s, idle_exit_s, log_level) -> None:
     """Run the daemon in the foreground."""
+    from kcd.sandbox.keys import restart_without_secrets
+
+    # Provider keys leave the process environment before anything else runs (kcd.sandbox.keys).
+    secrets = restart_without_secrets()
+    env = {**os.environ, **secrets}
+    from kcd.sandbox.linux import Libc
+
+    Libc().set_dumpable(False)
     import anyio
 
     from kcd.config.daemon import DaemonConfigError, load_daemon_config
@@ -46,7 +54,7 @@ def serve(config_path, socket_path, system, state_dir, runs_root, executor, ray_
                  "heartbeat_s": heartbeat_s, "idle_exit_s": idle_exit_s, "log_level": log_level,
                  "mode": "system" if system else None}
     try:
-        config = load_daemon_config(config_path, os.environ, overrides)
+        config = load_daemon_config(config_path, env, overrides)
     except DaemonConfigError as exc:
         click.echo(f"kcd: invalid configuration: {exc}", err=True)
         sys.exit(2)
@@ -54,11 +62,16 @@ def serve(config_path, socket_path, system, state_dir, runs_root, executor, ray_
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # A native crash (SIGSEGV, SIGABRT) then leaves every thread's Python stack in the journal.
     faulthandler.enable(sys.stderr, all_threads=True)
+    from kcd.sandbox.modes import IsolationUnavailable
+
     try:
-        anyio.run(Daemon(config, os.environ).run, backend="asyncio", backend_options=loop_options())
+        anyio.run(Daemon(config, env).run, backend="asyncio", backend_options=loop_options())
     except SocketInUse as exc:
         click.echo(f"kcd: {exc}", err=True)
         sys.exit(1)
+    except IsolationUnavailable as exc:
+        click.echo(f"kcd: cannot contain tool commands: {exc}", err=True)
+        sys.exit(2)
 
 
 @main.command()

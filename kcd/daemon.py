@@ -20,6 +20,7 @@ import anyio.abc
 import msgspec
 
 from kcd import __version__
+from kcd.agent.calls import ToolSettings
 from kcd.agent.loop import RunServices
 from kcd.config.daemon import DaemonConfig
 from kcd.execution.base import Executor
@@ -32,6 +33,8 @@ from kcd.providers.breaker import BreakerBoard, BreakerConfig, Transition
 from kcd.providers.gateway import ProviderGateway
 from kcd.providers.probes import ProbeManager, ProbeResult
 from kcd.runs import RunManager
+from kcd.sandbox.host import ToolHost
+from kcd.sandbox.modes import IsolationReport, IsolationUnavailable, probe_isolation
 from kcd.sdnotify import activated_sockets, notify
 from kcd.server.app import ControlAPI
 from kcd.server.gateway_tcp import bind_tcp_socket
@@ -100,6 +103,7 @@ class Daemon:
         self.runs: RunManager  # set in run()
         self._matrix: MatrixService | None = None  # regression matrices, made on first use
         self.openai: OpenAIEndpoint  # set in run(): the OpenAI-compatible gateway endpoint
+        self.sandbox: dict[str, object] | None = None  # the isolation report, set in run()
 
     def log_exception(self, exc: BaseException) -> None:
         log.error("unhandled error in a request handler", exc_info=exc)
@@ -185,9 +189,31 @@ class Daemon:
                 self.request_stop(f"idle for {idle_exit_s:.0f}s")
                 return
 
+    def _probe_sandbox(self) -> IsolationReport:
+        """Which isolation works here (blocking); refuses a weaker one in system mode unless accepted."""
+        sb = self.config.sandbox
+        with ToolHost() as host:
+            report = probe_isolation(host, sb.isolation)
+        if report.weaker and self.config.mode == "system" and not sb.accept_weaker:
+            raise IsolationUnavailable(
+                "no filesystem isolation for tool commands works on this host ("
+                + "; ".join(f"{m}: {why}" for m, why in report.probes.items())
+                + "): install bubblewrap, or allow unprivileged user namespaces, or set "
+                  "sandbox.accept_weaker: true in the daemon config to run with process containment only")
+        return report
+
+    def _tool_defaults(self, report: IsolationReport) -> ToolSettings:
+        sb = self.config.sandbox
+        return ToolSettings(isolation=report.mode, max_processes=sb.max_processes,
+                            max_processes_per_run=sb.max_processes_per_run,
+                            memory_max_bytes=sb.memory_max_mb * 2**20, run_memory_max_bytes=sb.run_memory_max_mb * 2**20)
+
     async def run(self) -> None:
         cfg = self.config
         install_log_redaction(self.redactor)
+        report = await anyio.to_thread.run_sync(self._probe_sandbox)
+        self.sandbox = msgspec.structs.asdict(report)
+        (log.warning if report.weaker else log.info)("tool isolation: %s (%s)", report.mode, report.guarantees)
         if not logging.getLogger().isEnabledFor(logging.DEBUG):
             # httpx logs every request at INFO: a record and a redaction pass per provider call
             # cost more than the gateway's own work per call (docs/benchmarks.md §5).
@@ -230,7 +256,9 @@ class Daemon:
                     heartbeat_s=cfg.heartbeat_s, max_workspace_bytes=cfg.max_workspace_bytes,
                     redactor=self.redactor,
                     services=RunServices(gateway=gateway, executor=self.executor,
-                                         tool_isolation=cfg.tool_isolation, probes=self.probes, env=self.env,
+                                         tool_defaults=self._tool_defaults(report),
+                                         allow_network=cfg.sandbox.allow_network, sandbox=self.sandbox,
+                                         probes=self.probes, env=self.env,
                                          telemetry=self.telemetry, metrics=self.metrics))
                 server = make_server(ControlAPI(self).asgi(), log_level="warning")
                 server_done = anyio.Event()

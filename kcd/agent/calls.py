@@ -26,7 +26,9 @@ DEFAULT_NONBLOCKING_TOOLS: tuple[str, ...] = (
     "patch",
 )
 
-Isolation = Literal["none", "bwrap", "unshare"]
+# How a shell command is contained (kcd.sandbox): bubblewrap, kcd's own namespaces, or
+# process containment only (no filesystem or network isolation).
+Isolation = Literal["bwrap", "namespaces", "process"]
 
 
 class ToolInvocation(msgspec.Struct, omit_defaults=True):
@@ -82,8 +84,13 @@ class ToolSettings(msgspec.Struct, frozen=True, omit_defaults=True):
     # -- glob / grep / list
     search_max_results: int = 200
     grep_timeout_s: float = 10.0  # one grep call's whole budget, regex matching included
-    # -- shell sandbox (see kcd.agent.tools.sandbox)
-    isolation: Isolation = "none"
-    isolation_network: bool = False  # with bwrap/unshare: keep the host network (default: none)
+    # -- shell sandbox (see kcd.sandbox)
+    isolation: Isolation = "process"
+    isolation_network: bool = False  # bwrap/namespaces: keep the host network (default: none)
+    scope: str = ""  # the run: its calls share the per-run caps
+    max_processes: int = 256  # processes and threads of one call (cgroup pids.max or RLIMIT_NPROC)
+    max_processes_per_run: int = 512  # of all of a run's calls together (cgroup)
+    memory_max_bytes: int = 4 * 1024**3  # one call's memory (cgroup); 0 = none
+    run_memory_max_bytes: int = 8 * 1024**3  # a run's calls together (cgroup)
     file_size_limit_bytes: int = 256 * 1024 * 1024  # RLIMIT_FSIZE for shell commands; 0 = none
     memory_limit_bytes: int = 0  # RLIMIT_AS for shell commands; 0 = none (breaks JVMs, Go, ASan)

@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 
 from kcd.agent import probing, prompts, routing
-from kcd.agent.calls import ToolInvocation, ToolOutcome
+from kcd.agent.calls import ToolInvocation, ToolOutcome, ToolSettings
 from kcd.agent.provider_log import RunCallObserver
 from kcd.agent.toolset import build_toolset
 from kcd.config.agent import LoadedConfig
@@ -69,7 +69,9 @@ class RunSpec:
 class RunServices:
     gateway: ProviderGateway
     executor: Executor
-    tool_isolation: str = "none"  # "none" | "bwrap" | "unshare" for shell tools
+    tool_defaults: ToolSettings = field(default_factory=ToolSettings)  # the daemon's sandbox (kcd.sandbox)
+    allow_network: bool = True  # whether a run's `tools.network: true` is honoured
+    sandbox: dict[str, Any] | None = None  # the daemon's isolation report, for run.start and the marker
     probes: ProbeManager | None = None  # the daemon's capability probe cache
     env: Mapping[str, str] = field(default_factory=dict)  # the daemon's environment (probe switch)
     telemetry: TelemetrySink | None = None  # the daemon's single telemetry writer
@@ -114,7 +116,8 @@ class AgentRun:
         self.features = dict(self.cfg.features)
         self.mode = self.cfg.active_mode(self.features)
         self.plan_turns = 0
-        self.toolset = build_toolset(spec.loaded, isolation=services.tool_isolation, mode=self.mode,
+        self.toolset = build_toolset(spec.loaded, defaults=services.tool_defaults, scope=spec.run_id,
+                                     allow_network=services.allow_network, mode=self.mode,
                                      route=self.route)
         self.chain = routing.build_chain(self.cfg, self.route, primary_stream=spec.stream)
         self.policy = routing.retry_policy(self.cfg, self.route)
@@ -313,7 +316,8 @@ class AgentRun:
             return tools
         self.features["plan"] = False  # per-run state: the shared config is never mutated
         previous, self.mode = self.mode.name, self.cfg.active_mode(self.features)
-        self.toolset = build_toolset(self.spec.loaded, isolation=self.services.tool_isolation, mode=self.mode,
+        self.toolset = build_toolset(self.spec.loaded, defaults=self.services.tool_defaults, scope=self.spec.run_id,
+                                     allow_network=self.services.allow_network, mode=self.mode,
                                      route=self.route)
         self.events.emit("mode.transition", turn=self.steps, **{"from": previous, "to": self.mode.name},
                          tools=self.toolset.names)
@@ -325,6 +329,16 @@ class AgentRun:
         await self.conversation.section(conv.USER, note)
         return self.toolset.names
 
+    def _isolation(self) -> dict[str, Any]:
+        """What contains this run's shell commands (run.start)."""
+        s = self.toolset.settings
+        report = self.services.sandbox or {}
+        return {"mode": s.isolation, "network": s.isolation_network, "weaker": report.get("weaker", False),
+                "guarantees": report.get("guarantees"), "max_processes": s.max_processes,
+                "max_processes_per_run": s.max_processes_per_run, "memory_max_bytes": s.memory_max_bytes,
+                "processes_capped_by": report.get("processes_capped_by"),
+                "memory_capped_by": report.get("memory_capped_by")}
+
     # ---- the loop -----------------------------------------------------------
 
     async def run(self) -> RunResult:
@@ -333,7 +347,9 @@ class AgentRun:
         self.events.emit("run.start", route=self.route.id, chain=[e.route.id for e in self.chain],
                          native_tools=native, tools=tools,
                          max_steps=self.spec.max_steps, stream=self.spec.stream,
-                         executor=self.services.executor.mode)
+                         executor=self.services.executor.mode, isolation=self._isolation())
+        if self.services.sandbox is not None and self.services.sandbox.get("weaker"):
+            await self.observer.marker("sandbox", f"Shell commands run with {self.services.sandbox['guarantees']}.")
         while self.steps < self.spec.max_steps:
             self.steps += 1
             turn = self.steps

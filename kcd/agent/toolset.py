@@ -8,6 +8,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
+
 from kcd.agent.calls import GroupRule, ToolInvocation, ToolSettings
 from kcd.agent.dialects import FORMAT_NAMES, ParsedCalls, parse_text_calls, render_text_catalogue
 from kcd.agent.tools import TOOL_SPECS, ToolSpec, tool_schemas
@@ -91,8 +93,9 @@ def text_formats(cfg: AgentConfig, route: Route | None, warnings: list[str]) -> 
     return frozenset(kept)
 
 
-def build_toolset(loaded: LoadedConfig, *, isolation: str = "none", mode: Mode | None = None,
-                  route: Route | None = None) -> ToolSet:
+def build_toolset(loaded: LoadedConfig, *, defaults: ToolSettings | None = None, scope: str = "",
+                  allow_network: bool = True, mode: Mode | None = None, route: Route | None = None) -> ToolSet:
+    """`defaults`: the daemon's sandbox settings (isolation, caps); `scope`: the run id."""
     cfg = loaded.config
     warnings: list[str] = []
     dirs = [Path(d) for d in loaded.tool_dirs if Path(d).is_dir()]
@@ -105,12 +108,19 @@ def build_toolset(loaded: LoadedConfig, *, isolation: str = "none", mode: Mode |
     for unknown in cfg.unknown_tools(available):
         warnings.append(f"tool {unknown!r} is not implemented by kcd (or not in the registry); ignored")
     c = cfg.concurrency
-    base = ToolSettings(
+    network = cfg.tools.network
+    if network and not allow_network:
+        warnings.append("tools.network: true is refused by the daemon (sandbox.allow_network: false); "
+                        "shell commands run without network")
+        network = False
+    base = msgspec.structs.replace(
+        defaults or ToolSettings(),
         shell_timeout_s=float(cfg.tool_timeout),
         nonblocking_tools=tuple(c.nonblocking_tools),
         groups=tuple(GroupRule(g.name, tuple(g.match_tools), g.max_parallel, g.barrier_after) for g in c.groups),
         at_most_one_of=tuple(c.at_most_one_of),
-        isolation=isolation,
+        isolation_network=network,
+        scope=scope,
     )
     settings = registry.settings(base) if registry is not None else base
     return ToolSet(names=names, specs=specs, registry=registry, settings=settings,

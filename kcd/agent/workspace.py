@@ -31,6 +31,7 @@ __all__ = [
 
 # Directory names left out of diffs: VCS internals are noise, never the agent's work product.
 _DIFF_SKIP_DIRS = frozenset({".git", ".hg", ".svn"})
+_HARD_LINK_TEXT = "[kcd: a file with several hard links; its contents are not read]"
 _BINARY_SNIFF_BYTES = 8000  # the window git inspects for NUL bytes
 
 
@@ -66,7 +67,21 @@ def resolve_in_workspace(root: Path, user_path: str) -> Path:
             f"path {shown} resolves outside the workspace (via '..' or a symlink); "
             "use a path inside the workspace root"
         )
+    if _is_hard_linked(candidate):
+        raise WorkspaceEscape(
+            f"path {shown} is a file with several hard links; its other names may be outside the "
+            "workspace, so the file tools do not touch it (copy it instead of linking it)"
+        )
     return Path(candidate)
+
+
+def _is_hard_linked(path: str) -> bool:
+    """A regular file with more than one name: a shell could have linked a file from outside."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_nlink > 1
 
 
 def resolve_tool_path(root: Path, user_path: str) -> Path:
@@ -226,7 +241,8 @@ def _snapshot(root: Path) -> dict[str, _Entry]:
                 entries[rel] = _Entry(path, "120000", os.readlink(path))
             elif stat.S_ISREG(st.st_mode):
                 mode = "100755" if st.st_mode & stat.S_IXUSR else "100644"
-                entries[rel] = _Entry(path, mode, None)
+                # A hard-linked file may be a host file a tool linked in: never read it into the diff.
+                entries[rel] = _Entry(path, mode, _HARD_LINK_TEXT if st.st_nlink > 1 else None)
     return entries
 
 

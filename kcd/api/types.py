@@ -63,6 +63,7 @@ class Health(msgspec.Struct):
     peer: PeerInfo | None = None
     upstream_client: str | None = None  # "aiohttp" | "httpx": what sends provider calls
     event_loop: str | None = None  # "uvloop" | "asyncio"
+    sandbox: dict[str, Any] | None = None  # how tool commands are contained (kcd.sandbox.modes)
 
 
 class RunRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

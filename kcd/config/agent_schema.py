@@ -216,6 +216,7 @@ class ToolsConfig(_Cfg, kw_only=True, forbid_unknown_fields=True):
     enabled: dict[str, bool] = {}  # legacy selection, used when registry.include is empty
     aliases: dict[str, str] = {}  # call name -> canonical name; chains are followed
     mark_task_complete: bool = True
+    network: bool = False  # shell commands get the host network (if the daemon's sandbox.allow_network)
     overlays: list[dict[str, Any]] = []
     dialects: ToolDialects = field(default_factory=ToolDialects)
 

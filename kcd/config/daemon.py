@@ -127,6 +127,22 @@ class GatewaySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_body_bytes: Annotated[int, Meta(ge=1024)] = 16 * 1024 * 1024
 
 
+class SandboxSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """How tool commands are contained (kcd.sandbox; docs/runbook.md, "The sandbox")."""
+
+    # auto: bwrap, else kcd's own namespaces, else process containment, whichever works here.
+    isolation: Literal["auto", "bwrap", "namespaces", "process"] = "auto"
+    accept_weaker: bool = False  # system mode starts with process containment only if this is true
+    allow_network: bool = True  # whether a run may turn the host network on (`tools.network: true`)
+    max_processes: Annotated[int, Meta(ge=8)] = 256  # per call (processes and threads)
+    max_processes_per_run: Annotated[int, Meta(ge=8)] = 512
+    memory_max_mb: Annotated[int, Meta(ge=0)] = 4096  # per call; 0 = no cap
+    run_memory_max_mb: Annotated[int, Meta(ge=0)] = 8192
+
+
+_LEGACY_ISOLATION = {"none": "process", "unshare": "namespaces"}
+
+
 class DaemonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     mode: Literal["user", "system"] = "user"
     socket: Path | None = None
@@ -137,7 +153,9 @@ class DaemonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_upload_bytes: int = 256 * 1024 * 1024  # compressed workspace uploads
     max_workspace_bytes: int = 1024 * 1024 * 1024  # unpacked size of an upload
     executor: Literal["ray", "in-process"] = "ray"
-    tool_isolation: Literal["none", "bwrap", "unshare"] = "none"  # stronger sandbox for shell tools
+    # Older name of sandbox.isolation ("none" = process, "unshare" = namespaces).
+    tool_isolation: Literal["auto", "bwrap", "namespaces", "process", "none", "unshare"] | None = None
+    sandbox: SandboxSettings = msgspec.field(default_factory=SandboxSettings)
     ray_address: str | None = None  # None: start a local Ray instance
     ray_num_cpus: int | None = None
     ray_temp_dir: str | None = None
@@ -167,8 +185,13 @@ class DaemonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         else:
             state = self.state_dir or user_state_dir()
             sock = self.socket or user_socket()
+        sandbox = self.sandbox
+        if self.tool_isolation is not None:
+            legacy = _LEGACY_ISOLATION.get(self.tool_isolation, self.tool_isolation)
+            sandbox = msgspec.structs.replace(sandbox, isolation=legacy)
         return msgspec.structs.replace(
-            self, state_dir=state, socket=sock, runs_root=self.runs_root or state / "runs")
+            self, state_dir=state, socket=sock, runs_root=self.runs_root or state / "runs", sandbox=sandbox,
+            tool_isolation=None)
 
 
 def load_daemon_config(path: Path | None, env: Mapping[str, str], overrides: dict[str, Any]) -> DaemonConfig:

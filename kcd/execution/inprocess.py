@@ -13,6 +13,7 @@ import anyio
 from kcd.agent.calls import ToolInvocation, ToolOutcome, ToolSettings
 from kcd.agent.tools import execute_calls
 from kcd.execution.base import ExecutorState, ExecutorUnavailable
+from kcd.sandbox.host import ToolHost
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
@@ -32,6 +33,8 @@ class InProcessExecutor:
         self.detail: dict[str, Any] = {"max_concurrency": max_concurrency}
         # Own limiter: long shell commands must not starve the daemon's other to_thread users.
         self._limiter = anyio.CapacityLimiter(max_concurrency)
+        # Shell commands are forked by this helper process, never by the daemon (kcd.sandbox).
+        self.host = ToolHost()
 
     async def start(self, task_group: TaskGroup | None = None) -> None:
         self.state = "ready"
@@ -51,7 +54,7 @@ class InProcessExecutor:
         def work() -> list[ToolOutcome]:
             started.set()
             try:
-                return execute_calls(workspace, calls, settings, cancel)
+                return execute_calls(workspace, calls, settings, cancel, host=self.host)
             finally:
                 finished.set()
 
@@ -68,3 +71,4 @@ class InProcessExecutor:
 
     async def aclose(self) -> None:
         self.state = "stopped"
+        await anyio.to_thread.run_sync(self.host.close)

@@ -89,7 +89,7 @@ class ControlAPI:
             executor=ExecutorInfo(mode=ex.mode, state=ex.state, detail=dict(ex.detail)),
             runs_active=d.runs.active_count, socket=str(d.config.socket),
             runs_root=str(d.config.runs_root), peer=req.peer, upstream_client=d.config.upstream_client,
-            event_loop=_event_loop_name()))
+            event_loop=_event_loop_name(), sandbox=d.sandbox))
 
     async def create_run(self, req: Request) -> Response:
         from kcd.runs import RunRejected

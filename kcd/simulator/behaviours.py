@@ -41,6 +41,7 @@ __all__ = [
     "Echo",
     "EditorAgent",
     "Reply",
+    "ScriptAgent",
     "ShellAgent",
     "calls_reply",
     "default_behaviours",
@@ -65,6 +66,27 @@ class ShellAgent:
         return calls_reply(request, [CallSpec("mark_task_complete")], "Done.")
 
 
+class ScriptAgent:
+    """Makes the calls the task lists, one per turn, then completes.
+
+    The task text is a JSON array of `{"name": tool, "arguments": {...}}`
+    (escape and containment tests drive many tool calls through one run).
+    """
+
+    def reply(self, request: dict[str, Any]) -> Reply:
+        import json
+
+        try:
+            script = json.loads(first_user_text(request).strip().split("\n\n", 1)[0])
+        except ValueError:
+            script = []
+        done = turns_with_results(request)
+        if done < len(script):
+            step = script[done]
+            return calls_reply(request, [CallSpec(step["name"], dict(step.get("arguments") or {}))])
+        return calls_reply(request, [CallSpec("mark_task_complete")], "Done.")
+
+
 class Echo:
     """Replies with the last user message."""
 
@@ -81,8 +103,9 @@ class _Dev(AnswersProbes, DevAgent): ...
 class _Editor(AnswersProbes, EditorAgent): ...
 class _Shell(AnswersProbes, ShellAgent): ...
 class _Echo(AnswersProbes, Echo): ...
+class _Script(AnswersProbes, ScriptAgent): ...
 
 
 def default_behaviours() -> dict[str, Behaviour]:
     """A fresh registry (callers may add to it; what they add does not answer probes)."""
-    return {"dev": _Dev(), "editor": _Editor(), "shell": _Shell(), "echo": _Echo()}
+    return {"dev": _Dev(), "editor": _Editor(), "shell": _Shell(), "echo": _Echo(), "script": _Script()}

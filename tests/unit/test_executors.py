@@ -149,7 +149,8 @@ async def test_ray_runs_a_turn_in_a_worker(ray_cluster: str, ray_env: None, tmp_
         stdout_lines = data["stdout"].splitlines()
         assert stdout_lines[0] == "from ray"
         assert data["worker_pid"] != os.getpid()  # ran in a Ray worker process...
-        assert int(stdout_lines[1]) == data["worker_pid"]  # ...which is the shell's parent
+        # ...but is not the shell's parent: a tool host that never held a key forks commands
+        assert int(stdout_lines[1]) != data["worker_pid"]
     finally:
         await executor.aclose()
     assert executor.state == "stopped"

@@ -11,6 +11,7 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 
 from kcd.agent.calls import ToolInvocation, ToolOutcome, ToolSettings
@@ -20,10 +21,12 @@ from kcd.agent.tools.policy import can_run_parallel, group_matches, policy_error
 from kcd.agent.tools.results import Handler, Result, ToolError, shown_path, tool_error
 from kcd.agent.tools.spec import check_args
 from kcd.agent.workspace import WorkspaceEscape
+from kcd.sandbox.host import ToolHost
 
 __all__ = ["execute_calls"]
 
 _CANCELLED = "the turn was cancelled."
+_SHELL_TOOLS = ("run_shell", "bash")  # the tools that need a tool host
 
 
 def execute_calls(
@@ -33,6 +36,7 @@ def execute_calls(
     cancel: threading.Event | None = None,
     *,
     handlers: Mapping[str, Handler] | None = None,
+    host: ToolHost | None = None,
 ) -> list[ToolOutcome]:
     """Run one reply's tool calls in `workspace`; one outcome per call, in the calls' order.
 
@@ -45,7 +49,9 @@ def execute_calls(
     running shell command and skips the calls not yet started.
 
     `handlers` replaces implementations by name (tests inject slow or failing
-    tools); arguments are still checked against the catalogue.
+    tools); arguments are still checked against the catalogue. `host` runs shell
+    commands (see kcd.sandbox); without one, a host is started for this reply's
+    shell calls and closed after them (Ray workers).
     """
     if not calls:
         return []
@@ -64,11 +70,15 @@ def execute_calls(
             ToolOutcome(call_id=c.call_id, name=c.name, ok=False, output=text, data={"error": "workspace missing"})
             for c in calls
         ]
-    table = HANDLERS if handlers is None else {**HANDLERS, **handlers}
-    workers = can_run_parallel(calls, settings)
-    if workers > 1:
-        return _parallel(root, calls, settings, cancel, table, workers)
-    return _sequential(root, calls, settings, cancel, table)
+    with ExitStack() as owned:
+        if host is None and any(c.name in _SHELL_TOOLS for c in calls):
+            host = owned.enter_context(ToolHost())
+        table = {**HANDLERS, **{name: partial(HANDLERS[name], host=host) for name in _SHELL_TOOLS}}
+        table.update(handlers or {})
+        workers = can_run_parallel(calls, settings)
+        if workers > 1:
+            return _parallel(root, calls, settings, cancel, table, workers)
+        return _sequential(root, calls, settings, cancel, table)
 
 
 def _sequential(

@@ -1,0 +1,82 @@
+"""The tool host: a resident, single-threaded process that forks one supervisor per call.
+
+Started by `host.ToolHost` as `python -I -S -B -c …` with an allow-listed
+environment, so neither its environment nor its memory ever held a provider
+key, and every command's parent is a process without them. It owns the cgroup
+subtree of its calls and removes it when its client goes away (EOF on its
+channel).
+
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import sys
+
+from kcd.sandbox.bwrap import find_bwrap
+from kcd.sandbox.cgroups import CgroupTree
+from kcd.sandbox.etcview import build_etc_view
+from kcd.sandbox.linux import Libc
+from kcd.sandbox.protocol import send_frame
+from kcd.sandbox.supervisor import supervise
+
+__all__ = ["main"]
+
+
+def main(channel_fd: int) -> None:
+    libc = Libc()
+    libc.set_dumpable(False)
+    channel = socket.socket(fileno=channel_fd)
+    tree = CgroupTree.create(f"h{os.getpid()}")
+    bwrap = find_bwrap()
+    etc_view = build_etc_view()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon's Ctrl-C is for the daemon
+    signal.signal(signal.SIGCHLD, _reap_all)
+    try:
+        while True:
+            try:
+                message, fds, _, _ = socket.recv_fds(channel, 64, 4)
+            except OSError:
+                break
+            if not message:
+                break
+            if message == b"info" and len(fds) == 1:
+                with socket.socket(fileno=fds[0]) as ctl:
+                    send_frame(ctl, {"cgroup": tree.describe() if tree else None, "bwrap": bwrap,
+                                     "uid": os.getuid(), "pid": os.getpid()})
+                continue
+            if message != b"run" or len(fds) != 3:
+                for fd in fds:
+                    os.close(fd)
+                continue
+            if os.fork() == 0:
+                channel.close()
+                ctl = socket.socket(fileno=fds[0])
+                try:
+                    supervise(ctl, fds[1], fds[2], libc=libc, tree=tree, bwrap=bwrap, etc_view=etc_view)
+                finally:
+                    os._exit(0)
+            for fd in fds:
+                os.close(fd)
+    finally:
+        shutil.rmtree(etc_view, ignore_errors=True)
+        if tree is not None:
+            tree.remove()
+
+
+def _reap_all(*_: object) -> None:
+    while True:
+        try:
+            pid, _status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]))
