@@ -69,6 +69,7 @@ class CgroupTree:
     pids: str
     memory: str | None
     version: int  # 1 or 2 (unified: `pids` and `memory` are the same directory)
+    homes: list[str]  # the tool host's own cgroup per hierarchy, in the order of `pids`, `memory`
 
     @classmethod
     def create(cls, tag: str) -> CgroupTree | None:
@@ -81,11 +82,14 @@ class CgroupTree:
         pids = _make_dir(os.path.join(_V1_ROOT, "pids") + own, f"kylecode-{tag}")
         if pids is None or not os.access(os.path.join(pids, "cgroup.procs"), os.W_OK):
             return None
+        homes = [os.path.join(_V1_ROOT, "pids") + own]
         memory = None
         own_mem = _own_path("memory")
         if own_mem is not None and os.path.isdir(os.path.join(_V1_ROOT, "memory")):
             memory = _make_dir(os.path.join(_V1_ROOT, "memory") + own_mem, f"kylecode-{tag}")
-        tree = cls(pids=pids, memory=memory, version=1)
+            if memory is not None:
+                homes.append(os.path.join(_V1_ROOT, "memory") + own_mem)
+        tree = cls(pids=pids, memory=memory, version=1, homes=homes)
         tree.sweep_stale()
         return tree
 
@@ -113,7 +117,7 @@ class CgroupTree:
         except OSError:
             _rmdir(base)
             return None
-        return cls(pids=base, memory=base if "memory" in controllers else None, version=2)
+        return cls(pids=base, memory=base if "memory" in controllers else None, version=2, homes=[parent])
 
     def describe(self) -> dict[str, object]:
         return {"version": self.version, "pids": self.pids, "memory": self.memory is not None}
@@ -138,16 +142,14 @@ class CgroupTree:
             if base is None or (kind == "memory" and self.version == 2 and base == self.pids and dirs):
                 continue
             scope_dir = os.path.join(base, _safe(scope))
-            new_scope = not os.path.isdir(scope_dir)
-            os.makedirs(scope_dir, exist_ok=True)
             call_dir = os.path.join(scope_dir, _safe(call))
-            os.mkdir(call_dir)
+            new_scope = _make_nested(scope_dir, call_dir)
             if self.version == 2 and new_scope:
                 _write(os.path.join(scope_dir, "cgroup.subtree_control"),
                        " ".join(f"+{c}" for c in ("pids", "memory")
                                 if c in _read(os.path.join(scope_dir, "cgroup.controllers")).split()))
             dirs.append(call_dir)
-        group = CallGroup(dirs=dirs, version=self.version)
+        group = CallGroup(dirs=dirs, version=self.version, homes=self.homes[: len(dirs)])
         group.set_limits(run_pids=run_pids, run_memory=run_memory, pids=pids, memory=memory)
         return group
 
@@ -160,6 +162,7 @@ class CgroupTree:
 class CallGroup:
     dirs: list[str]  # the call's directories (pids first), one per hierarchy
     version: int
+    homes: list[str]  # the tool host's own cgroup in each of those hierarchies
 
     def set_limits(self, *, run_pids: int, run_memory: int, pids: int, memory: int) -> None:
         for d in self.dirs:
@@ -183,6 +186,14 @@ class CallGroup:
     def join(self, pid: int) -> None:
         for d in self.dirs:
             _write(os.path.join(d, "cgroup.procs"), str(pid))
+
+    def leave(self, pid: int) -> None:
+        """Move `pid` back to where the tool host lives (a group with members cannot be removed)."""
+        for d, home in zip(self.dirs, self.homes):
+            try:
+                _write(os.path.join(home, "cgroup.procs"), str(pid))
+            except OSError:
+                pass
 
     def members(self) -> list[int]:
         try:
@@ -212,7 +223,7 @@ class CallGroup:
                     continue
         return False
 
-    def kill_all(self, reap: object) -> set[int]:
+    def kill_all(self, reap: object, exclude: int = 0) -> set[int]:
         """SIGKILL every member until none is left; returns every pid seen. `reap()` collects
         zombies between rounds (the supervisor is the subreaper they re-parent to)."""
         seen: set[int] = set()
@@ -220,11 +231,11 @@ class CallGroup:
         deadline = time.monotonic() + _KILL_ROUNDS_S
         delay = 0.0005
         while time.monotonic() < deadline:
-            members = self.members()
+            members = [pid for pid in self.members() if pid != exclude]
             if not members:
                 break
             seen.update(members)
-            if self.version == 2 and os.path.exists(kill_file):
+            if self.version == 2 and not exclude and os.path.exists(kill_file):
                 try:
                     _write(kill_file, "1")
                 except OSError:
@@ -243,6 +254,24 @@ class CallGroup:
         for d in self.dirs:
             _rmdir(d)
             _rmdir(os.path.dirname(d))  # the run scope, once its last call is gone
+
+
+def _make_nested(scope_dir: str, call_dir: str) -> bool:
+    """mkdir scope (if missing) and call; whether the scope is new. Another call of the run may
+    remove the scope (its last call ended) between the two mkdirs: then start over."""
+    for _ in range(20):
+        new_scope = False
+        try:
+            os.mkdir(scope_dir)
+            new_scope = True
+        except FileExistsError:
+            pass
+        try:
+            os.mkdir(call_dir)
+            return new_scope
+        except FileNotFoundError:
+            continue
+    raise OSError(f"could not create {call_dir}: its run's cgroup kept disappearing")
 
 
 def _safe(name: str) -> str:

@@ -36,6 +36,8 @@ def main(channel_fd: int) -> None:
     etc_view = build_etc_view()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon's Ctrl-C is for the daemon
     signal.signal(signal.SIGCHLD, _reap_all)
+    context = {"libc": libc, "tree": tree, "bwrap": bwrap, "etc_view": etc_view}
+    spare = _Spare.fork(channel, context)
     try:
         while True:
             try:
@@ -49,23 +51,49 @@ def main(channel_fd: int) -> None:
                     send_frame(ctl, {"cgroup": tree.describe() if tree else None, "bwrap": bwrap,
                                      "uid": os.getuid(), "pid": os.getpid()})
                 continue
-            if message != b"run" or len(fds) != 3:
-                for fd in fds:
-                    os.close(fd)
-                continue
-            if os.fork() == 0:
-                channel.close()
-                ctl = socket.socket(fileno=fds[0])
-                try:
-                    supervise(ctl, fds[1], fds[2], libc=libc, tree=tree, bwrap=bwrap, etc_view=etc_view)
-                finally:
-                    os._exit(0)
+            if message == b"run" and len(fds) == 3:
+                spare.hand_over(fds)
             for fd in fds:
-                os.close(fd)
+                os.close(fd)  # before the next fork: a spare holding a call's pipe would keep it open
+            if message == b"run":
+                spare = _Spare.fork(channel, context)  # the next call's, forked off its critical path
     finally:
+        spare.discard()
         shutil.rmtree(etc_view, ignore_errors=True)
         if tree is not None:
             tree.remove()
+
+
+class _Spare:
+    """A supervisor forked ahead of its call: a call starts without paying for a fork."""
+
+    def __init__(self, pid: int, link: socket.socket) -> None:
+        self.pid = pid
+        self.link = link
+
+    @classmethod
+    def fork(cls, channel: socket.socket, context: dict) -> _Spare:
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            channel.close()
+            mine.close()
+            try:
+                _, fds, _, _ = socket.recv_fds(theirs, 16, 3)
+                theirs.close()
+                if len(fds) == 3:  # nothing (EOF): the tool host is going away
+                    supervise(socket.socket(fileno=fds[0]), fds[1], fds[2], **context)
+            finally:
+                os._exit(0)
+        theirs.close()
+        return cls(pid, mine)
+
+    def hand_over(self, fds: list[int]) -> None:
+        socket.send_fds(self.link, [b"run"], fds)
+        self.link.close()
+
+    def discard(self) -> None:
+        self.link.close()  # EOF: the spare exits
 
 
 def _reap_all(*_: object) -> None:

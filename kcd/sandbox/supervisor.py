@@ -19,6 +19,7 @@ import resource
 import select
 import signal
 import socket
+import subprocess
 import time
 from typing import Any, NoReturn
 
@@ -64,6 +65,7 @@ class Call:
         self.main_status: int | None = None
         self.main_pid = 0
         self.pending: list[Any] = []
+        self.popen: subprocess.Popen[bytes] | None = None
 
     # ------------------------------------------------------------------ the call
 
@@ -78,11 +80,16 @@ class Call:
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
-        self.main_pid = os.fork()
-        if self.main_pid == 0:
-            self._child(out_fd, err_fd)
-        os.close(out_fd)
-        os.close(err_fd)
+        try:
+            self.main_pid = self._spawn(out_fd, err_fd)
+        except OSError as exc:
+            error = f"could not start the command: {exc}"
+            os.write(err_fd, f"kcd sandbox: {error}\n".encode())
+            send_frame(self.ctl, {"event": "done", "error": error, "exit": None, "killed": 0})
+            return
+        finally:
+            os.close(out_fd)
+            os.close(err_fd)
         timed_out, cancelled = self._wait(wake_r)
         killed = self._kill_everything()
         outcome = {
@@ -97,12 +104,13 @@ class Call:
             "oom": bool(self.group and self.group.oom_killed()),
             "enforced": self.limits,
         }
-        if self.group is not None:
-            self.group.remove()
         try:
             send_frame(self.ctl, outcome)
         except OSError:
             pass
+        if self.group is not None:  # after the answer: removing a memory cgroup can take ms
+            self.group.leave(os.getpid())
+            self.group.remove()
 
     def _prepare(self) -> str | None:
         mode = self.req["mode"]
@@ -110,7 +118,9 @@ class Call:
             return "isolation 'bwrap' is configured but the bwrap command is not installed"
         limits = self.limits
         if self.tree is not None:
-            extra = 2 if mode in ("bwrap", "namespaces") else 0  # the namespace's outer and init
+            # this supervisor (a member, so the command inherits the group) and, isolated,
+            # the namespace's outer process and init
+            extra = 3 if mode in ("bwrap", "namespaces") else 1
             try:
                 self.group = self.tree.call_group(
                     self.req.get("scope") or "adhoc", f"call-{os.getpid()}",
@@ -128,23 +138,64 @@ class Call:
             limits["memory_by"] = None
         return None
 
-    def _child(self, out_fd: int, err_fd: int) -> NoReturn:
+    def _spawn(self, out_fd: int, err_fd: int) -> int:
+        """Start the command; its pid (the namespace's outer process in the isolated modes).
+
+        Everything a command must inherit is set on this process first (it only
+        supervises, and it is a fresh fork per call): the cgroup, the resource limits,
+        default signal dispositions and, in process mode, an empty capability
+        bounding set and no_new_privs (bwrap and kcd's namespaces drop capabilities
+        inside their own user namespace). The command is then spawned by
+        subprocess's C fork-exec, with no Python code between fork and exec.
+        """
+        req = self.req
+        if self.group is not None:
+            self.group.join(os.getpid())
+        self._set_rlimits()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
+            signal.signal(sig, signal.SIG_DFL)
+        argv: list[str] = list(req["argv"])
+        env: dict[str, str] = dict(req["env"])
+        nproc = int(self.limits["pids"]) if self.limits.get("pids_by") == "rlimit_nproc" else None
+        mode = req["mode"]
+        if mode == "namespaces":  # needs Python in the child: kcd's own namespace set-up
+            pid = os.fork()
+            if pid == 0:
+                self._namespaces_child(out_fd, err_fd, argv, env, nproc)
+            return pid
+        if mode == "process":
+            self.libc.drop_bounding_set()  # an exec, even as uid 0, gains no capability
+            self.libc.set_no_new_privs()  # and no setuid/file-capability privilege
+        # bwrap drops every capability and sets no_new_privs itself (it needs its own to map uids)
+        if mode == "bwrap":
+            assert self.bwrap is not None
+            if nproc is not None:  # inside the sandbox's user namespace it counts only its own
+                argv = ["/usr/bin/prlimit", f"--nproc={nproc}:{nproc}", "--", *argv]
+            argv = bwrap_argv(self.bwrap, req["cwd"], network=bool(req.get("network")),
+                              etc_view=self.etc_view) + argv
+        # Kept referenced: a collected Popen polls (and so reaps) its child, stealing the exit status.
+        self.popen = subprocess.Popen(argv, cwd=req["cwd"], env=env, stdin=subprocess.DEVNULL, stdout=out_fd,
+                                      stderr=err_fd, close_fds=True, start_new_session=True)
+        return self.popen.pid
+
+    def _namespaces_child(self, out_fd: int, err_fd: int, argv: list[str], env: dict[str, str],
+                          nproc: int | None) -> NoReturn:
         try:
             os.setsid()
-            if self.group is not None:
-                self.group.join(os.getpid())
             self.libc.set_pdeathsig(signal.SIGKILL)
             signal.set_wakeup_fd(-1)
-            for sig in (signal.SIGCHLD, signal.SIGPIPE, signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-                signal.signal(sig, signal.SIG_DFL)
-            self._set_rlimits()
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             null = os.open("/dev/null", os.O_RDONLY)
             os.dup2(null, 0)
             os.dup2(out_fd, 1)
             os.dup2(err_fd, 2)
             os.closerange(3, _max_fd())
-            os.chdir(self.req["cwd"])
-            self._exec()
+
+            def start() -> NoReturn:
+                os.execve(argv[0], argv, env)
+
+            enter_namespaces(self.libc, self.req["cwd"], network=bool(self.req.get("network")), nproc=nproc,
+                             etc_view=self.etc_view, start=start)
         except BaseException as exc:  # noqa: BLE001 - nothing may return into the helper's code
             try:
                 os.write(2, f"kcd sandbox: could not start the command: {exc}\n".encode())
@@ -161,30 +212,6 @@ class Call:
         if lim.get("as"):
             resource.setrlimit(resource.RLIMIT_AS, (int(lim["as"]), int(lim["as"])))
 
-    def _exec(self) -> NoReturn:
-        req, lim = self.req, self.limits
-        argv: list[str] = list(req["argv"])
-        env: dict[str, str] = dict(req["env"])
-        nproc = int(lim["pids"]) if lim.get("pids_by") == "rlimit_nproc" else None
-        mode = req["mode"]
-        if mode == "bwrap":
-            assert self.bwrap is not None
-            if nproc is not None:  # set inside the sandbox's user namespace, where it counts only its own
-                argv = ["/usr/bin/prlimit", f"--nproc={nproc}:{nproc}", "--", *argv]
-            full = bwrap_argv(self.bwrap, req["cwd"], network=bool(req.get("network")),
-                              etc_view=self.etc_view) + argv
-            os.execve(full[0], full, env)
-        if mode == "namespaces":
-            def start() -> NoReturn:
-                os.execve(argv[0], argv, env)
-
-            enter_namespaces(self.libc, req["cwd"], network=bool(req.get("network")), nproc=nproc,
-                             etc_view=self.etc_view, start=start)
-        # process: no namespaces; an exec even as uid 0 gains no capability and no setuid privilege.
-        self.libc.drop_bounding_set()
-        self.libc.set_no_new_privs()
-        os.execve(argv[0], argv, env)
-
     # ------------------------------------------------------------------ waiting
 
     def _wait(self, wake_r: int) -> tuple[bool, bool]:
@@ -195,6 +222,8 @@ class Call:
             self._reap()
             now = time.monotonic()
             if self.main_status is not None and finish_by is None:
+                if not self._others_alive():  # nothing can still hold the output pipes
+                    return False, False
                 try:
                     send_frame(self.ctl, {"event": "exited", "exit": _exit_code(self.main_status)})
                 except OSError:
@@ -221,6 +250,11 @@ class Call:
                 if self.reader.closed:  # the client is gone (its run ended, or the daemon died)
                     return False, True
 
+    def _others_alive(self) -> bool:
+        if self.group is not None:
+            return any(pid != os.getpid() for pid in self.group.members())
+        return bool(_descendants(os.getpid()))
+
     def _reap(self) -> None:
         while True:
             try:
@@ -236,14 +270,17 @@ class Call:
 
     def _kill_everything(self) -> int:
         """SIGKILL every process of the call; the number killed, wrappers not counted."""
-        wrappers = {self.main_pid} | set(_children(self.main_pid)) if self.req["mode"] != "process" else set()
-        seen: set[int] = set()
+        me = os.getpid()
+        isolated = self.req["mode"] != "process"
+        wrappers = ({self.main_pid} | set(_children(self.main_pid))) if isolated else set()
+        # Counted before the first kill: killing a namespace's outer takes everything in it along.
+        seen = {p for p in self.group.members() if p != me} if self.group is not None else set()
         if self.main_status is None:
-            _kill(self.main_pid)  # a namespace's outer: its init and every process inside follow
+            _kill(self.main_pid)
         if self.group is not None:  # authoritative: every process of the call is a member
-            seen |= self.group.kill_all(self._reap)
+            seen |= self.group.kill_all(self._reap, exclude=me)
         else:
-            seen |= self._kill_descendants()
+            seen |= set(_descendants(me)) | self._kill_descendants()
         self._reap()
         seen.discard(self.main_pid)
         return len(seen - wrappers)

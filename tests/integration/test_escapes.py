@@ -116,7 +116,25 @@ def process_mode_attempts(daemon) -> list[dict]:
         _shell(f"bash -c 'trap \"\" TERM HUP INT; exec sleep {MARK}13' > /dev/null 2>&1 & disown; echo started"),
         _shell(f"timeout 100 bash -c 'sleep {MARK}14' > /dev/null 2>&1 & echo started"),
         _shell("grep -E 'Cap(Eff|Bnd)|NoNewPrivs' /proc/self/status"),
+        _shell(f"grep -ra canary {daemon.state_dir} {daemon.runs_root} 2>&1 | head -3"),
     ]
+
+
+def _holders_of_keys() -> list[str]:
+    """Command lines of kcd, its tool hosts and Ray processes whose environment holds a canary."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            environ = (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        if any(w in cmdline for w in ("kcd serve", "kcd.sandbox", "ray", "raylet", "gcs_server")) and any(
+                key.encode() in environ for key in CANARY_KEYS.values()):
+            found.append(cmdline[:200])
+    return found
 
 
 def _leftovers() -> list[int]:
@@ -206,6 +224,8 @@ def test_escape_attempts_find_nothing(escape_kcd, kcd_root: Path) -> None:
         assert not Path("/pwned").exists() and not (run_dir.parent / "escape.txt").exists()
         # Every process the calls started is gone.
         assert set(_leftovers()) - set(before) == set()
+        # Neither kcd, nor its tool host, nor a Ray instance it started holds a key in its environment.
+        assert _holders_of_keys() == []
         start = next(json.loads(x) for x in (run_dir / "meta" / "events.jsonl").read_text().splitlines()
                      if json.loads(x)["type"] == "run.start")
         assert start["data"]["isolation"]["mode"] in ("bwrap", "namespaces")

@@ -145,3 +145,18 @@ def test_bad_breaker_settings_name_the_file_and_key(tmp_path, text, where, what)
     assert message.startswith(str(tmp_path / "kcd.yaml") + ": ")
     assert f"at `{where}`" in message
     assert what in message
+
+
+def test_sandbox_settings_and_the_old_isolation_names(tmp_path):
+    default = load_daemon_config(None, {}, {})
+    assert default.sandbox.isolation == "auto" and not default.sandbox.accept_weaker
+    for old, new in (("none", "process"), ("unshare", "namespaces"), ("bwrap", "bwrap")):
+        path = tmp_path / "kcd.yaml"
+        path.write_text(f"tool_isolation: {old}\n")
+        assert load_daemon_config(path, {}, {}).sandbox.isolation == new
+    path.write_text("sandbox:\n  isolation: chroot\n")
+    with pytest.raises(DaemonConfigError, match="sandbox.isolation"):
+        load_daemon_config(path, {}, {})
+    path.write_text("sandbox:\n  max_processes: 2\n")
+    with pytest.raises(DaemonConfigError, match="max_processes"):
+        load_daemon_config(path, {}, {})

@@ -124,6 +124,8 @@ def test_timeout_kills_everything_and_says_so(ws, host, mode, no_leftovers) -> N
     assert time.monotonic() - started < 5
     assert out.data is not None and out.data["timed_out"] and out.data["exit"] is None
     assert "Command timed out after 1 s" in out.output
+    if out.data["limits"].get("pids_by") == "cgroup" or mode == "process":  # counted: the shell and both sleeps
+        assert out.data["killed_processes"] >= 2 and "were killed" in out.output
 
 
 def test_cancel_kills_everything(ws, host, mode, no_leftovers) -> None:

@@ -7,7 +7,7 @@ Layout (one job per module):
 - `policy`     the per-reply rules (reference 4.3)
 - `run`        execute_calls: policy, ordering, sequential/parallel execution
 - `handlers`   name → implementation
-- `reading`, `listing`, `search`, `writing`, `edits`, `shell` (+ `sandbox`): the tools
+- `reading`, `listing`, `search`, `writing`, `edits`, `shell` (through `kcd.sandbox`): the tools
 - `paths`, `results`: confinement and walking helpers; result tags
 
 Importing this package never imports Ray.
