@@ -192,8 +192,12 @@ class Daemon:
     def _probe_sandbox(self) -> IsolationReport:
         """Which isolation works here (blocking); refuses a weaker one in system mode unless accepted."""
         sb = self.config.sandbox
-        with ToolHost() as host:
-            report = probe_isolation(host, sb.isolation)
+        own: ToolHost | None = getattr(self.executor, "host", None)  # the in-process executor's: warm it
+        if own is not None:
+            report = probe_isolation(own, sb.isolation)
+        else:
+            with ToolHost() as host:
+                report = probe_isolation(host, sb.isolation)
         if report.weaker and self.config.mode == "system" and not sb.accept_weaker:
             raise IsolationUnavailable(
                 "no filesystem isolation for tool commands works on this host ("

@@ -12,6 +12,7 @@ Standard library only.
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
 import socket
@@ -26,6 +27,8 @@ from kcd.sandbox.supervisor import supervise
 
 __all__ = ["main"]
 
+_SPARE_IDLE_S = 0.005  # how long the helper must be idle before it forks the next spare
+
 
 def main(channel_fd: int) -> None:
     libc = Libc()
@@ -37,9 +40,14 @@ def main(channel_fd: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon's Ctrl-C is for the daemon
     signal.signal(signal.SIGCHLD, _reap_all)
     context = {"libc": libc, "tree": tree, "bwrap": bwrap, "etc_view": etc_view}
-    spare = _Spare.fork(channel, context)
+    spare: _Spare | None = _Spare.fork(channel, context)
     try:
         while True:
+            if spare is None and not select.select([channel], [], [], _SPARE_IDLE_S)[0]:
+                # Forked once the helper is idle, so the fork does not compete with a running call
+                # for the CPU; a call that arrives first forks its supervisor on the spot.
+                spare = _Spare.fork(channel, context)
+                continue
             try:
                 message, fds, _, _ = socket.recv_fds(channel, 64, 4)
             except OSError:
@@ -52,13 +60,13 @@ def main(channel_fd: int) -> None:
                                      "uid": os.getuid(), "pid": os.getpid()})
                 continue
             if message == b"run" and len(fds) == 3:
-                spare.hand_over(fds)
+                (spare or _Spare.fork(channel, context)).hand_over(fds)
+                spare = None
             for fd in fds:
                 os.close(fd)  # before the next fork: a spare holding a call's pipe would keep it open
-            if message == b"run":
-                spare = _Spare.fork(channel, context)  # the next call's, forked off its critical path
     finally:
-        spare.discard()
+        if spare is not None:
+            spare.discard()
         shutil.rmtree(etc_view, ignore_errors=True)
         if tree is not None:
             tree.remove()
