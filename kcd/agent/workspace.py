@@ -5,9 +5,9 @@ Every path a tool receives goes through `resolve_in_workspace`: the real path
 through `readlink`) must stay inside the real workspace root. The original
 checked a string prefix and silently re-rooted absolute paths (defect 41).
 
-This guards the file tools only. `run_shell` executes arbitrary commands as
-the daemon's user; confining those is the job of an OS sandbox, not of path
-checks.
+This guards the file tools only, which also refuse files with several hard
+links (a shell may have linked a file from outside). Shell commands are
+confined by the OS sandbox (`kcd.sandbox`), not by path checks.
 """
 
 from __future__ import annotations

@@ -244,3 +244,21 @@ def test_an_explicit_mode_that_does_not_work_is_refused(host, available) -> None
         pytest.skip("every isolation mode works on this host")
     with pytest.raises(IsolationUnavailable, match="does not work on this host"):
         probe_isolation(host, broken[0])
+
+
+def test_a_run_asks_for_network_and_the_daemon_decides(tmp_path: Path) -> None:
+    from kcd.agent.toolset import build_toolset
+    from kcd.config.agent import load_agent_config
+
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    daemon = ToolSettings(isolation="bwrap", max_processes=64, memory_max_bytes=2**30)
+    plain = build_toolset(load_agent_config(configs / "demo.yaml"), defaults=daemon, scope="run1")
+    assert plain.settings.isolation == "bwrap" and plain.settings.scope == "run1"
+    assert plain.settings.max_processes == 64 and not plain.settings.isolation_network
+    asks = tmp_path / "net.yaml"
+    asks.write_text(f"version: 2\nextends: {configs / 'demo.yaml'}\ntools:\n  network: true\n")
+    allowed = build_toolset(load_agent_config(asks), defaults=daemon, scope="run2")
+    assert allowed.settings.isolation_network
+    refused = build_toolset(load_agent_config(asks), defaults=daemon, scope="run3", allow_network=False)
+    assert not refused.settings.isolation_network
+    assert any("sandbox.allow_network" in w for w in refused.warnings)
