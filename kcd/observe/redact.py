@@ -3,7 +3,10 @@
 What is scrubbed, wherever text leaves the daemon (run files, events,
 telemetry, error payloads, log lines, API responses):
 - the exact values of secrets the daemon knows (provider keys and tokens from
-  its environment and config);
+  its environment and config), and their encoded forms: base64 (standard and
+  URL-safe, at any alignment inside a longer base64 text), URL-encoded, and
+  spelled out with separators between the characters (`s k - a b c`,
+  `s.k.-.a.b.c`), as a provider's error body may echo them;
 - `Authorization`/`Proxy-Authorization` values and `Bearer …` tokens;
 - `sk-…`-style keys (OpenAI, OpenRouter, Anthropic formats), known or not;
 - `?key=` / `api_key=` / `token=` query parameters.
@@ -12,11 +15,14 @@ Mappings additionally lose the values under the original's secret key names.
 
 from __future__ import annotations
 
+import base64
 import re
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 MASK = "***REDACTED***"
+_MASK_B = MASK.encode()
 MIN_SECRET_LEN = 8  # shorter values (e.g. MOCK_API_KEY=mock) would mangle ordinary text
 
 # Environment variables whose values are secrets.
@@ -36,14 +42,44 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 
 
+_SEPARATOR = r"[\s.,_:;|/\\-]{1,3}"  # between spelled-out characters
+_MIN_ENCODED = 12  # shorter base64 cores would match ordinary text
+
+
+def encoded_forms(value: str) -> set[str]:
+    """Literal encodings of `value` a body might carry: base64 cores at each alignment, URL-encoding."""
+    raw = value.encode()
+    forms = {urllib.parse.quote(value, safe=""), urllib.parse.quote_plus(value)}
+    for encode in (base64.b64encode, base64.urlsafe_b64encode):
+        for offset in range(3):
+            # With `offset` bytes of something before it, the characters that depend on the key
+            # alone run from ceil(8*offset/6) to floor(8*(offset+n)/6).
+            text = encode(b"\0" * offset + raw).decode()
+            core = text[-(-8 * offset // 6) : 8 * (offset + len(raw)) // 6]
+            if len(core) >= _MIN_ENCODED:
+                forms.add(core)
+    forms.discard(value)
+    return forms
+
+
+def _spelled_out(value: str) -> str:
+    """`value` with one or more separators between every two characters."""
+    return _SEPARATOR.join(re.escape(c) for c in value)
+
+
 class Redactor:
     """Immutable after construction; safe to share across tasks and threads."""
 
     def __init__(self, secrets: Iterable[str] = ()):
         values = sorted({s for s in secrets if s and len(s) >= MIN_SECRET_LEN}, key=len, reverse=True)
         self._values = tuple(values)
-        self._exact = re.compile("|".join(re.escape(v) for v in values)) if values else None
-        self._exact_b = re.compile(b"|".join(re.escape(v.encode()) for v in values)) if values else None
+        # Literal forms are found with substring search (C speed, one pass each); one regex
+        # alternation over two dozen literals ran at a third of the speed.
+        literals = sorted({f for v in values for f in (v, *encoded_forms(v))}, key=len, reverse=True)
+        self._literals = tuple(literals)
+        self._literals_b = tuple(v.encode() for v in literals)
+        self._spelled = tuple(re.compile(_spelled_out(v)) for v in values)
+        self._spelled_b = tuple(re.compile(_spelled_out(v).encode()) for v in values)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], extra: Iterable[str] = ()) -> Redactor:
@@ -53,16 +89,26 @@ class Redactor:
     def known_values(self) -> tuple[str, ...]:
         return self._values
 
+    def _known(self, text: str) -> str:
+        for literal in self._literals:
+            if literal in text:
+                text = text.replace(literal, MASK)
+        for pattern in self._spelled:
+            text = pattern.sub(MASK, text)
+        return text
+
     def text(self, text: str) -> str:
-        if self._exact is not None:
-            text = self._exact.sub(MASK, text)
+        text = self._known(text)
         for pattern, repl in _PATTERNS:
             text = pattern.sub(repl, text)
         return text
 
     def bytes(self, data: bytes) -> bytes:
-        if self._exact_b is not None:
-            data = self._exact_b.sub(MASK.encode(), data)
+        for literal in self._literals_b:
+            if literal in data:
+                data = data.replace(literal, _MASK_B)
+        for pattern in self._spelled_b:
+            data = pattern.sub(_MASK_B, data)
         # Patterns run on text; only when something that could match is present.
         if any(marker in data for marker in (b"earer", b"asic", b"uthorization", b"sk-", b"rk-", b"pk-",
                                              b"key=", b"token=", b"auth=", b"KEY=", b"Key=")):
@@ -82,4 +128,5 @@ class Redactor:
 
     def contains_secret(self, data: bytes) -> bool:
         """Whether a known secret value is still present (bundles refuse then)."""
-        return bool(self._exact_b and self._exact_b.search(data))
+        return any(literal in data for literal in self._literals_b) or any(
+            p.search(data) for p in self._spelled_b)

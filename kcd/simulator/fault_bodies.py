@@ -6,6 +6,9 @@ moderation metadata per its errors page) and Anthropic (529 overloaded).
 
 from __future__ import annotations
 
+import base64
+import urllib.parse
+
 from typing import TYPE_CHECKING, Any
 
 from kcd.simulator import wire
@@ -80,12 +83,25 @@ def bad_gateway(fx: FaultRun, ex: Exchange) -> dict[str, Any]:
 
 
 def invalid_key(fx: FaultRun, ex: Exchange) -> dict[str, Any]:
-    # echo_key=1 quotes the presented key in full, as careless providers do: a leak
-    # vector that kcd's redaction must stop before anything is written.
-    shown = ex.credential if fx.params.get("echo_key") and ex.credential else "sk-***"
+    # echo_key quotes the presented key, as careless providers do: a leak vector that kcd's
+    # redaction must stop before anything is written. 1: verbatim; 2: inside a base64 blob
+    # ("Bearer <key>" encoded); 3: spelled out with spaces; 4: URL-encoded.
+    shown = _echoed(ex.credential, int(fx.params.get("echo_key") or 0)) if ex.credential else "sk-***"
     return openai_error(f"Incorrect API key provided: {shown}. You can find your API key at "
                         "https://platform.openai.com/account/api-keys.", "invalid_request_error",
                         "invalid_api_key")
+
+
+def _echoed(key: str, form: int) -> str:
+    if form == 1:
+        return key
+    if form == 2:
+        return "credential=" + base64.b64encode(f"Bearer {key}".encode()).decode()
+    if form == 3:
+        return " ".join(key)
+    if form == 4:
+        return urllib.parse.quote(key + "/", safe="")
+    return "sk-***"
 
 
 def no_credits(fx: FaultRun, ex: Exchange) -> dict[str, Any]:

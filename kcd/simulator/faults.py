@@ -177,7 +177,8 @@ _CATALOGUE = (
           "200 event-stream whose first (and only) event is an OpenRouter error object; no [DONE]",
           "502 OpenRouter-style JSON error"),
     Fault("F28", "auth_401", act.auth_401,
-          "401 OpenAI invalid_api_key error; echo_key=1 quotes the presented key in the message",
+          "401 OpenAI invalid_api_key error; echo_key=1 quotes the presented key in the message "
+          "(2: base64-encoded, 3: spelled out, 4: URL-encoded)",
           "same", (("echo_key", 0),)),
     Fault("F29", "credits_402", act.credits_402,
           "402 OpenRouter insufficient-credits error; with retry_after a Retry-After header and "

@@ -5,10 +5,15 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import pytest
+
+from kcd.observe.redact import encoded_forms
 
 from .conftest import CANARY_KEYS, CONFIGS
 from .resilience_support import GROK, OPENAI_MINI, read_json, run_json, write_config
@@ -21,7 +26,8 @@ def _lines(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
-def test_canary_key_never_written_anywhere(make_kcd, sim, kcd_root, tmp_path):
+@pytest.mark.parametrize("echo", [1, 2, 3, 4], ids=["verbatim", "base64", "spelled-out", "url-encoded"])
+def test_canary_key_never_written_anywhere(make_kcd, sim, kcd_root, tmp_path, echo):
     sim.reset()
     central = kcd_root / "central" / "telemetry.jsonl"
     daemon = make_kcd("--executor", "in-process", env_extra={
@@ -31,7 +37,7 @@ def test_canary_key_never_written_anywhere(make_kcd, sim, kcd_root, tmp_path):
     cfg = write_config(tmp_path / "cfg.yaml", GROK, [OPENAI_MINI])
     # The provider echoes the presented key in its error body (as some do), then
     # other faults follow: every path that records a failure sees the canary.
-    sim.fault(GROK, "auth_401", 2, echo_key=1)
+    sim.fault(GROK, "auth_401", 2, echo_key=echo)
     sim.fault(GROK, "html_502", 1)
     sim.fault(GROK, "stream_cut", 1)
     for _ in range(2):
@@ -50,17 +56,19 @@ def test_canary_key_never_written_anywhere(make_kcd, sim, kcd_root, tmp_path):
         for path in ("/v1/routes", "/v1/metrics", "/v1/health"):
             responses.append(c.get(path).text)
     assert daemon.stop() == 0
+    forms = [canary.encode(), *(f.encode() for f in encoded_forms(canary))]
+    spelled = re.compile(r"[\s.,_:;|/\\-]{1,3}".join(re.escape(c) for c in canary).encode())
     leaks = []
     for path in kcd_root.rglob("*"):
         if not path.is_file():
             continue
         data = path.read_bytes()
-        if canary.encode() in data:
+        if any(form in data for form in forms) or spelled.search(data):
             leaks.append(str(path))
         if path.suffix == ".b64" and canary.encode() in base64.b64decode(data):
             leaks.append(f"{path} (base64)")
     assert not leaks, leaks
-    assert not [r for r in responses if canary in r]
+    assert not [r for r in responses if any(f.decode() in r for f in forms) or spelled.search(r.encode())]
     assert canary.encode() not in daemon.log_path.read_bytes()
     assert central.exists() and central.stat().st_size > 0
 

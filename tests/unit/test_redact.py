@@ -30,3 +30,30 @@ def test_short_values_are_not_treated_as_secrets():
     r = Redactor(["abc", ""])
     assert r.known_values == ()
     assert r.text("abc") == "abc"
+
+
+def test_encoded_forms_of_known_keys_are_redacted_wherever_raw_keys_are():
+    import base64
+    import urllib.parse
+
+    from kcd.observe.redact import MASK, Redactor
+
+    key = "sk-canary-encoded-0000000000000000"
+    r = Redactor([key])
+    forms = [
+        base64.b64encode(key.encode()).decode(),
+        base64.b64encode(b"x" + key.encode() + b"tail").decode(),
+        base64.b64encode(b"xy" + key.encode()).decode(),
+        base64.urlsafe_b64encode(b"Bearer " + key.encode()).decode(),
+        urllib.parse.quote(key + "/+", safe="")[: -6],
+        " ".join(key), ".".join(key), " - ".join(key), "_".join(key),
+    ]
+    for form in forms:
+        text = r.text(f"echoed: {form} :end")
+        assert MASK in text, form
+        data = r.bytes(f"echoed: {form} :end".encode())
+        assert MASK.encode() in data and not r.contains_secret(data), form
+        assert r.contains_secret(form.encode()), form
+    # ordinary text and other base64 are left alone
+    plain = "the s k - c a n value and aGVsbG8gd29ybGQ= and sk-other-0000000000000000"
+    assert r.text(plain).count(MASK) == 1  # only the sk-… pattern, which is redacted as before
