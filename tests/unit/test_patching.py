@@ -184,22 +184,22 @@ def test_same_file_twice_applies_in_sequence(ws: Path) -> None:
     assert (ws / "README.md").read_text() == "# two\n"
 
 
-def test_mode_is_kept_and_hard_links_are_not_written_through(ws: Path, tmp_path: Path) -> None:
+def test_mode_is_kept_and_hard_linked_files_are_refused(ws: Path, tmp_path: Path) -> None:
     script = ws / "run.sh"
     script.write_text("echo a\n")
     script.chmod(0o755)
+    assert apply_unified_diff(ws, "--- a/run.sh\n+++ b/run.sh\n@@ -1 +1 @@\n-echo a\n+echo b\n").ok
+    assert script.stat().st_mode & 0o777 == 0o755
+    # A hard link cannot be seen by path checks, and patching it would copy the outside file's
+    # contents into the workspace: the file tools refuse it, all-or-nothing.
     outside = tmp_path / "outside.txt"
     outside.write_text("# demo\n")
     os.unlink(ws / "README.md")
-    os.link(outside, ws / "README.md")  # a hard link cannot be seen by path checks
-    patch = (
-        "--- a/run.sh\n+++ b/run.sh\n@@ -1 +1 @@\n-echo a\n+echo b\n"
-        "--- a/README.md\n+++ b/README.md\n@@ -1 +1 @@\n-# demo\n+# changed\n"
-    )
-    assert apply_unified_diff(ws, patch).ok
-    assert script.stat().st_mode & 0o777 == 0o755
-    assert (ws / "README.md").read_text() == "# changed\n"
-    assert outside.read_text() == "# demo\n"
+    os.link(outside, ws / "README.md")
+    patch = "--- a/README.md\n+++ b/README.md\n@@ -1 +1 @@\n-# demo\n+# changed\n"
+    report = apply_unified_diff(ws, patch)
+    assert not report.ok and "several hard links" in (report.error or "")
+    assert outside.read_text() == "# demo\n" and (ws / "README.md").read_text() == "# demo\n"
 
 
 def test_never_runs_git(ws: Path, monkeypatch: pytest.MonkeyPatch) -> None:

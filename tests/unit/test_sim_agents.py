@@ -140,7 +140,7 @@ def test_toolbox_reads_opencode_names_from_any_catalogue() -> None:
 
 def test_registry_has_the_editor() -> None:
     registry = default_behaviours()
-    assert set(registry) == {"dev", "editor", "shell", "echo"} and isinstance(registry["editor"], EditorAgent)
+    assert set(registry) == {"dev", "editor", "shell", "echo", "script"} and isinstance(registry["editor"], EditorAgent)
 
 
 # ------------------------------------------------------------------ dev
