@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import os
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ import httpx
 import msgspec
 
 from kcd import API_VERSION
-from kcd.api.paths import SocketPathError, resolve_socket, user_state_dir
+from kcd.api.paths import SocketPathError, private_runtime_dir, resolve_socket, user_state_dir
 
 
 class DaemonUnreachable(Exception):
@@ -169,12 +170,19 @@ def start_user_daemon(path: Path, *, timeout: float = 60.0, extra_args: list[str
     An exclusive lock serialises concurrent kcctl processes; whoever loses the
     race finds the daemon already answering.
     """
-    runtime = path.parent
-    runtime.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        runtime = private_runtime_dir(path.parent)
+    except SocketPathError as exc:
+        raise DaemonUnreachable(str(exc)) from None
     log_dir = user_state_dir()
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / "kcd.log"
-    with open(runtime / "start.lock", "w") as lock:
+    # O_NOFOLLOW: a link planted as start.lock must not make us truncate or lock someone's file.
+    try:
+        lock_fd = os.open(runtime / "start.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise DaemonUnreachable(f"cannot open {runtime / 'start.lock'}: {exc.strerror}") from None
+    with os.fdopen(lock_fd, "r+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if _answers(path):
             return
@@ -204,6 +212,11 @@ def connect(explicit_socket: str | None, *, autostart: bool, echo=None) -> Clien
         path, how = resolve_socket(explicit_socket)
     except SocketPathError as exc:
         raise DaemonUnreachable(str(exc)) from None
+    if how == "user" and path.parent.exists():
+        try:  # never trust a socket in a runtime directory someone else controls
+            private_runtime_dir(path.parent)
+        except SocketPathError as exc:
+            raise DaemonUnreachable(str(exc)) from None
     client = Client(path)
     try:
         client.check_version()

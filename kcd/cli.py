@@ -62,6 +62,7 @@ def serve(config_path, socket_path, system, state_dir, runs_root, executor, ray_
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # A native crash (SIGSEGV, SIGABRT) then leaves every thread's Python stack in the journal.
     faulthandler.enable(sys.stderr, all_threads=True)
+    from kcd.api.paths import SocketPathError
     from kcd.sandbox.modes import IsolationUnavailable
 
     try:
@@ -71,6 +72,9 @@ def serve(config_path, socket_path, system, state_dir, runs_root, executor, ray_
         sys.exit(1)
     except IsolationUnavailable as exc:
         click.echo(f"kcd: cannot contain tool commands: {exc}", err=True)
+        sys.exit(2)
+    except SocketPathError as exc:
+        click.echo(f"kcd: {exc}", err=True)
         sys.exit(2)
 
 

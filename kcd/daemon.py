@@ -21,6 +21,7 @@ import msgspec
 
 from kcd import __version__
 from kcd.agent.calls import ToolSettings
+from kcd.api.paths import private_runtime_dir, user_runtime_dir
 from kcd.agent.loop import RunServices
 from kcd.config.daemon import DaemonConfig
 from kcd.execution.base import Executor
@@ -38,7 +39,7 @@ from kcd.sandbox.modes import IsolationReport, IsolationUnavailable, probe_isola
 from kcd.sdnotify import activated_sockets, notify
 from kcd.server.app import ControlAPI
 from kcd.server.gateway_tcp import bind_tcp_socket
-from kcd.server.listener import bind_unix_socket, make_server
+from kcd.server.listener import bind_unix_socket, make_server, raise_descriptor_limit
 from kcd.server.openai_api import OpenAIEndpoint, TCPGatewayApp
 from kcd.state import StateStore
 from kcd.workspaces import UploadStore
@@ -206,6 +207,17 @@ class Daemon:
                   "sandbox.accept_weaker: true in the daemon config to run with process containment only")
         return report
 
+    def _connection_limits(self, listeners: int) -> dict[str, float | int]:
+        """Idle timeout and a connection cap per listener that the descriptor limit can honour."""
+        cfg = self.config
+        descriptors = raise_descriptor_limit()
+        room = max(16, (descriptors - 256) // listeners)  # the rest: runs, files, Ray, pools
+        cap = min(cfg.max_connections, room)
+        if cap < cfg.max_connections:
+            log.warning("max_connections lowered to %d per listener: the descriptor limit is %d",
+                        cap, descriptors)
+        return {"idle_timeout": cfg.idle_timeout_s, "max_connections": cap}
+
     def _tool_defaults(self, report: IsolationReport) -> ToolSettings:
         sb = self.config.sandbox
         return ToolSettings(isolation=report.mode, max_processes=sb.max_processes,
@@ -231,6 +243,8 @@ class Daemon:
         gw = cfg.gateway
         tcp_sock = bind_tcp_socket(gw.tcp.host, gw.tcp.port) if gw.tcp.port is not None else None
         sockets = activated_sockets()
+        if not sockets and cfg.mode == "user" and cfg.socket.parent == user_runtime_dir(dict(self.env)):
+            private_runtime_dir(cfg.socket.parent)  # refuses a directory another user made or can enter
         sock = sockets[0] if sockets else bind_unix_socket(cfg.socket, cfg.socket_mode)
         owns_socket_file = not sockets
         self.breakers = self._make_breakers()
@@ -244,6 +258,7 @@ class Daemon:
             tokens=TokenTable(gw.tokens), env=self.env, max_body=gw.max_body_bytes,
             secrets=self.redactor.known_values, redact=self.redactor.bytes, log_exception=self.log_exception)
         tcp_server = None
+        limits = self._connection_limits(listeners=2 if tcp_sock is not None else 1)
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
@@ -264,7 +279,7 @@ class Daemon:
                                          allow_network=cfg.sandbox.allow_network, sandbox=self.sandbox,
                                          probes=self.probes, env=self.env,
                                          telemetry=self.telemetry, metrics=self.metrics))
-                server = make_server(ControlAPI(self).asgi(), log_level="warning")
+                server = make_server(ControlAPI(self).asgi(), log_level="warning", **limits)
                 server_done = anyio.Event()
 
                 async def serve() -> None:
@@ -275,7 +290,7 @@ class Daemon:
 
                 tg.start_soon(serve)
                 if tcp_sock is not None:  # the gateway's TCP listener: OpenAI routes only, bearer tokens
-                    tcp_server = make_server(TCPGatewayApp(self.openai), log_level="warning")
+                    tcp_server = make_server(TCPGatewayApp(self.openai), log_level="warning", **limits)
                     tg.start_soon(tcp_server.serve, [tcp_sock])
                     host, port = tcp_sock.getsockname()[:2]
                     log.info("OpenAI-compatible gateway listening on http://%s:%d/v1", host, port)

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO
 
+from kcd.api.tarcheck import ArchiveRefused, ArchiveTooBig, validate_tar
+
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 DEFAULT_MAX_MEMBERS = 100_000
 
@@ -177,23 +179,18 @@ def _check_member(m: tarfile.TarInfo, dest: Path) -> None:
 
 def check_archive(fileobj: IO[bytes], *, max_bytes: int = DEFAULT_MAX_BYTES,
                   max_members: int = DEFAULT_MAX_MEMBERS) -> int:
-    """Validate every member without writing anything; returns the member count."""
-    count = total = 0
+    """Validate every member without writing anything (one bounded streaming pass, see
+    `tarcheck`); returns the member count."""
     try:
-        with tarfile.open(fileobj=fileobj, mode="r:*") as tar:
-            for m in tar:
-                count += 1
-                if count > max_members:
-                    raise ArchiveTooLarge(f"archive has more than {max_members} members")
-                _check_member(m, Path("."))
-                total += m.size if m.isreg() else 0
-                if total > max_bytes:
-                    raise ArchiveTooLarge(f"archive unpacks to more than {max_bytes} bytes")
-    except tarfile.TarError as exc:
-        raise UnsafeArchive(f"not a readable tar archive: {exc}") from None
+        return validate_tar(fileobj, max_bytes=max_bytes, max_members=max_members)
+    except ArchiveRefused as exc:
+        raise UnsafeArchive(str(exc)) from None
+    except ArchiveTooBig as exc:
+        raise ArchiveTooLarge(str(exc)) from None
+    except OSError as exc:
+        raise UnsafeArchive(f"not a readable archive: {exc}") from None
     finally:
         fileobj.seek(0)
-    return count
 
 
 def safe_extract(fileobj: IO[bytes], dest: Path, *, max_bytes: int = DEFAULT_MAX_BYTES,

@@ -10,6 +10,7 @@ tmux does, so a fresh machine still works with one command.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 SYSTEM_SOCKET = Path("/run/kylecode/kcd.sock")
@@ -26,6 +27,32 @@ def user_runtime_dir(env: os._Environ[str] | dict[str, str] | None = None) -> Pa
     if xdg:
         return Path(xdg) / "kylecode"
     return Path(f"/tmp/kylecode-{os.getuid()}")
+
+
+def private_runtime_dir(path: Path) -> Path:
+    """Create `path` 0700, or accept it only if it is a real directory of ours that nobody
+    else may enter, as tmux does: another local user must not be able to plant a socket or
+    a lock file link in it. Raises SocketPathError naming what is wrong."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.mkdir(path, 0o700)
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise SocketPathError(f"{path} is a symbolic link; refusing to use it as kcd's runtime directory "
+                              "(remove it, or set XDG_RUNTIME_DIR)")
+    if not stat.S_ISDIR(st.st_mode):
+        raise SocketPathError(f"{path} is not a directory; refusing to use it as kcd's runtime directory")
+    if st.st_uid != os.geteuid():
+        raise SocketPathError(f"{path} belongs to uid {st.st_uid}, not to you (uid {os.geteuid()}); "
+                              "another user may have made it: remove it, or set XDG_RUNTIME_DIR")
+    if st.st_mode & 0o077:
+        raise SocketPathError(f"{path} has unsafe permissions {stat.S_IMODE(st.st_mode):04o} "
+                              "(others may enter it); run chmod 700 on it")
+    return path
 
 
 def user_socket(env=None) -> Path:

@@ -161,6 +161,8 @@ class DaemonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ray_temp_dir: str | None = None
     ray_init_timeout_s: float = 120.0
     heartbeat_s: float = 15.0
+    idle_timeout_s: Annotated[float, Meta(gt=0)] = 30.0  # a connection with no request in flight is closed
+    max_connections: Annotated[int, Meta(ge=16)] = 4096  # per listener; past it new requests get 503
     shutdown_grace_s: float = 30.0
     simulator_host: str = "127.0.0.1"
     simulator_port: int = 0

@@ -79,7 +79,27 @@ class QuietServer(uvicorn.Server):
         yield
 
 
-def make_server(app, *, log_level: str = "warning", graceful_timeout: float = 5.0) -> QuietServer:
+def raise_descriptor_limit() -> int:
+    """Soft RLIMIT_NOFILE up to the hard limit (the default 1,024 is a few idle clients away from
+    refusing everyone); returns the new soft limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def make_server(app, *, log_level: str = "warning", graceful_timeout: float = 5.0, idle_timeout: float = 30.0,
+                max_connections: int | None = None) -> QuietServer:
+    """`idle_timeout`: a connection with no request in flight is closed after this long (from its
+    accept too, not only after a response); `max_connections`: past it, uvicorn answers 503."""
     config = uvicorn.Config(
         app,
         lifespan="off",
@@ -87,7 +107,8 @@ def make_server(app, *, log_level: str = "warning", graceful_timeout: float = 5.
         access_log=False,
         http=http_protocol_class(),
         timeout_graceful_shutdown=graceful_timeout,
-        timeout_keep_alive=30,
+        timeout_keep_alive=idle_timeout,
+        limit_concurrency=max_connections,
         # kcd is the edge: nothing in front of it sets X-Forwarded-*, so skip the middleware
         # that parses them on every request (and trusts them from 127.0.0.1 by default).
         proxy_headers=False,

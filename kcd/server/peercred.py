@@ -33,6 +33,12 @@ def with_peercred(protocol_cls: type) -> type:
             peer = read_peercred(transport.get_extra_info("socket"))
             # A per-connection copy: uvicorn copies app_state into each request's scope.
             self.app_state = {**self.app_state, "peer": peer}
+            # uvicorn arms its keep-alive timer only after a response: a connection that never
+            # sends a request would hold its descriptor forever. Arm it now; the first bytes
+            # received disarm it (data_received), as for any keep-alive wait.
+            if self.timeout_keep_alive_task is None and not transport.is_closing():
+                self.timeout_keep_alive_task = self.loop.call_later(
+                    self.timeout_keep_alive, self.timeout_keep_alive_handler)
 
     PeerCredProtocol.__name__ = f"PeerCred{protocol_cls.__name__}"
     return PeerCredProtocol

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -154,3 +156,26 @@ def sim():
     simulator = Simulator()
     yield simulator
     simulator.close()
+
+
+@contextlib.contextmanager
+def health_watch(daemon: Kcd, every: float = 0.05) -> Iterator[list[float]]:
+    """Poll `/v1/health` in a thread while the block runs; yields the latencies (seconds)."""
+    latencies: list[float] = []
+    stop = threading.Event()
+
+    def poll() -> None:
+        with daemon.http(timeout=5) as client:
+            while not stop.is_set():
+                started = time.monotonic()
+                assert client.get("/v1/health").status_code == 200
+                latencies.append(time.monotonic() - started)
+                time.sleep(every)
+
+    poller = threading.Thread(target=poll, daemon=True, name="health-watch")
+    poller.start()
+    try:
+        yield latencies
+    finally:
+        stop.set()
+        poller.join(10)

@@ -10,11 +10,12 @@ import json
 import os
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
+
+from .conftest import health_watch
 
 CONFIG = Path(__file__).parent / "configs" / "script.yaml"
 MARK = "97531"
@@ -33,20 +34,13 @@ def test_bounded_burst_is_capped_and_cleaned_up_while_the_daemon_answers(kcd) ->
     burst = (f"for i in $(seq 2000); do sleep {MARK}$i 2>/dev/null & done 2>/dev/null; "
              "echo forked; wait")
     task = json.dumps([{"name": "run_shell", "arguments": {"command": burst, "timeout": 8}}])
-    latencies: list[float] = []
-    stop = threading.Event()
-
-    def poll() -> None:
-        with kcd.http(timeout=5) as client:
-            while not stop.is_set():
-                started = time.monotonic()
-                assert client.get("/v1/health").status_code == 200
-                latencies.append(time.monotonic() - started)
-                time.sleep(0.1)
-
-    poller = threading.Thread(target=poll, daemon=True)
-    poller.start()
     before = _leftovers()
+    with health_watch(kcd, every=0.1) as latencies:
+        _burst(kcd, task, before)
+    assert latencies and max(latencies) < 1.0, f"health took up to {max(latencies):.2f} s"
+
+
+def _burst(kcd, task: str, before: set[int]) -> None:
     try:
         proc = kcd.kcctl("run", str(CONFIG), "--task", task, "--detach", "--json", check=True)
         info = json.loads(proc.stdout)
@@ -68,8 +62,5 @@ def test_bounded_burst_is_capped_and_cleaned_up_while_the_daemon_answers(kcd) ->
         assert "Process limit reached" in result["data"]["output"] or "timed out" in result["data"]["output"]
         assert _leftovers() - before == set(), "burst processes outlived the call"
     finally:
-        stop.set()
-        poller.join(10)
         for pid in _leftovers() - before:
             os.kill(pid, signal.SIGKILL)
-    assert latencies and max(latencies) < 1.0, f"health took up to {max(latencies):.2f} s"

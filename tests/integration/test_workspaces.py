@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO
+from .conftest import REPO, health_watch
 
 SHELL = Path(__file__).parent / "configs" / "shell.yaml"
 
@@ -58,6 +58,10 @@ HOSTILE = {
     "hardlink": [_file("a.txt"), _link("b.txt", "a.txt", tarfile.LNKTYPE)],
     "device": [_device("null")],
     "fifo": [(lambda i: (setattr(i, "type", tarfile.FIFOTYPE) or i))(tarfile.TarInfo("p")), None],
+    # each link stays inside on its own; through the first, the second leaves the root
+    "chained_symlinks": [_link("sub/s1", ".."), _link("sub/s1/s2", "../..")],
+    "symlink_chain_then_dir": [_link("a", "b"), _link("b", "a/../..")],
+    "write_through_inner_link": [_link("inner", "sub"), _file("inner/x")],
 }
 
 
@@ -93,6 +97,53 @@ def test_garbage_and_oversize_uploads(make_kcd, kcd_root):
         r = c.post("/v1/workspaces", content=bomb)
         assert r.status_code == 400 and "more than" in r.json()["error"]["message"]
         assert c.get("/v1/health").json()["state"] == "ok"
+
+
+def _peak_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def _pax_bomb(declared: int, zeros: int) -> bytes:
+    """A gzip'd tar whose first header is a PAX extended header declaring `declared` bytes,
+    followed by `zeros` zero bytes: tiny compressed, enormous to a reader that believes it."""
+    header = tarfile.TarInfo("././@PaxHeader")
+    header.type = tarfile.XHDTYPE
+    header.size = declared
+    block = header.tobuf(format=tarfile.GNU_FORMAT)  # base-256 sizes: 8 GiB fits
+    z = __import__("zlib").compressobj(9, __import__("zlib").DEFLATED, 31)
+    out = [z.compress(block)]
+    chunk = b"\0" * (1 << 20)
+    for _ in range(zeros >> 20):
+        out.append(z.compress(chunk))
+    out.append(z.flush())
+    return b"".join(out)
+
+
+def test_a_pax_bomb_is_refused_at_once_in_bounded_memory(kcd):
+    bomb = _pax_bomb(declared=8 << 30, zeros=1 << 30)  # ~1 MiB upload, a 8 GiB header claimed
+    before = _peak_rss_kib(kcd.proc.pid)
+    with health_watch(kcd) as latencies, kcd.http(timeout=60) as c:
+        started = time.monotonic()
+        r = c.post("/v1/workspaces", content=bomb)
+        elapsed = time.monotonic() - started
+    assert r.status_code == 400 and "extended header" in r.json()["error"]["message"], r.text
+    assert elapsed < 10, elapsed
+    assert latencies and max(latencies) < 1.0, max(latencies)
+    assert _peak_rss_kib(kcd.proc.pid) - before < 64 * 1024
+
+
+def test_truncated_and_corrupt_gzip_are_400(kcd):
+    good = _tar([_file("a.txt", b"hello" * 1000), _file("b.txt", b"world" * 1000)])
+    corrupt = good[:40] + bytes(b ^ 0xFF for b in good[40:80]) + good[80:]
+    with kcd.http() as c:
+        for body in (good[: len(good) // 2], good[:-12], corrupt):
+            r = c.post("/v1/workspaces", content=body)
+            assert r.status_code == 400, (len(body), r.status_code, r.text)
+            assert r.json()["error"]["code"] == "unsafe_archive"
+        assert c.post("/v1/workspaces", content=good).status_code == 201
 
 
 def _workspace(tmp_path: Path) -> Path:
