@@ -288,8 +288,9 @@ class RunManager:
         active = self._active.get(run_id)
         return active.info if active else self.store.get_run(run_id)
 
-    def list(self, limit: int = 50, status: str | None = None) -> list[RunInfo]:
-        return self.store.list_runs(limit=limit, status=status)
+    def list(self, limit: int = 50, status: str | None = None, owner: int | None = None) -> list[RunInfo]:
+        """The newest runs; with `owner`, only that uid's."""
+        return self.store.list_runs(limit=limit, status=status, owner=owner)
 
     def cancel(self, run_id: str) -> RunInfo | None:
         active = self._active.get(run_id)

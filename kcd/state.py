@@ -59,12 +59,16 @@ class StateStore:
         row = self._db.execute("SELECT info FROM runs WHERE id=?", (run_id,)).fetchone()
         return msgspec.json.decode(row[0], type=RunInfo) if row else None
 
-    def list_runs(self, limit: int = 50, status: str | None = None) -> list[RunInfo]:
+    def list_runs(self, limit: int = 50, status: str | None = None, owner: int | None = None) -> list[RunInfo]:
+        where, args = [], []
         if status:
-            rows = self._db.execute(
-                "SELECT info FROM runs WHERE status=? ORDER BY created_at DESC LIMIT ?", (status, limit))
-        else:
-            rows = self._db.execute("SELECT info FROM runs ORDER BY created_at DESC LIMIT ?", (limit,))
+            where.append("status=?")
+            args.append(status)
+        if owner is not None:
+            where.append("json_extract(CAST(info AS TEXT), '$.peer_uid')=?")
+            args.append(owner)
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        rows = self._db.execute(f"SELECT info FROM runs {clause}ORDER BY created_at DESC LIMIT ?", (*args, limit))
         return [msgspec.json.decode(r[0], type=RunInfo) for r in rows]
 
     def mark_interrupted(self) -> list[str]:

@@ -147,6 +147,7 @@ class DaemonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     mode: Literal["user", "system"] = "user"
     socket: Path | None = None
     socket_mode: int = 0o660
+    operators_group: str | None = "kylecode-admin"  # system mode: members may act on every run
     state_dir: Path | None = None
     runs_root: Path | None = None
     max_body_bytes: int = 32 * 1024 * 1024

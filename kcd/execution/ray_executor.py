@@ -22,8 +22,12 @@ ray.shutdown on aclose().
 from __future__ import annotations
 
 import contextlib
+import os
+import secrets
 import threading
+from collections.abc import Mapping
 from concurrent.futures import Future
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -158,6 +162,8 @@ class RayExecutor:
 
     def _init_ray(self) -> tuple[Any, dict[str, Any]]:
         """Runs in the owner thread."""
+        if self._address is None:
+            ensure_ray_token(os.environ)
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -253,6 +259,26 @@ async def _wait_future(future: Future[Any]) -> Any:
         await anyio.sleep(delay)
         delay = min(delay * 2, 0.1)
     return future.result()
+
+
+def ensure_ray_token(environ: Mapping[str, str]) -> Path | None:
+    """With RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH naming a file that does not exist yet,
+    create it (0600, random) before a local instance starts: the system unit turns token auth
+    on, and nothing else makes the token. Returns the path created, if any."""
+    if environ.get("RAY_AUTH_MODE", "").lower() != "token" or environ.get("RAY_AUTH_TOKEN"):
+        return None
+    raw = environ.get("RAY_AUTH_TOKEN_PATH")
+    if not raw:
+        return None
+    path = Path(raw)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        return None
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(32))
+    return path
 
 
 class _Unreachable(Exception):

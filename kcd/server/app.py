@@ -25,6 +25,7 @@ from kcd.api.types import (
     VersionInfo,
 )
 from kcd.config.agent import ConfigError, load_agent_config_text
+from kcd.server.access import AccessPolicy
 from kcd.server.http import App, HTTPError, Request, Response, Router, StreamResponse, json_response
 
 if TYPE_CHECKING:
@@ -48,6 +49,8 @@ class ControlAPI:
     def __init__(self, daemon: Daemon):
         self.daemon = daemon
         self.started = time.monotonic()
+        cfg = daemon.config
+        self.access = AccessPolicy(mode=cfg.mode, operators_group=cfg.operators_group)
 
     def asgi(self) -> App:
         r = Router()
@@ -94,6 +97,7 @@ class ControlAPI:
     async def create_run(self, req: Request) -> Response:
         from kcd.runs import RunRejected
 
+        self.access.require_user(self.access.caller(req.peer))
         body = await req.json(RunRequest)
         try:
             info = await self.daemon.runs.submit(body, req.peer)
@@ -103,23 +107,29 @@ class ControlAPI:
         return json_response(info, status=201)
 
     async def list_runs(self, req: Request) -> Response:
+        """Only the runs the caller may read (all of them for operators)."""
+        caller = self.access.caller(req.peer)
+        self.access.require_user(caller)
         q = req.query
         limit = _int(q.get("limit"), "limit", 50)
+        owner = None if caller.operator else caller.uid
         return json_response(RunList(runs=self.daemon.runs.list(limit=max(1, min(limit, 1000)),
-                                                                status=q.get("status") or None)))
+                                                                status=q.get("status") or None, owner=owner)))
 
-    def _run_or_404(self, run_id: str):
+    def _run_or_404(self, run_id: str, req: Request | None = None, action: str = "read"):
         info = self.daemon.runs.get(run_id)
         if info is None:
             raise HTTPError(404, "run_not_found", f"no run with id {run_id!r}")
+        if req is not None:
+            self.access.require_owner(self.access.caller(req.peer), info.peer_uid, f"run {run_id}", action)
         return info
 
     async def get_run(self, req: Request) -> Response:
-        return json_response(self._run_or_404(req.path_params["run_id"]))
+        return json_response(self._run_or_404(req.path_params["run_id"], req))
 
     async def cancel_run(self, req: Request) -> Response:
         run_id = req.path_params["run_id"]
-        self._run_or_404(run_id)
+        self._run_or_404(run_id, req, "cancel")
         info = self.daemon.runs.cancel(run_id)
         return json_response(info, status=202)
 
@@ -127,7 +137,7 @@ class ControlAPI:
         run_id = req.path_params["run_id"]
         q = req.query
         since = _int(q.get("since"), "since", 0)
-        self._run_or_404(run_id)
+        self._run_or_404(run_id, req, "read the events of")
         stream = await self.daemon.runs.follow(run_id, since, _bool(q.get("follow")))
         if stream is None:
             raise HTTPError(404, "run_not_found", f"no run with id {run_id!r}")
@@ -155,6 +165,7 @@ class ControlAPI:
         from kcd.runs import RunRejected
 
         run_id = req.path_params["run_id"]
+        self._run_or_404(run_id, req, "read the changes of")
         try:
             changes = await self.daemon.runs.changes(run_id)
         except RunRejected as exc:
@@ -167,7 +178,7 @@ class ControlAPI:
         """The run's final workspace as a gzip'd tar."""
         from kcd.api.archive import pack_all
 
-        info = self._run_or_404(req.path_params["run_id"])
+        info = self._run_or_404(req.path_params["run_id"], req, "download the workspace of")
         workspace = Path(info.run_dir) / "workspace"
         if not workspace.is_dir():
             raise HTTPError(404, "workspace_not_found", f"run {info.id} has no workspace directory")
@@ -209,6 +220,7 @@ class ControlAPI:
         from kcd.providers.gateway import ChainEntry
         from kcd.providers.routes import RouteError, parse_route
 
+        self.access.require_operator(self.access.caller(req.peer), "refresh capability probes")
         body = await req.json(RouteRef)
         try:
             route = parse_route(body.route)
@@ -228,6 +240,7 @@ class ControlAPI:
         return json_response({"routes": snapshot})
 
     async def reset_route(self, req: Request) -> Response:
+        self.access.require_operator(self.access.caller(req.peer), "reset a breaker")
         body = await req.json(RouteRef)
         board = self.daemon.breakers
         if board is None or body.route not in board.routes():
@@ -236,9 +249,7 @@ class ControlAPI:
         return json_response({"routes": board.snapshot(body.route)})
 
     async def shutdown(self, req: Request) -> Response:
-        peer = req.peer
-        if peer is None or peer.uid not in (0, os.getuid()):
-            raise HTTPError(403, "forbidden", "only root or the daemon's own user may stop it")
+        self.access.require_operator(self.access.caller(req.peer), "stop the daemon")
         self.daemon.request_stop("shutdown requested over the API")
         return json_response({"stopping": True}, status=202)
 
@@ -268,6 +279,9 @@ class ControlAPI:
                                                      by_id.run_dir if by_id else body.run)
             facts = await anyio.to_thread.run_sync(vb.run_facts, run_dir)
             info = by_id or (d.runs.get(facts.run_id) if facts.run_id else None)
+            owner = info.peer_uid if info is not None else facts.peer_uid
+            self.access.require_owner(self.access.caller(req.peer), owner, f"run {facts.run_id or body.run}",
+                                      "bundle")
             users, homes = vb.local_identities([req.peer.uid if req.peer else None, facts.peer_uid],
                                                d.env.get("HOME"))
             scrubber = vb.make_scrubber(d.redactor, run_dir, runs_root=runs_root, state_dir=d.config.state_dir,
@@ -304,6 +318,7 @@ class ControlAPI:
         from kcd.matrix.runner import MatrixRejected
         from kcd.matrix.types import MatrixRequest
 
+        self.access.require_user(self.access.caller(req.peer))
         body = await req.json(MatrixRequest)
         try:
             info = await self.daemon.matrix.submit(body, req.peer)
@@ -311,17 +326,19 @@ class ControlAPI:
             raise HTTPError(400, exc.code, exc.message) from None
         return json_response(info, status=200 if body.dry_run else 201)
 
-    def _matrix_or_404(self, matrix_id: str):
+    def _matrix_or_404(self, matrix_id: str, req: Request, action: str = "read"):
         info = self.daemon.matrix.get(matrix_id)
         if info is None:
             raise HTTPError(404, "matrix_not_found", f"no matrix with id {matrix_id!r}")
+        self.access.require_owner(self.access.caller(req.peer), info.peer_uid, f"matrix {matrix_id}", action)
         return info
 
     async def get_matrix(self, req: Request) -> Response:
-        return json_response(self._matrix_or_404(req.path_params["matrix_id"]))
+        return json_response(self._matrix_or_404(req.path_params["matrix_id"], req))
 
     async def matrix_events(self, req: Request) -> Response:
         matrix_id = req.path_params["matrix_id"]
+        self._matrix_or_404(matrix_id, req, "read the events of")
         stream = self.daemon.matrix.follow(matrix_id, _int(req.query.get("since"), "since", 0),
                                            _bool(req.query.get("follow")))
         if stream is None:
@@ -331,7 +348,7 @@ class ControlAPI:
 
     async def cancel_matrix(self, req: Request) -> Response:
         matrix_id = req.path_params["matrix_id"]
-        self._matrix_or_404(matrix_id)
+        self._matrix_or_404(matrix_id, req, "cancel")
         return json_response(self.daemon.matrix.cancel(matrix_id), status=202)
 
     async def simulator(self, req: Request) -> Response:

@@ -6,6 +6,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -179,3 +180,36 @@ def health_watch(daemon: Kcd, every: float = 0.05) -> Iterator[list[float]]:
     finally:
         stop.set()
         poller.join(10)
+
+
+def request_as(uid: int, sock_path: str | Path, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+    """One HTTP request over the socket with `uid` as the effective uid at connect time, which is
+    what SO_PEERCRED reports to the daemon (the test runs as root)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    os.seteuid(uid)
+    try:
+        s.connect(str(sock_path))
+    finally:
+        os.seteuid(0)
+    with s:
+        s.sendall(f"{method} {path} HTTP/1.1\r\nHost: kcd\r\nContent-Type: application/json\r\n"
+                  f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, payload = data.partition(b"\r\n\r\n")
+    if b"transfer-encoding: chunked" in head.lower():
+        payload = _unchunk(payload)
+    return int(head.split()[1]), payload
+
+
+def _unchunk(data: bytes) -> bytes:
+    out = b""
+    while data:
+        size_line, _, rest = data.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        out += rest[:size]
+        data = rest[size + 2:]
+    return out

@@ -11,7 +11,7 @@ import sys
 import msgspec
 import pytest
 
-from .conftest import CONFIGS
+from .conftest import CONFIGS, request_as
 
 
 def test_version_and_health_report_peer_and_executor(kcd):
@@ -172,25 +172,14 @@ def test_kcd_simulate_runs_standalone(kcd_root):
 
 
 def _post_as(uid: int, sock_path: str, path: str, body: bytes) -> tuple[int, bytes]:
-    """POST over the socket with `uid` as the effective uid at connect time (SO_PEERCRED)."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    os.seteuid(uid)
-    try:
-        s.connect(sock_path)
-    finally:
-        os.seteuid(0)
-    with s:
-        s.sendall(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: kcd\r\nContent-Type: application/json\r\n"
-                  b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-    head, _, payload = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), payload
+    return request_as(uid, sock_path, "POST", path, body)
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to connect as another uid")
-def test_another_users_run_cannot_seed_from_a_path_it_could_not_read(kcd, kcd_root):
+def test_another_users_run_cannot_seed_from_a_path_it_could_not_read(make_kcd, kcd_root):
+    # System mode: a user-mode daemon serves its own user only.
+    (kcd_root / "system.yaml").write_text("mode: system\n")
+    kcd = make_kcd("--config", str(kcd_root / "system.yaml"), "--executor", "in-process")
     # Same-host seeding copies with the daemon's rights: a peer of another uid may name
     # only trees it could read itself (else 403, and it uploads instead).
     os.chmod(kcd_root, 0o755)

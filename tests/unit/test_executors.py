@@ -237,3 +237,16 @@ def test_ray_local_instance_lifecycle(tmp_path: Path) -> None:
         import shutil
 
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_a_local_instance_gets_a_token_file_when_token_auth_is_on(tmp_path) -> None:
+    from kcd.execution.ray_executor import ensure_ray_token
+
+    path = tmp_path / "state" / "ray_auth_token"
+    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(path)}
+    assert ensure_ray_token(env) == path
+    assert (path.stat().st_mode & 0o777) == 0o600 and len(path.read_text()) == 64
+    token = path.read_text()
+    assert ensure_ray_token(env) is None and path.read_text() == token  # never replaced
+    assert ensure_ray_token({"RAY_AUTH_MODE": "disabled", "RAY_AUTH_TOKEN_PATH": str(tmp_path / "x")}) is None
+    assert not (tmp_path / "x").exists()
