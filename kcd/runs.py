@@ -8,6 +8,7 @@ finalisation writes result.json, workspace.diff, meta/run.json and `run.end`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -27,6 +28,7 @@ from kcd.config.agent import ConfigError, LoadedConfig, load_agent_config_text
 from kcd.observe.eventlog import EventLog, read_event_lines, utc_now
 from kcd.observe.rundir import RunDir, create_run_dir, new_run_id
 from kcd.observe.redact import Redactor
+from kcd.peer_files import peer_groups, why_unreadable
 from kcd.observe.run_metrics import RunMetrics
 from kcd.observe.telemetry import RunEnd, RunStart, provider_metrics_event
 from kcd.state import StateStore
@@ -63,11 +65,24 @@ class ActiveRun:
     done: anyio.Event = field(default_factory=anyio.Event)
 
 
-def load_config_for_request(config_text: str, config_path: str | None) -> LoadedConfig:
+def load_config_for_request(config_text: str, config_path: str | None, peer: PeerInfo | None = None) -> LoadedConfig:
+    """The run's config; every file it names is opened only if the peer could read it itself."""
     try:
-        return load_agent_config_text(config_text, config_path)
+        return load_agent_config_text(config_text, config_path, peer_reader(peer))
     except ConfigError as exc:
         raise RunRejected("config_error", str(exc)) from None
+
+
+def peer_reader(peer: PeerInfo | None):
+    """The `may_read` check of a config load on behalf of `peer` (None: no peer, no check)."""
+    if peer is None:
+        return None
+    return functools.partial(_refusal, uid=peer.uid, groups=peer_groups(peer))
+
+
+def _refusal(path: Path, *, uid: int, groups: set[int]) -> str | None:
+    why = why_unreadable(path, uid, groups)
+    return None if why is None else f"{why} (the daemon reads only what you could read yourself)"
 
 
 class RunManager:
@@ -116,7 +131,7 @@ class RunManager:
             except UploadError as exc:
                 raise RunRejected("invalid_request", str(exc)) from None
         # Loading reads files (extends, packs): keep it off the event loop.
-        loaded = await anyio.to_thread.run_sync(load_config_for_request, req.config_text, req.config_path)
+        loaded = await anyio.to_thread.run_sync(load_config_for_request, req.config_text, req.config_path, peer)
         cfg = loaded.config
         route = cfg.default_route()
         entry = cfg.model_entry(route.id)

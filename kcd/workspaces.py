@@ -28,6 +28,7 @@ from kcd.api.archive import (
     sha256_file,
 )
 from kcd.api.types import FileChange
+from kcd.peer_files import allowed_by_bits
 
 SEED_ARCHIVE = "meta/seed.tar.gz"
 SEED_MANIFEST = "meta/seed_manifest.json"
@@ -91,13 +92,7 @@ def unreadable_for(seed: Path, uid: int, gid: int) -> str | None:
     """
 
     def allowed(st: os.stat_result, need: int) -> bool:  # need: 4 read, 1 search, 5 both
-        if st.st_uid == uid:
-            bits = (st.st_mode >> 6) & 7
-        elif st.st_gid == gid:
-            bits = (st.st_mode >> 3) & 7
-        else:
-            bits = st.st_mode & 7
-        return bits & need == need
+        return allowed_by_bits(st, uid, (gid,), need)
 
     real = Path(os.path.realpath(seed))
     for ancestor in reversed(real.parents):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,17 +76,21 @@ def load_agent_config(path: str | Path) -> LoadedConfig:
     return load_agent_config_text(text, path)
 
 
-def load_agent_config_text(text: str, path: str | Path | None) -> LoadedConfig:
+def load_agent_config_text(text: str, path: str | Path | None,
+                           may_read: Callable[[Path], str | None] | None = None) -> LoadedConfig:
     """Load config text; `path` (where the text came from) anchors relative paths.
 
-    Without a path, `extends` and relative pack paths are errors.
+    Without a path, `extends` and relative pack paths are errors. `may_read(path)` clears
+    every file and tool directory the config names before it is opened (a reason refuses
+    it, as a ConfigError at that key path): the daemon reads for socket clients.
     """
     real = Path(path).expanduser().resolve() if path is not None else None
-    doc = merge_document(text, str(path) if path is not None else _TEXT_SOURCE, real)
-    return _build(doc, real)
+    doc = merge_document(text, str(path) if path is not None else _TEXT_SOURCE, real, may_read)
+    return _build(doc, real, may_read)
 
 
-def _build(doc: MergedDocument, real: Path | None) -> LoadedConfig:
+def _build(doc: MergedDocument, real: Path | None,
+           may_read: Callable[[Path], str | None] | None = None) -> LoadedConfig:
     prov = doc.provenance
     warnings = list(doc.warnings)
     _check_version(doc.data, prov)
@@ -97,10 +102,15 @@ def _build(doc: MergedDocument, real: Path | None) -> LoadedConfig:
     cfg = _convert(prepared, prov)
     warnings.extend(check_config(cfg, prov))
     packs.check_refs(cfg, prov)
-    pack_paths, pack_texts = packs.load_packs(cfg, prov)
+    pack_paths, pack_texts = packs.load_packs(cfg, prov, may_read)
     tools = doc.data.get("tools")
     explicit_defs_dir = isinstance(tools, dict) and tools.get("defs_dir") is not None
     dirs = tool_dirs(cfg, prov, explicit_defs_dir, warnings)
+    if may_read is not None:
+        for d in dirs:
+            refused = may_read(Path(d)) if Path(d).exists() else None
+            if refused is not None:
+                raise prov.error(("tools", "registry", "paths"), f"tool directory {d}: {refused}")
     return LoadedConfig(
         config=cfg,
         warnings=warnings,

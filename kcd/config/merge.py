@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,10 +78,15 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def merge_document(text: str, file: str, real_path: Path | None) -> MergedDocument:
-    """Parse `text` (the content of `file`) and resolve its `extends` chain."""
+def merge_document(text: str, file: str, real_path: Path | None,
+                   may_read: Callable[[Path], str | None] | None = None) -> MergedDocument:
+    """Parse `text` (the content of `file`) and resolve its `extends` chain.
+
+    `may_read(path)` is asked before any base file is opened: a reason (not None) refuses it,
+    so a client cannot make the daemon read, with its own rights, a file the client could not.
+    """
     top = Source(file, real_path.parent if real_path else None)
-    resolver = _Resolver()
+    resolver = _Resolver(may_read)
     doc = resolver.parse(text, top)
     origins: dict[Path_, Source] = {}
     data = resolver.resolve(doc, top, real_path, [(real_path, file)], origins)
@@ -90,10 +96,11 @@ def merge_document(text: str, file: str, real_path: Path | None) -> MergedDocume
 class _Resolver:
     """State of one load: parsed bases are cached so a diamond reads each file once."""
 
-    def __init__(self) -> None:
+    def __init__(self, may_read: Callable[[Path], str | None] | None = None) -> None:
         self.warnings: list[str] = []
         self.files: list[str] = []
         self._docs: dict[Path, dict[str, Any]] = {}
+        self._may_read = may_read
 
     def parse(self, text: str, src: Source) -> dict[str, Any]:
         data, warnings = load_yaml(text, src.file)
@@ -136,6 +143,9 @@ class _Resolver:
         if any(seen == base_real for seen, _ in chain):
             names = " -> ".join([name for _, name in chain] + [base_file])
             raise ConfigError(src.file, key_path, f"extends cycle: {names}")
+        refused = self._may_read(base_real) if self._may_read is not None else None
+        if refused is not None:
+            raise ConfigError(src.file, key_path, f"base config {rel!r}: {refused}")
         if not base_real.is_file():
             raise ConfigError(src.file, key_path, f"base config {rel!r} not found (looked for {base_real})")
         return base_real, Source(base_file, base_real.parent)

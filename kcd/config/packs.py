@@ -9,6 +9,7 @@ ran with an empty system prompt.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from kcd.config.agent_schema import AgentConfig
@@ -62,8 +63,9 @@ def _check_ref(cfg: AgentConfig, prov: Provenance, path: Path_, ref: str, *, req
         raise prov.error(path, f"{ref!r}: pack {pack!r} has no key {key!r}")
 
 
-def load_packs(cfg: AgentConfig, prov: Provenance) -> tuple[dict[str, str], dict[str, str]]:
-    """Resolve and read every declared pack file.
+def load_packs(cfg: AgentConfig, prov: Provenance,
+               may_read: Callable[[Path], str | None] | None = None) -> tuple[dict[str, str], dict[str, str]]:
+    """Resolve and read every declared pack file (each first cleared by `may_read`, if given).
 
     Returns (paths, texts), both keyed by canonical ref `@pack(<p>).<key>`.
     """
@@ -74,6 +76,9 @@ def load_packs(cfg: AgentConfig, prov: Provenance) -> tuple[dict[str, str], dict
         for key, rel in keys.items():
             key_path = ("prompts", "packs", pack, key)
             resolved = _resolve(prov, key_path, rel)
+            refused = may_read(resolved) if may_read is not None else None
+            if refused is not None:
+                raise prov.error(key_path, f"pack file {rel!r}: {refused}")
             if resolved not in read:
                 read[resolved] = _read(prov, key_path, resolved)
             ref = f"@pack({pack}).{key}"

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import grp
 import os
-import pwd
 
 import msgspec
 
 from kcd.api.types import PeerInfo
+from kcd.peer_files import peer_groups
 from kcd.server.http import HTTPError
 
 __all__ = ["AccessPolicy", "Caller"]
@@ -43,7 +43,7 @@ class AccessPolicy:
         if peer is None:
             return Caller(uid=None, operator=False)
         uid = peer.uid
-        operator = uid in (0, self.daemon_uid) or (self.group_gid is not None and self.group_gid in _groups(peer))
+        operator = uid in (0, self.daemon_uid) or (self.group_gid is not None and self.group_gid in peer_groups(peer))
         return Caller(uid=uid, operator=operator)
 
     def _who(self) -> str:
@@ -69,11 +69,3 @@ class AccessPolicy:
     def require_operator(self, caller: Caller, action: str) -> None:
         if not caller.operator:
             raise HTTPError(403, "forbidden", f"only operators ({self._who()}) may {action}")
-
-
-def _groups(peer: PeerInfo) -> set[int]:
-    try:
-        name = pwd.getpwuid(peer.uid).pw_name
-        return set(os.getgrouplist(name, peer.gid))
-    except (KeyError, OSError):
-        return {peer.gid}

@@ -25,6 +25,7 @@ from kcd.api.types import (
     VersionInfo,
 )
 from kcd.config.agent import ConfigError, load_agent_config_text
+from kcd.runs import peer_reader
 from kcd.server.access import AccessPolicy
 from kcd.server.http import App, HTTPError, Request, Response, Router, StreamResponse, json_response
 
@@ -190,7 +191,8 @@ class ControlAPI:
     async def check_config(self, req: Request) -> Response:
         body = await req.json(ConfigCheckRequest)
         try:
-            loaded = await anyio.to_thread.run_sync(load_agent_config_text, body.config_text, body.config_path)
+            loaded = await anyio.to_thread.run_sync(load_agent_config_text, body.config_text, body.config_path,
+                                                    peer_reader(req.peer))
         except ConfigError as exc:
             return json_response(ConfigCheckResult(ok=False, error=ErrorDetail("config_error", str(exc))))
         return json_response(ConfigCheckResult(ok=True, route=loaded.config.default_route().id,

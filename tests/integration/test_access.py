@@ -138,3 +138,40 @@ def test_a_user_mode_daemon_serves_its_user_only(kcd, kcd_root, users) -> None:
     status, _ = request_as(users["stranger"], kcd.socket, "GET", "/v1/health")
     assert status == 200
     assert Path(kcd.socket).exists()
+
+
+def test_files_a_config_names_are_read_only_if_the_client_could_read_them(system_kcd, users, kcd_root) -> None:
+    daemon = system_kcd
+    private = kcd_root / "daemon-only"
+    private.mkdir(mode=0o700)
+    secret = private / "secret.md"
+    secret.write_text("TOP SECRET daemon-only text\n")
+    secret.chmod(0o600)
+    (private / "base.yaml").write_text((CONFIGS / "demo.yaml").read_text())
+    tools = private / "tools"
+    tools.mkdir(mode=0o700)
+    public = kcd_root / "public"
+    shutil.copytree(CONFIGS, public)  # a readable copy: the bases and packs demo.yaml names
+    subprocess.run(["chmod", "-R", "a+rX", str(public)], check=True)
+    demo = (CONFIGS / "demo.yaml").read_text()
+    cases = {
+        "$.extends": f"version: 2\nextends: {private / 'base.yaml'}\n",
+        "prompts.packs.p.system": demo + f"\nprompts:\n  packs:\n    p:\n      system: {secret}\n",
+        "tools.registry.paths": demo.replace("  registry:\n", f"  registry:\n    paths: [{tools}]\n", 1),
+    }
+    for key_path, text in cases.items():
+        body = msgspec.json.encode({"config_text": text, "config_path": str(public / "cfg.yaml"), "task": "t"})
+        status, payload = _json(request_as(users["stranger"], daemon.socket, "POST", "/v1/runs", body))
+        assert status == 400, (key_path, status, payload)
+        message = payload["error"]["message"]
+        assert key_path in message and "could read yourself" in message, (key_path, message)
+        assert "TOP SECRET" not in message
+        status, payload = _json(request_as(users["stranger"], daemon.socket, "POST", "/v1/config/check",
+                                           msgspec.json.encode({"config_text": text,
+                                                                "config_path": str(public / "cfg.yaml")})))
+        assert "TOP SECRET" not in json.dumps(payload) and status in (200, 400), payload
+    # The daemon's own user (and root) may still name them.
+    body = msgspec.json.encode({"config_text": cases["prompts.packs.p.system"],
+                                "config_path": str(public / "cfg.yaml"), "task": "t"})
+    status, payload = _json(request_as(0, daemon.socket, "POST", "/v1/runs", body))
+    assert status == 201, payload
