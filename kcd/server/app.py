@@ -320,8 +320,11 @@ class ControlAPI:
         from kcd.matrix.runner import MatrixRejected
         from kcd.matrix.types import MatrixRequest
 
-        self.access.require_user(self.access.caller(req.peer))
+        caller = self.access.caller(req.peer)
+        self.access.require_user(caller)
         body = await req.json(MatrixRequest)
+        if body.live and not body.dry_run:  # live scenarios spend the daemon's real provider keys
+            self.access.require_operator(caller, "run live matrix scenarios (they spend the daemon's keys)")
         try:
             info = await self.daemon.matrix.submit(body, req.peer)
         except MatrixRejected as exc:

@@ -175,3 +175,11 @@ def test_files_a_config_names_are_read_only_if_the_client_could_read_them(system
                                 "config_path": str(public / "cfg.yaml"), "task": "t"})
     status, payload = _json(request_as(0, daemon.socket, "POST", "/v1/runs", body))
     assert status == 201, payload
+
+
+def test_live_matrix_scenarios_are_operator_only(system_kcd, users) -> None:
+    body = msgspec.json.encode({"files": [{"text": "scenarios: []\n"}], "live": True})
+    status, payload = _json(request_as(users["owner"], system_kcd.socket, "POST", "/v1/matrix", body))
+    assert status == 403 and "spend the daemon's keys" in payload["error"]["message"], payload
+    status, payload = _json(request_as(users["operator"], system_kcd.socket, "POST", "/v1/matrix", body))
+    assert status != 403, payload  # past the rule (the empty file itself is then a 400)
