@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from kcd.observe.redact import encoded_forms
+
 from .conftest import CANARY_KEYS, REPO
 from .resilience_support import GROK, OPENAI_MINI, read_json, run_json, write_config
 
@@ -142,19 +144,23 @@ def test_canary_in_env_and_in_run_files_comes_out_clean(bkcd, fallback_run, tmp_
     assert "planted" in json.loads(zipped["errors/turn_1.json"])  # the evidence stays, scrubbed
 
 
-def test_a_secret_that_cannot_be_scrubbed_refuses_bundle_and_incident(bkcd, fallback_run, tmp_path):
+def test_an_encoded_secret_is_scrubbed_from_bundle_and_incident(bkcd, fallback_run, tmp_path):
+    # A key inside a base64 body (as a provider echo stores it) is masked like a raw key; the
+    # leak check after scrubbing stays as a net (a form the redactor misses refuses the bundle).
     run_id, run_dir = fallback_run
     errors = read_json(run_dir / "errors/turn_1.json")
     errors["raw_body_b64"] = base64.b64encode(f"upstream said {CANARY}".encode()).decode()
     (run_dir / "errors/turn_1.json").write_text(json.dumps(errors))
-    out = tmp_path / "refused.zip"
+    out = tmp_path / "scrubbed.zip"
     proc = kcctl(bkcd, "bundle", run_id, "--out", str(out), cwd=tmp_path)
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "refusing the bundle" in proc.stderr and "errors/turn_1.json" in proc.stderr
-    assert CANARY not in proc.stderr
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    zipped = unzip(out)
+    body = zipped["errors/turn_1.json"]
+    assert CANARY.encode() not in body and b"***REDACTED***" in body
+    forms = [f.encode() for f in encoded_forms(CANARY)]
+    assert not [f for f in forms for data in zipped.values() if f in data]
     proc = kcctl(bkcd, "incident", run_id, "--out", str(tmp_path / "inc"), cwd=tmp_path)
-    assert proc.returncode == 1 and "refusing the bundle" in proc.stderr
-    assert sorted(os.listdir(tmp_path)) == ["cfg.yaml"]  # no zip, no folder, no temporary file
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_bundle_takes_a_matrix_result_along(bkcd, fallback_run, tmp_path):
