@@ -262,3 +262,32 @@ def test_a_run_asks_for_network_and_the_daemon_decides(tmp_path: Path) -> None:
     refused = build_toolset(load_agent_config(asks), defaults=daemon, scope="run3", allow_network=False)
     assert not refused.settings.isolation_network
     assert any("sandbox.allow_network" in w for w in refused.warnings)
+
+
+def test_a_runs_calls_share_the_runs_process_cap(ws, host, mode, no_leftovers) -> None:
+    """Two concurrent calls of one run: each under its own cap, together under the run's."""
+    settings = ToolSettings(isolation=mode, max_processes=30, max_processes_per_run=40, shell_timeout_s=6,
+                            scope=f"run-{mode}")
+    probe = shell(ws, "true", settings, host)
+    if probe.data["limits"].get("pids_by") != "cgroup":  # type: ignore[index]
+        pytest.skip("per-run caps need a writable cgroup (root or a delegated subtree)")
+    first_started = threading.Event()
+    results: dict[str, ToolOutcome] = {}
+
+    def first() -> None:
+        cmd = f"for i in $(seq 25); do sleep {MARK}7 & done; echo up > up1; wait"
+        results["first"] = shell(ws, cmd, settings, host)
+
+    t = threading.Thread(target=first)
+    t.start()
+    deadline = time.monotonic() + 5
+    while not (ws / "up1").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # The first call holds ~26 of the run's 40: the second gets only what is left.
+    # bash retries a failed fork for a while, so the second call ends at its timeout; what it
+    # had running then is what the run's cap left it (its own cap alone would allow 25 more)
+    second = shell(ws, f"for i in $(seq 25); do sleep {MARK}8 2>/dev/null & done 2>/dev/null; wait", settings, host)
+    t.join(15)
+    assert second.data is not None and second.data["process_limit_hit"], second.output
+    assert 0 < second.data["killed_processes"] < 25, second.output
+    assert results["first"].data is not None and results["first"].data["killed_processes"] >= 25
