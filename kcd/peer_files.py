@@ -6,15 +6,16 @@ every ancestor searchable. Root and the daemon's own user may read what the daem
 
 from __future__ import annotations
 
+import functools
 import os
 import pwd
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from kcd.api.types import PeerInfo
 
-__all__ = ["allowed_by_bits", "peer_groups", "why_unreadable"]
+__all__ = ["allowed_by_bits", "peer_groups", "peer_reader", "why_unreadable"]
 
 
 def peer_groups(peer: PeerInfo) -> set[int]:
@@ -63,3 +64,15 @@ def why_unreadable(path: Path, uid: int, groups: Iterable[int]) -> str | None:
     if not allowed_by_bits(st, uid, groups, 4):
         return f"uid {uid} may not read {real}"
     return None
+
+
+def peer_reader(peer: PeerInfo | None) -> Callable[[Path], str | None] | None:
+    """The `may_read` check of a config load on behalf of `peer` (None: no peer, no check)."""
+    if peer is None:
+        return None
+    return functools.partial(_refusal, uid=peer.uid, groups=peer_groups(peer))
+
+
+def _refusal(path: Path, *, uid: int, groups: set[int]) -> str | None:
+    why = why_unreadable(path, uid, groups)
+    return None if why is None else f"{why} (the daemon reads only what you could read yourself)"

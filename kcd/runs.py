@@ -8,7 +8,6 @@ finalisation writes result.json, workspace.diff, meta/run.json and `run.end`.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import time
@@ -28,7 +27,7 @@ from kcd.config.agent import ConfigError, LoadedConfig, load_agent_config_text
 from kcd.observe.eventlog import EventLog, read_event_lines, utc_now
 from kcd.observe.rundir import RunDir, create_run_dir, new_run_id
 from kcd.observe.redact import Redactor
-from kcd.peer_files import peer_groups, why_unreadable
+from kcd.peer_files import peer_reader
 from kcd.observe.run_metrics import RunMetrics
 from kcd.observe.telemetry import RunEnd, RunStart, provider_metrics_event
 from kcd.state import StateStore
@@ -71,18 +70,6 @@ def load_config_for_request(config_text: str, config_path: str | None, peer: Pee
         return load_agent_config_text(config_text, config_path, peer_reader(peer))
     except ConfigError as exc:
         raise RunRejected("config_error", str(exc)) from None
-
-
-def peer_reader(peer: PeerInfo | None):
-    """The `may_read` check of a config load on behalf of `peer` (None: no peer, no check)."""
-    if peer is None:
-        return None
-    return functools.partial(_refusal, uid=peer.uid, groups=peer_groups(peer))
-
-
-def _refusal(path: Path, *, uid: int, groups: set[int]) -> str | None:
-    why = why_unreadable(path, uid, groups)
-    return None if why is None else f"{why} (the daemon reads only what you could read yourself)"
 
 
 class RunManager:

@@ -51,7 +51,7 @@ import msgspec
 from kcd import __version__
 from kcd.api.bundle_check import MANIFEST, UnsafeEntryName, unzip_entries
 from kcd.api.bundle_check import check_entry_name as _check_name
-from kcd.observe.redact import MASK, Redactor
+from kcd.observe.redact import MASK, Redactor, base64_cores
 from kcd.observe.rundir import pretty_json
 
 BUNDLE_SUFFIX = "_vendor_bundle.zip"
@@ -214,19 +214,6 @@ class Counts:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
 
-def _base64_needles(secret: bytes) -> set[bytes]:
-    """Substrings any base64 encoding of `secret` contains, whatever its alignment."""
-    needles = set()
-    for encode in (base64.b64encode, base64.urlsafe_b64encode):
-        for offset, skip in ((0, 0), (1, 2), (2, 3)):
-            encoded = encode(b"\0" * offset + secret)
-            end = (len(secret) + offset) // 3 * 4  # later chars also depend on what follows
-            needle = encoded[skip:end]
-            if len(needle) >= 8:
-                needles.add(needle)
-    return needles
-
-
 class Scrubber:
     """Immutable after construction; one per bundle."""
 
@@ -251,7 +238,8 @@ class Scrubber:
                                   + rb")(?![\w-])") if names else None)
         known = [v.encode() for v in redactor.known_values]
         self._known = re.compile(b"|".join(re.escape(v) for v in known)) if known else None
-        self._needles = tuple(sorted({n for v in known for n in _base64_needles(v)}))
+        # Base64 of a known value (a net after scrubbing; shorter cores than the redactor masks).
+        self._needles = tuple(sorted({n.encode() for v in known for n in base64_cores(v, min_length=8)}))
 
     def scrub(self, data: bytes, source: bytes | None = None) -> tuple[bytes, Counts]:
         """`data` scrubbed; secrets are counted against `source` (the file as read, before any

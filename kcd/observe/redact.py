@@ -19,7 +19,7 @@ import base64
 import re
 import urllib.parse
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, AnyStr
 
 MASK = "***REDACTED***"
 _MASK_B = MASK.encode()
@@ -46,18 +46,23 @@ _SEPARATOR = r"[\s.,_:;|/\\-]{1,3}"  # between spelled-out characters
 _MIN_ENCODED = 12  # shorter base64 cores would match ordinary text
 
 
-def encoded_forms(value: str) -> set[str]:
-    """Literal encodings of `value` a body might carry: base64 cores at each alignment, URL-encoding."""
-    raw = value.encode()
-    forms = {urllib.parse.quote(value, safe=""), urllib.parse.quote_plus(value)}
+def base64_cores(raw: bytes, min_length: int = _MIN_ENCODED) -> set[str]:
+    """Substrings that any base64 text (standard or URL-safe) containing `raw` contains,
+    whatever the alignment: with `offset` bytes before it, the characters that depend on
+    `raw` alone run from ceil(8*offset/6) to floor(8*(offset+n)/6)."""
+    cores = set()
     for encode in (base64.b64encode, base64.urlsafe_b64encode):
         for offset in range(3):
-            # With `offset` bytes of something before it, the characters that depend on the key
-            # alone run from ceil(8*offset/6) to floor(8*(offset+n)/6).
             text = encode(b"\0" * offset + raw).decode()
             core = text[-(-8 * offset // 6) : 8 * (offset + len(raw)) // 6]
-            if len(core) >= _MIN_ENCODED:
-                forms.add(core)
+            if len(core) >= min_length:
+                cores.add(core)
+    return cores
+
+
+def encoded_forms(value: str) -> set[str]:
+    """Literal encodings of `value` a body might carry: base64 cores at each alignment, URL-encoding."""
+    forms = {urllib.parse.quote(value, safe=""), urllib.parse.quote_plus(value), *base64_cores(value.encode())}
     forms.discard(value)
     return forms
 
@@ -65,6 +70,16 @@ def encoded_forms(value: str) -> set[str]:
 def _spelled_out(value: str) -> str:
     """`value` with one or more separators between every two characters."""
     return _SEPARATOR.join(re.escape(c) for c in value)
+
+
+def _replace_known(data: AnyStr, literals: tuple[AnyStr, ...], spelled: tuple[re.Pattern[AnyStr], ...],
+                   mask: AnyStr) -> AnyStr:
+    for literal in literals:
+        if literal in data:
+            data = data.replace(literal, mask)
+    for pattern in spelled:
+        data = pattern.sub(mask, data)
+    return data
 
 
 class Redactor:
@@ -89,26 +104,14 @@ class Redactor:
     def known_values(self) -> tuple[str, ...]:
         return self._values
 
-    def _known(self, text: str) -> str:
-        for literal in self._literals:
-            if literal in text:
-                text = text.replace(literal, MASK)
-        for pattern in self._spelled:
-            text = pattern.sub(MASK, text)
-        return text
-
     def text(self, text: str) -> str:
-        text = self._known(text)
+        text = _replace_known(text, self._literals, self._spelled, MASK)
         for pattern, repl in _PATTERNS:
             text = pattern.sub(repl, text)
         return text
 
     def bytes(self, data: bytes) -> bytes:
-        for literal in self._literals_b:
-            if literal in data:
-                data = data.replace(literal, _MASK_B)
-        for pattern in self._spelled_b:
-            data = pattern.sub(_MASK_B, data)
+        data = _replace_known(data, self._literals_b, self._spelled_b, _MASK_B)
         # Patterns run on text; only when something that could match is present.
         if any(marker in data for marker in (b"earer", b"asic", b"uthorization", b"sk-", b"rk-", b"pk-",
                                              b"key=", b"token=", b"auth=", b"KEY=", b"Key=")):

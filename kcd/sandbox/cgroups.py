@@ -138,9 +138,7 @@ class CgroupTree:
                    memory: int) -> CallGroup:
         """Create the run scope (if new) and the call's group with their caps; raises OSError."""
         dirs: list[str] = []
-        for base, kind in ((self.pids, "pids"), (self.memory, "memory")):
-            if base is None or (kind == "memory" and self.version == 2 and base == self.pids and dirs):
-                continue
+        for base in dict.fromkeys(b for b in (self.pids, self.memory) if b):  # v2: one directory for both
             scope_dir = os.path.join(base, _safe(scope))
             call_dir = os.path.join(scope_dir, _safe(call))
             new_scope = _make_nested(scope_dir, call_dir)

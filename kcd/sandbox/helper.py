@@ -21,7 +21,7 @@ import sys
 from kcd.sandbox.bwrap import find_bwrap
 from kcd.sandbox.cgroups import CgroupTree
 from kcd.sandbox.etcview import build_etc_view
-from kcd.sandbox.linux import Libc
+from kcd.sandbox.linux import Libc, reap_children
 from kcd.sandbox.protocol import send_frame
 from kcd.sandbox.supervisor import supervise
 
@@ -105,13 +105,7 @@ class _Spare:
 
 
 def _reap_all(*_: object) -> None:
-    while True:
-        try:
-            pid, _status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
+    reap_children()  # finished supervisors and spares
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import os
 __all__ = [
     "CLONE_NEWIPC", "CLONE_NEWNET", "CLONE_NEWNS", "CLONE_NEWPID", "CLONE_NEWUSER", "CLONE_NEWUTS",
     "MNT_DETACH", "MS_BIND", "MS_NODEV", "MS_NOSUID", "MS_PRIVATE", "MS_RDONLY", "MS_REC", "MS_REMOUNT",
-    "Libc",
+    "Libc", "reap_children",
 ]  # fmt: skip
 
 CLONE_NEWNS = 0x00020000
@@ -37,6 +37,19 @@ _PR_SET_NO_NEW_PRIVS = 38
 _PR_SET_CHILD_SUBREAPER = 36
 _SYS_PIVOT_ROOT = 155  # x86_64
 _SYS_PIVOT_ROOT_AARCH64 = 41
+
+
+def reap_children() -> list[tuple[int, int]]:
+    """Collect every child that has exited, without blocking: (pid, wait status) pairs."""
+    reaped = []
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return reaped
+        if pid == 0:
+            return reaped
+        reaped.append((pid, status))
 
 
 class Libc:

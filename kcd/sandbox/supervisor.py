@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 
 from kcd.sandbox.bwrap import bwrap_argv
 from kcd.sandbox.cgroups import CallGroup, CgroupTree
-from kcd.sandbox.linux import Libc
+from kcd.sandbox.linux import Libc, reap_children
 from kcd.sandbox.mounts import enter_namespaces
 from kcd.sandbox.protocol import FrameReader, send_frame
 
@@ -239,16 +239,18 @@ class Call:
                         pass
                 except BlockingIOError:
                     pass
-            if self.ctl in ready or self.pending:
-                frames, self.pending = self.pending + self.reader.feed(self.ctl) if self.ctl in ready else self.pending, []
+            if self.ctl in ready:
+                self.pending += self.reader.feed(self.ctl)
+            if self.pending:
+                frames, self.pending = self.pending, []
                 for frame in frames:
                     op = frame.get("op")
                     if op == "finish":
                         return False, False
                     if op == "kill":
                         return False, True
-                if self.reader.closed:  # the client is gone (its run ended, or the daemon died)
-                    return False, True
+            if self.reader.closed:  # the client is gone (its run ended, or the daemon died)
+                return False, True
 
     def _others_alive(self) -> bool:
         if self.group is not None:
@@ -256,13 +258,7 @@ class Call:
         return bool(_descendants(os.getpid()))
 
     def _reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        for pid, status in reap_children():
             if pid == self.main_pid and self.main_status is None:
                 self.main_status = status
 
@@ -280,7 +276,7 @@ class Call:
         if self.group is not None:  # authoritative: every process of the call is a member
             seen |= self.group.kill_all(self._reap, exclude=me)
         else:
-            seen |= set(_descendants(me)) | self._kill_descendants()
+            seen |= self._kill_descendants()
         self._reap()
         seen.discard(self.main_pid)
         return len(seen - wrappers)

@@ -25,7 +25,7 @@ from kcd.api.types import (
     VersionInfo,
 )
 from kcd.config.agent import ConfigError, load_agent_config_text
-from kcd.runs import peer_reader
+from kcd.peer_files import peer_reader
 from kcd.server.access import AccessPolicy
 from kcd.server.http import App, HTTPError, Request, Response, Router, StreamResponse, json_response
 

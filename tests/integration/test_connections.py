@@ -28,10 +28,14 @@ def _closed_by_peer(s: socket.socket) -> bool:
         return True
 
 
-def test_two_thousand_idle_connections_do_not_stop_health_and_then_time_out(make_kcd, kcd_root: Path) -> None:
+def _daemon(make_kcd, kcd_root: Path, config_text: str):
     config = kcd_root / "kcd.yaml"
-    config.write_text("idle_timeout_s: 3\nmax_connections: 2500\n")
-    daemon = make_kcd("--config", str(config), "--executor", "in-process")
+    config.write_text(config_text)
+    return make_kcd("--config", str(config), "--executor", "in-process")
+
+
+def test_two_thousand_idle_connections_do_not_stop_health_and_then_time_out(make_kcd, kcd_root: Path) -> None:
+    daemon = _daemon(make_kcd, kcd_root, "idle_timeout_s: 3\nmax_connections: 2500\n")
     conns = _open_idle(daemon.socket, 2000)
     try:
         latencies = []
@@ -54,9 +58,7 @@ def test_two_thousand_idle_connections_do_not_stop_health_and_then_time_out(make
 
 
 def test_past_the_connection_cap_requests_are_refused_clearly(make_kcd, kcd_root: Path) -> None:
-    config = kcd_root / "kcd.yaml"
-    config.write_text("max_connections: 50\nidle_timeout_s: 30\n")
-    daemon = make_kcd("--config", str(config), "--executor", "in-process")
+    daemon = _daemon(make_kcd, kcd_root, "max_connections: 50\nidle_timeout_s: 30\n")
     conns = _open_idle(daemon.socket, 60)
     try:
         transport = httpx.HTTPTransport(uds=str(daemon.socket))
