@@ -175,6 +175,9 @@ def health_watch(daemon: Kcd, every: float = 0.05) -> Iterator[list[float]]:
 
     poller = threading.Thread(target=poll, daemon=True, name="health-watch")
     poller.start()
+    deadline = time.monotonic() + 10
+    while not latencies and poller.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.005)  # at least one answer before the block: a fast block still has a sample
     try:
         yield latencies
     finally:
