@@ -908,6 +908,20 @@ def _alive(pid: int) -> bool:
     return True
 
 
+@daemon.command("reload")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@_guard
+def daemon_reload(obj: Ctx, as_json: bool) -> None:
+    """Reopen the central telemetry file, retry a failed executor, re-probe routes (operators)."""
+    with obj.client() as client:
+        done = client.call("POST", "/v1/reload")
+    if as_json:
+        click.echo(json.dumps(done))
+        return
+    click.echo("reloaded: " + ", ".join(k for k, v in done.items() if v is True) + f"; executor {done['executor']}")
+
+
 @daemon.command("stop")
 @click.option("--timeout", default=60.0, show_default=True)
 @click.pass_obj

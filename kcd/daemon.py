@@ -79,7 +79,8 @@ def make_executor(config: DaemonConfig) -> Executor:
     from kcd.execution.ray_executor import RayExecutor
 
     return RayExecutor(config.ray_address, num_cpus=config.ray_num_cpus,
-                       temp_dir=config.ray_temp_dir, init_timeout=config.ray_init_timeout_s)
+                       temp_dir=config.ray_temp_dir, init_timeout=config.ray_init_timeout_s,
+                       token_path=Path(config.state_dir) / "ray_auth_token" if config.state_dir else None)
 
 
 class Daemon:
@@ -113,6 +114,23 @@ class Daemon:
         if not self._stop.is_set():
             log.info("stopping: %s", why)
             self._stop.set()
+
+    async def reload(self, why: str) -> dict[str, object]:
+        """SIGHUP and `POST /v1/reload`: reopen the central telemetry file (logrotate's
+        `create`), retry an executor that failed to start, and make every probe stale so the
+        next refresh measures the routes afresh. Runs in flight are not touched."""
+        log.info("reloading: %s", why)
+        notify("RELOADING=1")
+        self.telemetry.reopen()
+        done: dict[str, object] = {"telemetry_reopened": self.telemetry.central_path is not None}
+        if self.executor.state == "degraded" and self._tg is not None:
+            await self.executor.start(self._tg)
+            done["executor_restarted"] = True
+        if self.probes is not None:
+            self.probes.invalidate()
+            done["probes_invalidated"] = True
+        notify("READY=1")
+        return {**done, "executor": self.executor.state}
 
     async def simulator_url(self) -> str:
         """Start the built-in provider simulator on first use (a `mock/` route)."""
@@ -170,9 +188,7 @@ class Daemon:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
-                    notify("RELOADING=1")
-                    self.telemetry.reopen()  # logrotate `create`: write to the new file
-                    notify("READY=1")
+                    await self.reload("SIGHUP")
                     continue
                 self.request_stop(signal.Signals(signum).name)
 

@@ -7,6 +7,7 @@ event loop touches the connection.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,7 +39,15 @@ CREATE TABLE IF NOT EXISTS probes (
 
 class StateStore:
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Runs of every user are in it: the daemon's user's alone. SQLite gives the -wal and
+        # -shm files the database file's mode, so creating that 0600 covers all three.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            if os.fstat(fd).st_mode & 0o077 and os.fstat(fd).st_uid == os.geteuid():
+                os.fchmod(fd, 0o600)  # a database from before this rule
+        finally:
+            os.close(fd)
         self.path = path
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")

@@ -45,7 +45,7 @@ class UploadStore:
     def __init__(self, root: Path, *, max_workspace_bytes: int):
         self.root = root
         self.max_workspace_bytes = max_workspace_bytes
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.prune()
 
     def new_path(self) -> tuple[str, Path]:

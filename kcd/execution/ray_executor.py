@@ -59,11 +59,14 @@ class RayExecutor:
         temp_dir: str | None = None,
         init_timeout: float = 60,
         cancel_grace: float = 2.0,
+        token_path: Path | None = None,
     ) -> None:
         """`address`: None or "local" starts a private local instance (with `num_cpus`,
         `temp_dir`); "host:port" connects to that cluster's GCS; "auto" uses Ray's own
         lookup. Ray Client (ray://) is not supported. `cancel_grace`: seconds a
-        cancelled turn gets to stop cooperatively before its worker is killed."""
+        cancelled turn gets to stop cooperatively before its worker is killed.
+        `token_path`: where a local instance keeps its auth token when the environment
+        names none (see `local_auth_environment`)."""
         if address == "local":
             address = None
         if address is not None:
@@ -76,6 +79,7 @@ class RayExecutor:
         self._temp_dir = temp_dir
         self._init_timeout = init_timeout
         self._cancel_grace = cancel_grace
+        self._token_path = token_path
         self.state: ExecutorState = "stopped"
         self.detail: dict[str, Any] = {"address": address or "local", "error": "not started"}
         self._settled = anyio.Event()
@@ -163,6 +167,8 @@ class RayExecutor:
     def _init_ray(self) -> tuple[Any, dict[str, Any]]:
         """Runs in the owner thread."""
         if self._address is None:
+            # Before `import ray`: the driver reads its auth mode once, at import.
+            os.environ.update(local_auth_environment(os.environ, self._token_path))
             ensure_ray_token(os.environ)
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -187,6 +193,7 @@ class RayExecutor:
             "gcs_address": context.gcs_address,
             "ray_version": ray.__version__,
             "local_instance": self._address is None,
+            "auth": "token" if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" else "disabled",
         }
         return remote, info
 
@@ -241,14 +248,14 @@ class _RayOwner(threading.Thread):
         self._stop_requested.set()
 
     def run(self) -> None:
-        import ray
-
         try:
-            self.result.set_result(self._init())
+            self.result.set_result(self._init())  # imports ray itself, after setting its env
         except BaseException as exc:
             self.result.set_exception(exc)
             return
         self._stop_requested.wait()
+        import ray
+
         ray.shutdown()
 
 
@@ -259,6 +266,19 @@ async def _wait_future(future: Future[Any]) -> Any:
         await anyio.sleep(delay)
         delay = min(delay * 2, 0.1)
     return future.result()
+
+
+def local_auth_environment(environ: Mapping[str, str], token_path: Path | None) -> dict[str, str]:
+    """The RAY_AUTH_* settings for a local instance kcd starts. Ray 2.60's GCS, raylet and
+    workers listen on every interface whatever the node address says, so token auth is
+    what keeps other hosts (and other local users) out: on unless the environment turns it
+    off explicitly (RAY_AUTH_MODE=disabled), with the token in kcd's state directory."""
+    if environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        return {}
+    settings = {"RAY_AUTH_MODE": "token"}
+    if not environ.get("RAY_AUTH_TOKEN") and not environ.get("RAY_AUTH_TOKEN_PATH") and token_path is not None:
+        settings["RAY_AUTH_TOKEN_PATH"] = str(token_path)
+    return settings
 
 
 def ensure_ray_token(environ: Mapping[str, str]) -> Path | None:

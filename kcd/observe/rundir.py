@@ -46,7 +46,7 @@ def create_run_dir(root: Path, config_stem: str, run_id: str) -> Path:
     for n in range(100):
         path = root / (base if n == 0 else f"{base}-{n}")
         try:
-            path.mkdir()
+            path.mkdir(mode=0o700)  # another user's runs are read through kcd's access rules only
         except FileExistsError:
             continue
         for sub in SUBDIRS:

@@ -62,7 +62,7 @@ log = logging.getLogger("kcd.telemetry")
 
 SYSTEM_TELEMETRY_PATH = Path("/var/log/kylecode/telemetry.jsonl")
 _OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-_FILE_MODE = 0o640
+_FILE_MODE = 0o600  # every run of every user is in it: readable through kcd, not the group
 _INLINE_LINES = 16  # at most this many lines are written on the event loop per wake-up
 _BATCH_LINES = 4096  # lines per thread hop: amortises the hop, bounds the time between rotation checks
 

@@ -4,9 +4,9 @@ Every request carries the socket peer's uid and gid (SO_PEERCRED, see
 `peercred`); its supplementary groups come from the user database. A run (and a
 matrix) belongs to the uid that started it. Its reads, events, cancel, bundle,
 workspace and changes are allowed to that uid and to operators; breaker resets,
-probe refreshes and shutdown are operator-only. Operators: root, the daemon's
-own user and, in system mode, members of `operators_group` (`kylecode-admin`
-by default). In user mode nobody but the user (and root) may do anything
+probe refreshes, live matrix scenarios, reload and shutdown are operator-only.
+Operators: root, the daemon's own user and, in system mode, members of
+`operators_group` (`kylecode-admin` by default). In user mode nobody but the user (and root) may do anything
 beyond `/version` and `/v1/health`. A refusal is a 403 naming the rule.
 """
 

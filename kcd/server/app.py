@@ -72,6 +72,7 @@ class ControlAPI:
         r.add("GET", "/v1/routes", self.routes)
         r.add("POST", "/v1/routes/reset", self.reset_route)
         r.add("POST", "/v1/shutdown", self.shutdown)
+        r.add("POST", "/v1/reload", self.reload)
         # ---- OpenAI-compatible gateway (kcd.server.openai_api; the caller is the peer's uid) ----
         r.add("POST", "/v1/chat/completions", self.daemon.openai.chat_completions)
         r.add("GET", "/v1/models", self.daemon.openai.list_models)
@@ -249,6 +250,10 @@ class ControlAPI:
             raise HTTPError(404, "route_not_found", f"no breaker state for route {body.route!r}")
         board.reset(body.route, by_uid=req.peer.uid if req.peer else None)
         return json_response({"routes": board.snapshot(body.route)})
+
+    async def reload(self, req: Request) -> Response:
+        self.access.require_operator(self.access.caller(req.peer), "reload the daemon")
+        return json_response(await self.daemon.reload(f"requested over the API by uid {req.peer.uid if req.peer else '?'}"))
 
     async def shutdown(self, req: Request) -> Response:
         self.access.require_operator(self.access.caller(req.peer), "stop the daemon")

@@ -117,12 +117,14 @@ def test_daemon_wide_actions_are_operator_only(system_kcd, users) -> None:
     daemon = system_kcd
     route = b'{"route": "mock/dev"}'
     for method, path, body in (("POST", "/v1/routes/reset", route), ("POST", "/v1/probes/refresh", route),
-                               ("POST", "/v1/shutdown", b"")):
+                               ("POST", "/v1/shutdown", b""), ("POST", "/v1/reload", b"")):
         status, payload = _json(request_as(users["owner"], daemon.socket, method, path, body))
         assert status == 403 and "only operators" in payload["error"]["message"], (path, payload)
     # an operator passes the rule (the route has no breaker yet: 404, not 403)
     status, _ = request_as(users["operator"], daemon.socket, "POST", "/v1/routes/reset", route)
     assert status == 404
+    status, payload = _json(request_as(users["operator"], daemon.socket, "POST", "/v1/reload", b""))
+    assert status == 200 and payload["executor"] == "ready" and payload["probes_invalidated"], payload
     status, _ = request_as(users["operator"], daemon.socket, "POST", "/v1/shutdown", b"")
     assert status == 202
 
@@ -183,3 +185,41 @@ def test_live_matrix_scenarios_are_operator_only(system_kcd, users) -> None:
     assert status == 403 and "spend the daemon's keys" in payload["error"]["message"], payload
     status, payload = _json(request_as(users["operator"], system_kcd.socket, "POST", "/v1/matrix", body))
     assert status != 403, payload  # past the rule (the empty file itself is then a 400)
+
+
+_READ_EVERYTHING = """
+import os, sys
+readable = []
+for root in sys.argv[1:]:
+    for dirpath, dirs, files in os.walk(root, onerror=lambda e: None):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            try:
+                with open(path, "rb") as fh:
+                    fh.read(1)
+                readable.append(path)
+            except OSError:
+                pass
+print("\\n".join(readable))
+"""
+
+
+def test_the_socket_group_cannot_read_run_files_on_disk(system_kcd, users) -> None:
+    """The API refuses a stranger; the files behind it must too, even for the daemon's group."""
+    daemon = system_kcd
+    run_id = _start_run(daemon, users["owner"])
+    _wait_done(daemon, run_id)
+    with daemon.http() as c:
+        run_dir = Path(c.get(f"/v1/runs/{run_id}").json()["run_dir"])
+    assert run_dir.is_dir() and (run_dir.stat().st_mode & 0o077) == 0
+    daemon_gid = os.stat(daemon.state_dir / "state.db").st_gid
+    roots = [str(daemon.runs_root), str(daemon.state_dir)]
+    central = daemon.env.get("RAYCODE_TELEMETRY_PATH")
+    if central:
+        roots.append(str(Path(central).parent))
+    proc = subprocess.run(["/usr/bin/python3", "-I", "-c", _READ_EVERYTHING, *roots], user=users["stranger"],
+                          group=daemon_gid, extra_groups=[daemon_gid], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    leaked = [p for p in proc.stdout.splitlines() if p and run_id in open(p, "rb").read().decode(errors="replace")
+              or str(run_dir) in p]
+    assert leaked == [], f"a member of the daemon's group read: {leaked[:5]}"

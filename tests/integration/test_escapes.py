@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -87,6 +88,7 @@ def attempts(daemon, victim: Path, other_ws: Path) -> list[dict]:
         _tool("read_file", path="soft"),
         _tool("read_file", path="root/etc/shadow"),
         _tool("read_file", path="../../state/state.db"),
+        _shell(f"cat {daemon.state_dir}/ray_auth_token 2>&1; cat ~/.ray/auth_token 2>&1; echo rc=$?"),
         _tool("write_file", path="../escape.txt", content="pwned"),
         _tool("write_file", path="root/tmp/escape.txt", content="pwned"),
         _tool("list_dir", path="/"),
@@ -168,6 +170,8 @@ def escape_kcd(make_kcd, kcd_root, request):
     config.write_text(f"sandbox:\n  isolation: {isolation}\nsimulator_port: 0\n")
     args = ["--config", str(config), "--executor", executor]
     daemon = make_kcd(*args, start=False)
+    if executor == "ray":
+        daemon.env.pop("RAY_AUTH_MODE", None)  # kcd's own default for its local instance: token auth
     try:
         daemon.start(timeout=180)
     except RuntimeError as exc:
@@ -235,6 +239,10 @@ def test_escape_attempts_find_nothing(escape_kcd, kcd_root: Path) -> None:
         # The file tools refused the links and the paths out.
         refused = [r for r in results if r["data"].get("name") in ("read_file", "write_file", "list_dir")]
         assert refused and not any(r["data"].get("ok") for r in refused), refused
+        token_file = daemon.state_dir / "ray_auth_token"
+        if token_file.exists():  # the local Ray instance's token never reached a tool
+            assert token_file.stat().st_mode & 0o777 == 0o600
+            assert token_file.read_bytes().strip() not in written
     finally:
         for pid in set(_leftovers()) - set(before):  # only what this test started
             os.kill(pid, signal.SIGKILL)
@@ -300,3 +308,27 @@ def test_system_mode_refuses_a_weaker_isolation_unless_accepted(make_kcd, kcd_ro
     daemon.start(timeout=60)
     with daemon.http() as c:
         assert c.get("/v1/health").json()["sandbox"]["mode"] == "process"
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("escape_kcd", [("ray", "auto")], indirect=True, ids=["ray-auto"])
+def test_the_local_ray_instance_refuses_a_driver_without_its_token(escape_kcd, kcd_root: Path) -> None:
+    """Ray's servers listen on every interface: whoever reaches the GCS port must still be refused."""
+    daemon = escape_kcd
+    end, _ = _run(daemon, json.dumps([_shell("true")]))
+    assert end["data"]["status"] == "completed", end
+    with daemon.http() as c:
+        executor = c.get("/v1/health").json()["executor"]
+    detail = {**executor.get("detail", {}), "state": executor["state"]}
+    assert detail["state"] == "ready" and detail.get("auth") == "token", detail
+    token_file = daemon.state_dir / "ray_auth_token"
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    home = kcd_root / "intruder-home"
+    home.mkdir()
+    env = {k: v for k, v in daemon.env.items() if not k.startswith("RAY_")} | {"HOME": str(home)}
+    probe = ("import ray\ntry:\n    ray.init(address=%r, log_to_driver=False)\nexcept Exception as e:\n"
+             "    print('REFUSED', type(e).__name__, e)\nelse:\n    print('JOINED', ray.cluster_resources())\n")
+    proc = subprocess.run([sys.executable, "-c", probe % detail["gcs_address"]], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert "REFUSED" in proc.stdout and "JOINED" not in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    assert "auth" in (proc.stdout + proc.stderr).lower()

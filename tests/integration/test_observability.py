@@ -130,6 +130,19 @@ def test_sighup_rotation_loses_no_line(make_kcd, kcd_root):
     assert len(rotated) + len(fresh) == expected
 
 
+def test_kcctl_daemon_reload_reopens_the_central_file(make_kcd, kcd_root):
+    central = kcd_root / "central.jsonl"
+    daemon = make_kcd("--executor", "in-process", env_extra={"RAYCODE_TELEMETRY_PATH": str(central)})
+    shell = Path(__file__).parent / "configs" / "shell.yaml"
+    daemon.kcctl("run", str(shell), "--task", "true", "--json", check=True)
+    os.rename(central, kcd_root / "central.jsonl.1")
+    proc = daemon.kcctl("daemon", "reload", "--json", check=True)
+    done = json.loads(proc.stdout)
+    assert done["telemetry_reopened"] and done["probes_invalidated"] and done["executor"] == "ready", done
+    daemon.kcctl("run", str(shell), "--task", "true", "--json", check=True)
+    assert _lines(central), "the run after the reload wrote to the new file"
+
+
 def test_live_metrics(kcd):
     proc = kcd.kcctl("run", str(CONFIGS / "demo.yaml"), "--task", TASK, "--workspace", str(SEED))
     assert proc.returncode == 0

@@ -250,3 +250,14 @@ def test_a_local_instance_gets_a_token_file_when_token_auth_is_on(tmp_path) -> N
     assert ensure_ray_token(env) is None and path.read_text() == token  # never replaced
     assert ensure_ray_token({"RAY_AUTH_MODE": "disabled", "RAY_AUTH_TOKEN_PATH": str(tmp_path / "x")}) is None
     assert not (tmp_path / "x").exists()
+
+
+def test_a_local_instance_uses_token_auth_unless_the_environment_turns_it_off(tmp_path) -> None:
+    from kcd.execution.ray_executor import local_auth_environment
+
+    token = tmp_path / "ray_auth_token"
+    assert local_auth_environment({}, token) == {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    # An operator's own token (file or value) wins over kcd's file.
+    assert local_auth_environment({"RAY_AUTH_TOKEN_PATH": "/etc/t"}, token) == {"RAY_AUTH_MODE": "token"}
+    assert local_auth_environment({"RAY_AUTH_TOKEN": "x" * 32}, token) == {"RAY_AUTH_MODE": "token"}
+    assert local_auth_environment({"RAY_AUTH_MODE": "DISABLED"}, token) == {}

@@ -300,7 +300,7 @@ async def test_close_run_writes_first_then_closes(tmp_path: Path) -> None:
         sink.emit(Probe(probe="after", success=True), run_dir)  # a late line reopens and appends
         await sink.aclose()
     assert lines_of(run_file(run_dir))[-1]["probe"] == "after"
-    assert oct(run_file(run_dir).stat().st_mode & 0o777) == oct(0o640 & ~_umask())
+    assert oct(run_file(run_dir).stat().st_mode & 0o777) == oct(0o600 & ~_umask())
 
 
 async def test_emit_never_raises_and_write_errors_are_counted(tmp_path: Path) -> None:
