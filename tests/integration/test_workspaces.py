@@ -122,8 +122,28 @@ def _pax_bomb(declared: int, zeros: int) -> bytes:
     return b"".join(out)
 
 
-def test_a_pax_bomb_is_refused_at_once_in_bounded_memory(kcd):
-    bomb = _pax_bomb(declared=8 << 30, zeros=1 << 30)  # ~1 MiB upload, a 8 GiB header claimed
+def _plain_pax_bomb(size: int) -> bytes:
+    """An uncompressed tar whose PAX extended header really is `size` bytes of records."""
+    body = bytearray()
+    while len(body) < size - 64:
+        line = b" comment=" + b"x" * 4000 + b"\n"
+        n = len(line) + len(str(len(line) + 5))
+        body += str(n).encode() + line
+    header = tarfile.TarInfo("././@PaxHeader")
+    header.type = tarfile.XHDTYPE
+    header.size = len(body)
+    pad = (-len(body)) % 512
+    member = tarfile.TarInfo("a.txt").tobuf(format=tarfile.USTAR_FORMAT)
+    return header.tobuf(format=tarfile.GNU_FORMAT) + bytes(body) + b"\0" * pad + member + b"\0" * 1024
+
+
+@pytest.mark.parametrize("kind", ["gzip-8GiB-declared", "plain-8MiB"])
+def test_a_pax_bomb_is_refused_at_once_in_bounded_memory(kcd, kind):
+    if kind == "plain-8MiB":  # an 8 MiB upload that is one 8 MiB extended header
+        bomb = _plain_pax_bomb(8 << 20)
+        assert len(bomb) >= 8 << 20
+    else:  # ~1 MiB upload, an 8 GiB header claimed
+        bomb = _pax_bomb(declared=8 << 30, zeros=1 << 30)
     before = _peak_rss_kib(kcd.proc.pid)
     with health_watch(kcd) as latencies, kcd.http(timeout=60) as c:
         started = time.monotonic()
