@@ -11,9 +11,10 @@ about aiohttp, and `upstream_client: httpx` in the daemon config switches it off
 Contract kept for `openai_compat.AttemptRun`:
 - connect and pool timeouts from `httpx.Timeout` apply (`ConnectTimeout`); read timeouts
   are the caller's own (anyio scopes), so none is armed here unless one is given;
-- a failure before the response headers is `ConnectError` (cannot connect) or
-  `RemoteProtocolError` (the server closed or answered garbage); a body cut off is
-  `RemoteProtocolError`; other socket errors while reading are `ReadError`;
+- a failure before the response headers is `ConnectError` only when no connection
+  was made (refused, DNS, TLS); once connected the request is on its way, so a reset
+  is `ReadError` (as httpcore says it) and a close or garbage `RemoteProtocolError`;
+  a body cut off is `RemoteProtocolError`; other socket errors while reading are `ReadError`;
 - bodies arrive as the server sends them (`iter_any`), so SSE events are not held back;
 - no decompression here (httpx decodes `content-encoding` itself), no redirects.
 """
@@ -118,7 +119,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             raise httpx.ReadTimeout(f"no response headers in time: {exc}", request=request) from exc
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientResponseError) as exc:
             raise httpx.RemoteProtocolError(f"{type(exc).__name__}: {exc}", request=request) from exc
-        except (aiohttp.ClientError, OSError) as exc:
+        except (aiohttp.ClientOSError, OSError) as exc:
+            # Not a ClientConnectorError: the socket was connected, so this is a reset
+            # after (or while) sending, and "cannot connect" would be wrong (and not retried).
+            raise httpx.ReadError(f"{type(exc).__name__}: {exc}", request=request) from exc
+        except aiohttp.ClientError as exc:  # e.g. an invalid URL: nothing was sent
             raise httpx.ConnectError(f"{type(exc).__name__}: {exc}", request=request) from exc
         return httpx.Response(
             response.status, headers=[(k, v) for k, v in response.raw_headers],

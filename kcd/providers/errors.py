@@ -29,7 +29,10 @@ __all__ = [
     "sanitize_headers",
 ]
 
-CONNECT_ERROR = "connect_error"
+CONNECT_ERROR = "connect_error"  # no connection: refused, DNS, TLS
+# Connected and the request went out, then the connection was reset or closed
+# before any response header (the request may or may not have been processed).
+CONNECTION_RESET = "connection_reset"
 TIMEOUT_CONNECT = "timeout.connect"
 TIMEOUT_WRITE = "timeout.write"
 TIMEOUT_TTFT = "timeout.ttft"
@@ -52,6 +55,7 @@ MISSING_API_KEY = "missing_api_key"
 CLASSIFICATIONS = frozenset(
     {
         CONNECT_ERROR,
+        CONNECTION_RESET,
         TIMEOUT_CONNECT,
         TIMEOUT_WRITE,
         TIMEOUT_TTFT,

@@ -172,7 +172,7 @@ class _Run:
             fail(E.NON_JSON, f"body could not be decoded ({_exc(exc)})")
         except httpx.TransportError as exc:
             if self.headers_at is None:
-                fail(E.CONNECT_ERROR, f"connection failed before a response ({_exc(exc)})")
+                self._failed_before_headers(exc)
             elif self.asm.done:
                 self._finish_stream()  # the answer was complete; only the drain broke
             else:
@@ -181,6 +181,21 @@ class _Run:
             self._timed_out()
         self._record()
         self.a.latency_s = anyio.current_time() - self.start
+
+    def _failed_before_headers(self, exc: httpx.TransportError) -> None:
+        """Connected (else ConnectError), then no response: say how the connection died."""
+        where = f"connection to {self.ev.route} ({self.endpoint.base_url})"
+        if isinstance(exc, httpx.WriteError):
+            how = "was reset while the request was being sent"
+        elif isinstance(exc, httpx.ReadError):
+            how = "was reset after the request was sent, before any response header"
+        elif isinstance(exc, httpx.RemoteProtocolError):
+            # A close without a response, or bytes that are not HTTP: both cut the exchange.
+            how = "ended after the request was sent, without a valid response header"
+        else:  # proxy and protocol-use errors: nothing suggests a retry would help
+            self.asm.fail(E.CONNECT_ERROR, f"no response from {self.endpoint.base_url} ({_exc(exc)})")
+            return
+        self.asm.fail(E.CONNECTION_RESET, f"{where} {how} ({_exc(exc)})")
 
     async def _on_response(self, response: httpx.Response) -> None:
         a, ev = self.a, self.ev

@@ -96,9 +96,6 @@ def inline_wait_ok(policy: RetryPolicy, retry_after_s: float, remaining_s: float
 
 _TRANSIENT_STATUS = frozenset({408, 409, 425, 429})
 _REQUEST_FAULT_STATUS = frozenset({400, 413, 422})
-# "connection failed before a response" (openai_compat): a reset or a disconnect after
-# the connection was made; "cannot connect to ..." is refused/DNS/TLS.
-_RESET_MARKER = "before a response"
 
 _CONTEXT_RE = re.compile(
     r"context[ _-]?(length|window)|maximum context|prompt is too long|input is too long"
@@ -270,10 +267,11 @@ def decide(failure: ProviderFailure, *, key_env: str | None = None) -> Decision:
     status = failure.status_code
     retry_after_s = _retry_after(failure)
 
-    if c == E.CONNECT_ERROR:
-        if _RESET_MARKER in failure.message:  # reset before headers: once, then fall over
-            return _d(retry=True, fall_over=True, counted=True, reason="connection_reset",
-                      retry_limit=1)
+    if c == E.CONNECTION_RESET:
+        # The request went out and the connection died before any header: often a
+        # recycled keep-alive socket or a restarting backend; once, then fall over.
+        return _d(retry=True, fall_over=True, counted=True, reason=c, retry_limit=1)
+    if c == E.CONNECT_ERROR:  # refused, DNS, TLS: the same next time; move on
         return _d(retry=False, fall_over=True, counted=True, reason=c)
     if c in (E.TIMEOUT_CONNECT, E.TIMEOUT_TTFT, E.TIMEOUT_TOTAL):
         # A silent or crawling route gets no second wait (failoverbench S06/S07,

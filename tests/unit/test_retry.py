@@ -55,8 +55,8 @@ def test_connect_failures_fall_over_at_once():
 
 
 def test_reset_before_headers_retries_once():
-    d = decide(failure(E.CONNECT_ERROR,
-                       message="connection failed before a response (RemoteProtocolError: x)"))
+    d = decide(failure(E.CONNECTION_RESET, message="connection to r (http://x/v1) was reset after "
+                                                   "the request was sent, before any response header"))
     assert row(d) == RETRY and d.reason == "connection_reset" and d.retry_limit == 1
     assert same_route_retries(RetryPolicy(), d) == 1
 
