@@ -18,7 +18,7 @@ from kcd.observe.eventlog import EventLog, utc_now
 from kcd.observe.rundir import RunDir
 from kcd.observe.prometheus import DaemonMetrics
 from kcd.observe.run_metrics import RunMetrics
-from kcd.observe.telemetry import Fallback, TelemetrySink, attempt_event
+from kcd.observe.telemetry import BreakerSkip, Fallback, TelemetrySink, attempt_event
 from kcd.providers.gateway import AttemptRecord
 
 
@@ -135,6 +135,10 @@ class RunCallObserver:
 
     async def circuit_skip(self, route: str, reason: str, reopens_in_s: float | None) -> None:
         self.metrics.circuit_skip(route)
+        if self.telemetry is not None:
+            self.telemetry.emit(BreakerSkip(run_id=self.run_id, route=route, turn=self._turn(),
+                                            peer_uid=self.peer_uid, reason=reason,
+                                            reopens_in_s=reopens_in_s), self.rundir.path)
         if self.live is not None:
             self.live.circuit_skip(route)
         reopen = f", reopens in {reopens_in_s:.1f}s" if reopens_in_s is not None else ""

@@ -42,10 +42,12 @@ Seconds = Annotated[float, Meta(gt=0)]
 class BreakerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """One route's circuit breaker; names match `kcd.providers.breaker.BreakerConfig`."""
 
-    threshold: Annotated[int, Meta(ge=1)] = 3  # counted failures (at most one per turn) in window_s
-    window_s: Seconds = 600.0
-    cooldown_s: Seconds = 900.0  # first lockout; doubles per reopening up to cap_s
-    cap_s: Seconds = 3600.0  # longest lockout; also the CLOSED time after which the doubling resets
+    threshold: Annotated[int, Meta(ge=1)] = 3  # at least this many failed logical requests in window_s,
+    min_calls: Annotated[int, Meta(ge=1)] | None = None  # among at least this many (None: threshold),
+    failure_rate: Annotated[float, Meta(gt=0, le=1)] = 0.5  # failing at this rate, open the route
+    window_s: Seconds = 60.0
+    cooldown_s: Seconds = 5.0  # first lockout; doubles per consecutive reopening up to cap_s
+    cap_s: Seconds = 300.0  # longest lockout; also the CLOSED time after which the doubling resets
     jitter: Annotated[float, Meta(ge=0, le=1)] = 0.2  # lockout x (1 + U(0, jitter))
     half_open_permits: Annotated[int, Meta(ge=1, le=3)] = 1  # trial calls at once (each is paid)
     half_open_max_wait_s: Seconds = 600.0  # a trial not finished by then has failed

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 
 from kcd.observe.prometheus import DaemonMetrics
-from kcd.observe.telemetry import Fallback, TelemetrySink, attempt_event
+from kcd.observe.telemetry import BreakerSkip, Fallback, TelemetrySink, attempt_event
 from kcd.providers.gateway import AttemptRecord
 
 __all__ = ["RequestObserver", "SOURCE"]
@@ -85,6 +85,9 @@ class RequestObserver:
             self.live.fallback(from_route, to_route, reason)
 
     async def circuit_skip(self, route: str, reason: str, reopens_in_s: float | None) -> None:
+        if self.telemetry is not None:
+            self.telemetry.emit(BreakerSkip(run_id=self.request_id, route=route, peer_uid=self.peer_uid,
+                                            reason=reason, reopens_in_s=reopens_in_s))
         if self.live is not None:
             self.live.circuit_skip(route)
 

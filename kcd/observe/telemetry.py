@@ -35,6 +35,7 @@ import msgspec
 
 from kcd.observe.telemetry_events import (  # noqa: F401  (re-exported: one import for producers)
     SCHEMA_VERSION,
+    BreakerSkip,
     CircuitClose,
     CircuitEvent,
     CircuitHalfOpen,

@@ -97,6 +97,13 @@ class Fallback(Envelope, tag="fallback", kw_only=True):
     reason: str
 
 
+class BreakerSkip(Envelope, tag="breaker_skip", kw_only=True):
+    """A route the breaker did not admit: no request was sent to it (not a failure of it)."""
+
+    reason: str  # the breaker's: "threshold", "retry_after", "forced", "half_open_busy", ...
+    reopens_in_s: float | None = None
+
+
 class CircuitEvent(Envelope, kw_only=True):
     """A breaker transition; the tag says where it went (`to_state` says exactly)."""
 
@@ -160,7 +167,7 @@ class ProviderMetrics(msgspec.Struct, tag_field="event", tag="provider_metrics",
     schema_version: int = SCHEMA_VERSION
 
 
-TelemetryEvent = Union[RunStart, LlmAttempt, Fallback, CircuitOpen, CircuitHalfOpen, CircuitClose,
+TelemetryEvent = Union[RunStart, LlmAttempt, Fallback, BreakerSkip, CircuitOpen, CircuitHalfOpen, CircuitClose,
                        Probe, RunEnd, Truncated, ProviderMetrics]
 
 

@@ -3,7 +3,7 @@
 One `BreakerBoard` per daemon holds a three-state breaker (plus the operator
 states) for each route id, following the resilience reference §2:
 
-    CLOSED --(threshold counted failures in window | Retry-After)--> OPEN
+    CLOSED --(failure rate over the window, with enough calls | Retry-After)--> OPEN
     OPEN --(deadline passed, on the next admit)--> HALF_OPEN (P permits)
     HALF_OPEN --(P trial successes)--> CLOSED
     HALF_OPEN --(trial failure, slow trial, or trial older than max wait)--> OPEN (k+1)
@@ -13,6 +13,14 @@ The board is synchronous and must only be used from the event loop: `admit`
 checks for and takes a half-open permit in one call, so no other request can
 slip in between. Time-driven changes (cooldown over, k decay, stale trials)
 are applied lazily when a route is next touched; nothing runs on a timer.
+
+Tuned for a gateway, not one agent: the window counts logical requests (a run's
+turn, or an endpoint request with its client's immediate retries, which share a
+key) and opens on a failure *rate* once it has `min_calls` of them and at least
+`threshold` failures, as resilience4j and Envoy's outlier detection do. Lockouts
+start short (`cooldown_s`, 5 s) and double per consecutive reopening up to
+`cap_s`, so a flapping upstream is re-probed about once per lockout instead of
+being locked out for everyone for a quarter of an hour after three bad calls.
 
 Choices the reference leaves open:
 - A failure carrying Retry-After opens the route (reason ``retry_after``, k
@@ -43,6 +51,7 @@ import msgspec
 
 __all__ = [
     "Admission",
+    "TrialLease",
     "BreakerBoard",
     "BreakerConfig",
     "BreakerStateName",
@@ -61,10 +70,12 @@ _HISTORY = 64
 
 
 class BreakerConfig(msgspec.Struct, frozen=True, kw_only=True):
-    threshold: int = 3  # counted failures (at most one per turn) within window_s trip the breaker
-    window_s: float = 600.0
-    cooldown_s: float = 900.0  # first lockout; doubles with k up to cap_s
-    cap_s: float = 3600.0  # also: time spent CLOSED after which k decays to 0
+    threshold: int = 3  # at least this many failed logical requests within window_s ...
+    min_calls: int | None = None  # ... among at least this many logical requests (None: threshold) ...
+    failure_rate: float = 0.5  # ... failing at this rate or more trip the breaker
+    window_s: float = 60.0
+    cooldown_s: float = 5.0  # first lockout; doubles with k up to cap_s
+    cap_s: float = 300.0  # also: time spent CLOSED after which k decays to 0
     jitter: float = 0.2  # lockout × (1 + U(0, jitter)); only ever adds
     half_open_permits: int = 1
     half_open_max_wait_s: float = 600.0  # a trial not reported by then has failed
@@ -72,8 +83,10 @@ class BreakerConfig(msgspec.Struct, frozen=True, kw_only=True):
     enabled: bool = True  # False: the route starts DISABLED (admits all, metrics only)
 
     def __post_init__(self) -> None:
-        if self.threshold < 1:
-            raise ValueError("threshold must be >= 1")
+        if self.threshold < 1 or (self.min_calls is not None and self.min_calls < 1):
+            raise ValueError("threshold and min_calls must be >= 1")
+        if not 0.0 < self.failure_rate <= 1.0:
+            raise ValueError("failure_rate must be in (0, 1]")
         if not 1 <= self.half_open_permits <= 3:
             raise ValueError("half_open_permits must be between 1 and 3 (each trial is a paid call)")
         if min(self.window_s, self.cooldown_s, self.cap_s, self.jitter,
@@ -87,6 +100,43 @@ class Admission(msgspec.Struct, frozen=True):
     state: str = CLOSED
     reason: str | None = None  # why not allowed / why open ("threshold", "retry_after", "forced", ...)
     reopens_in_s: float | None = None
+
+
+class TrialLease:
+    """A half-open permit held by one request, from `admit` to its first reported outcome.
+
+    Any other way out (a cancelled turn, a client that disconnected, an error of ours)
+    returns the permit on exit, so the route is free for the next trial at once instead
+    of refusing everyone until `half_open_max_wait_s` and reopening with a longer lockout.
+    """
+
+    __slots__ = ("_board", "route", "trial")
+
+    def __init__(self, board: BreakerBoard, route: str, admission: Admission) -> None:
+        self._board = board
+        self.route = route
+        self.trial = admission.trial
+
+    def spend(self) -> bool:
+        """Whether the outcome being reported is the trial's (only the first one is)."""
+        trial, self.trial = self.trial, False
+        return trial
+
+    def renew(self, admission: Admission) -> None:
+        """A later admission on the same route (after a retry wait) holds its own permit."""
+        self.release()
+        self.trial = admission.trial
+
+    def release(self) -> None:
+        if self.trial:
+            self.trial = False
+            self._board.record_ignored(self.route, trial=True)
+
+    def __enter__(self) -> TrialLease:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
 
 
 class Transition(msgspec.Struct, frozen=True):
@@ -118,7 +168,8 @@ class _Saved(msgspec.Struct, kw_only=True):
     closed_since: float | None = None
     last_error: str | None = None
     last_failure_ts: float | None = None
-    window: list[tuple[float, str]] = []  # counted failures: (ts, turn_key)
+    window: list[tuple[float, str]] = []  # counted failures: (ts, turn_key); saves before `calls`
+    calls: list[tuple[float, str, bool]] = []  # logical requests in the window: (ts, key, failed)
     failures: list[float] = []
     successes: list[float] = []
     flags: dict[str, str] = {}
@@ -128,7 +179,7 @@ class _Saved(msgspec.Struct, kw_only=True):
 class _Route:
     """Mutable state of one route's breaker; instants are monotonic unless named *_wall."""
 
-    __slots__ = ("config", "state", "reason", "k", "deadline", "closed_since", "window",
+    __slots__ = ("config", "state", "reason", "k", "deadline", "closed_since", "calls",
                  "trials", "trial_successes", "failures", "successes", "last_error",
                  "last_failure_ts", "flags", "counts")
 
@@ -139,7 +190,9 @@ class _Route:
         self.k = 0
         self.deadline: float | None = None  # OPEN only
         self.closed_since = now  # for k decay
-        self.window: deque[tuple[float, str]] = deque()  # counted failures: (t, turn_key)
+        # Logical requests in the window, oldest first: key -> (t, failed). A key seen again
+        # (a retry of the same turn or request) updates its outcome; it is never a second call.
+        self.calls: dict[str, tuple[float, bool]] = {}
         self.trials: deque[float] = deque()  # half-open permits in flight: start times
         self.trial_successes = 0
         self.failures: deque[float] = deque(maxlen=_HISTORY)  # wall
@@ -191,9 +244,16 @@ class BreakerBoard:
             return Admission(True, trial=True, state=HALF_OPEN, reason="trial")
         return self._reject(r, reason="half_open_busy")
 
-    def record_success(self, route: str, *, trial: bool, slow: bool = False) -> None:
+    def lease(self, route: str, admission: Admission) -> TrialLease:
+        """Hold `admission`'s permit (if any) for a `with` block: returned on any unreported exit."""
+        return TrialLease(self, route, admission)
+
+    def record_success(self, route: str, *, trial: bool, slow: bool = False,
+                       turn_key: str | None = None) -> None:
         r, now = self._touch(route)
         r.successes.append(self._wall())
+        if r.state == CLOSED:
+            _note_call(r, now, turn_key or f"anonymous-{now!r}", failed=False)
         if r.flags:  # outages have surfaced as 401s: a success clears the operator flags
             r.flags.clear()
             self._persist(route, r)
@@ -238,11 +298,14 @@ class BreakerBoard:
                 r.trials.popleft()  # not counted: the permit goes back (module docstring)
             return
         # CLOSED
-        if counted and all(key != turn_key for _, key in r.window):
-            r.window.append((now, turn_key))  # at most one per (route, turn)
-            if len(r.window) >= r.config.threshold:
-                trigger["window"] = len(r.window)
-                self._trip(route, r, now, "threshold", ra=ra, trigger=trigger)
+        if counted:
+            _note_call(r, now, turn_key, failed=True)  # at most one per (route, logical request)
+            failed, calls = _window_counts(r)
+            cfg = r.config
+            min_calls = cfg.threshold if cfg.min_calls is None else cfg.min_calls
+            if failed >= cfg.threshold and calls >= min_calls and failed >= cfg.failure_rate * calls:
+                trigger.update(window_failures=failed, window_calls=calls)
+                self._trip(route, r, now, "failure_rate", ra=ra, trigger=trigger)
                 return
         if ra is not None:
             self._open_retry_after(route, r, now, ra, trigger)
@@ -292,7 +355,9 @@ class BreakerBoard:
                 "reason": r.reason,
                 "k": r.k,
                 "reopens_in_s": max(0.0, r.deadline - now) if deadline_wall is not None else None,
-                "window_failures": len(r.window),
+                "window_failures": _window_counts(r)[0],
+                "window_calls": len(r.calls),
+                "failure_rate": round(_window_counts(r)[0] / len(r.calls), 3) if r.calls else 0.0,
                 "trials_in_flight": len(r.trials),
                 "flags": dict(r.flags),
                 "counts": dict(r.counts),
@@ -368,8 +433,11 @@ class BreakerBoard:
         if r is None:
             r = self._routes[route] = _Route(self._overrides.get(route, self._config), now)
         cfg = r.config
-        while r.window and now - r.window[0][0] > cfg.window_s:
-            r.window.popleft()
+        while r.calls:
+            oldest = next(iter(r.calls))
+            if now - r.calls[oldest][0] <= cfg.window_s:
+                break
+            del r.calls[oldest]
         if r.state == CLOSED and r.k and now - r.closed_since >= cfg.cap_s:
             r.k = 0  # decay after `cap` spent CLOSED: old trouble stops growing lockouts
             self._dirty.add(route)
@@ -417,7 +485,7 @@ class BreakerBoard:
         if to == CLOSED:
             r.counts["closed"] += 1
             r.closed_since = now
-            r.window.clear()
+            r.calls.clear()
             r.reason = None
         wall = self._wall()
         event = Transition(route, frm, to, reason, wall, r.k,
@@ -447,7 +515,7 @@ class BreakerBoard:
             closed_since=self._to_wall(r.closed_since, now, wall),
             last_error=r.last_error,
             last_failure_ts=r.last_failure_ts,
-            window=[(wall + (t - now), key) for t, key in r.window],
+            calls=[(wall + (t - now), key, failed) for key, (t, failed) in r.calls.items()],
             failures=list(r.failures),
             successes=list(r.successes),
             flags=dict(r.flags),
@@ -474,10 +542,21 @@ class BreakerBoard:
             r.state, r.reason = CLOSED, None
         if s.closed_since is not None:
             r.closed_since = now - max(0.0, wall - s.closed_since)
-        r.window.extend((now - max(0.0, wall - t), key) for t, key in s.window)
+        for t, key, failed in s.calls or [(t, key, True) for t, key in s.window]:
+            r.calls[key] = (now - max(0.0, wall - t), failed)
         r.failures.extend(s.failures)
         r.successes.extend(s.successes)
         r.last_error, r.last_failure_ts = s.last_error, s.last_failure_ts
         r.flags = dict(s.flags)
         r.counts.update(s.counts)
         return r
+
+
+def _note_call(r: _Route, now: float, key: str, *, failed: bool) -> None:
+    r.calls.pop(key, None)  # re-inserted last: the dict stays in time order
+    r.calls[key] = (now, failed)
+
+
+def _window_counts(r: _Route) -> tuple[int, int]:
+    """(failed logical requests, logical requests) in the route's window."""
+    return sum(1 for _, failed in r.calls.values() if failed), len(r.calls)

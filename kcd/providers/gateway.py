@@ -22,7 +22,7 @@ import anyio
 import httpx
 import msgspec
 
-from kcd.providers.breaker import BreakerBoard
+from kcd.providers.breaker import BreakerBoard, TrialLease
 from kcd.providers.endpoints import Endpoint, resolve_endpoint
 from kcd.providers.errors import ProviderFailure
 from kcd.providers.openai_compat import Attempt, Timeouts, send_chat
@@ -196,7 +196,6 @@ class ProviderGateway:
         turn = _Turn(policy, self._clock, tap)
         primary = chain[0].route.id
         tried: set[str] = set()
-        served_from: str | None = None
         reason_for_next = "primary_failed"
         for index, entry in enumerate(chain):
             route = entry.route.id
@@ -213,12 +212,14 @@ class ProviderGateway:
             if not admission.allowed:
                 turn.open_skips.append(route)
                 await obs.circuit_skip(route, admission.reason or "open", admission.reopens_in_s)
+                if turn.attempts == 0:  # nothing was sent: the next route stands in for a skip
+                    reason_for_next = "breaker_open"
                 continue
-            if index > 0:
-                served_from = chain[0].route.id if served_from is None else served_from
-                await obs.fallback(primary, route, reason_for_next)
-            result = await self._run_route(entry, endpoint, admission.trial, messages, tools, turn,
-                                           turn_key, obs, stream_off, index > 0, on_chunk)
+            with self.breakers.lease(route, admission) as lease:
+                if index > 0:
+                    await obs.fallback(primary, route, reason_for_next)
+                result = await self._run_route(entry, endpoint, lease, messages, tools, turn,
+                                               turn_key, obs, stream_off, index > 0, on_chunk)
             if isinstance(result, Served):
                 result.fallback_from = primary if index > 0 else None
                 return result
@@ -248,7 +249,7 @@ class ProviderGateway:
             return None
         return endpoint
 
-    async def _run_route(self, entry: ChainEntry, endpoint: Endpoint, trial: bool,
+    async def _run_route(self, entry: ChainEntry, endpoint: Endpoint, lease: TrialLease,
                          messages: list[ChatMessage], tools: list[ToolSchema], turn: _Turn,
                          turn_key: str, obs: CallObserver, stream_off: set[str], is_fallback: bool,
                          on_chunk: Callable[[str], None] | None) -> Served | ProviderFailure | None:
@@ -275,7 +276,7 @@ class ProviderGateway:
                                       timeouts=timeouts, on_chunk=on_chunk)
             turn.upstream_s += self._clock() - started
             if attempt.failure is None and attempt.response is not None:
-                self.breakers.record_success(route, trial=trial)
+                self.breakers.record_success(route, trial=lease.spend(), turn_key=turn_key)
                 await obs.attempt(AttemptRecord(turn.attempts, kind, entry, attempt,
                                                 breaker_state=self.breakers.state(route)))
                 return Served(attempt.response, entry, turn.attempts, turn.upstream_s)
@@ -288,8 +289,7 @@ class ProviderGateway:
             decision = decide(failure, key_env=endpoint.key_env)
             turn.last_failure = failure
             turn.failures.append(_failure_summary(route, failure))
-            self._record_breaker(route, decision, failure, turn_key, trial)
-            trial = False  # a permit is spent by its first outcome
+            self._record_breaker(route, decision, failure, turn_key, lease.spend())
 
             stream_broke = stream and failure.classification in STREAM_FAILURES
             delay = self._retry_delay(decision, entry, retries, turn, stream_broke)
@@ -317,7 +317,7 @@ class ProviderGateway:
             if not again.allowed:  # the route opened meanwhile: move on
                 await obs.circuit_skip(route, again.reason or "open", again.reopens_in_s)
                 return None
-            trial = again.trial
+            lease.renew(again)
 
     def _scrub_failure(self, failure: ProviderFailure) -> ProviderFailure:
         assert self._redactor is not None
@@ -381,11 +381,12 @@ class ProviderGateway:
         admission = self.breakers.admit(route)
         if not admission.allowed:
             return None
-        endpoint = await self._endpoint_or_skip(entry, obs)
-        if endpoint is None:
-            return None
-        result = await self._run_route(entry, endpoint, admission.trial, messages, tools, turn,
-                                       turn_key, obs, stream_off, entry is not chain[0], on_chunk)
+        with self.breakers.lease(route, admission) as lease:
+            endpoint = await self._endpoint_or_skip(entry, obs)
+            if endpoint is None:
+                return None
+            result = await self._run_route(entry, endpoint, lease, messages, tools, turn,
+                                           turn_key, obs, stream_off, entry is not chain[0], on_chunk)
         if isinstance(result, ProviderFailure):
             raise result
         return result

@@ -178,3 +178,41 @@ def test_all_routes_open_far_away_is_an_honest_typed_error(make_kcd, sim, kcd_ro
     for route in (GROK, OPENAI_MINI):
         assert route in result["error"]
     assert "reopens in" in result["error"]
+
+
+def test_a_run_cancelled_during_its_half_open_trial_hands_the_permit_back(make_kcd, sim, kcd_root, tmp_path):
+    """The old leak: the route refused everyone until half_open_max_wait_s (600 s), then reopened longer."""
+    import json
+
+    sim.reset()
+    daemon_cfg = kcd_root / "kcd.yaml"
+    daemon_cfg.write_text("breaker:\n  threshold: 1\n  cooldown_s: 1\n  jitter: 0\n  half_open_max_wait_s: 600\n")
+    daemon = make_kcd("--executor", "in-process", "--config", str(daemon_cfg), env_extra=_env(sim))
+    cfg = write_config(tmp_path / "cfg.yaml", GROK, [OPENAI_MINI], timeouts={"connect": 2, "ttft": 60, "idle": 60, "progress": 60, "total": 120})
+    sim.fault(GROK, "unavailable_persistent")
+    run_json(daemon, cfg)
+    with daemon.http() as c:
+        assert c.get("/v1/routes").json()["routes"][GROK]["state"] == "open"
+    time.sleep(1.3)  # past the lockout: the next call is the half-open trial
+    sim.reset()
+    sim.fault(GROK, "no_response", hold=60)  # the trial hangs until the run is cancelled
+    before = len(sim.requests(GROK))
+    started = daemon.kcctl("run", str(cfg), "--task", "list the workspace", "--detach", "--json", check=True)
+    run_id = json.loads(started.stdout)["id"]
+    deadline = time.monotonic() + 30
+    while len(sim.requests(GROK)) == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with daemon.http() as c:
+        held = c.get("/v1/routes").json()["routes"][GROK]
+    assert held["state"] == "half_open" and held["trials_in_flight"] == 1, held
+    daemon.kcctl("runs", "cancel", run_id, check=True)
+    daemon.kcctl("runs", "events", run_id, "--follow", "--json", timeout=60)
+    with daemon.http() as c:
+        after = c.get("/v1/routes").json()["routes"][GROK]
+    assert after["state"] == "half_open" and after["trials_in_flight"] == 0, after
+    # The next run takes the trial at once and closes the route.
+    sim.reset()
+    end, run_dir = run_json(daemon, cfg)
+    assert read_json(run_dir / "result.json")["served_route"] == GROK, end
+    with daemon.http() as c:
+        assert c.get("/v1/routes").json()["routes"][GROK]["state"] == "closed"

@@ -32,9 +32,14 @@ class Clock:
         self.wall_t += dt
 
 
+# The mechanics below are checked on long, round timings (the defaults are a gateway's
+# short ones; `test_defaults_*` check those).
+MECHANICS = {"window_s": 600.0, "cooldown_s": 900.0, "cap_s": 3600.0}
+
+
 def board(clock: Clock, *, rng=lambda: 0.0, events: list | None = None, store=None,
           **cfg) -> BreakerBoard:
-    return BreakerBoard(BreakerConfig(**cfg), clock=clock, wall=clock.wall, rng=rng,
+    return BreakerBoard(BreakerConfig(**{**MECHANICS, **cfg}), clock=clock, wall=clock.wall, rng=rng,
                         on_transition=None if events is None else events.append, store=store)
 
 
@@ -63,14 +68,14 @@ def test_threshold_counted_failures_in_window_open_the_route():
     fail(b, "t2")
     [ev] = events
     assert isinstance(ev, Transition)
-    assert (ev.route, ev.from_state, ev.to_state, ev.reason, ev.k) == (R, "closed", "open", "threshold", 1)
+    assert (ev.route, ev.from_state, ev.to_state, ev.reason, ev.k) == (R, "closed", "open", "failure_rate", 1)
     assert ev.at == clock.wall_t
     assert ev.reopens_at == pytest.approx(clock.wall_t + 900 * 1.1)  # jitter 0.2 × rng 0.5
     assert ev.last_error and "HTTP 503" in ev.last_error
-    assert ev.trigger["turn_key"] == "t2" and ev.trigger["window"] == 3
+    assert ev.trigger["turn_key"] == "t2" and ev.trigger["window_failures"] == 3
 
     adm = b.admit(R)
-    assert not adm.allowed and adm.state == "open" and adm.reason == "threshold"
+    assert not adm.allowed and adm.state == "open" and adm.reason == "failure_rate"
     assert adm.reopens_in_s == pytest.approx(990)
     assert state(b)["counts"] == {"opened": 1, "closed": 0, "rejected": 1}
 
@@ -211,7 +216,7 @@ def test_trip_deadline_is_raised_to_retry_after_if_later():
     fail(b, "t1")
     fail(b, "t2", retry_after_s=2500)
     ev = events[-1]
-    assert (ev.reason, ev.k, ev.reopens_at - ev.at) == ("threshold", 1, 2500)
+    assert (ev.reason, ev.k, ev.reopens_at - ev.at) == ("failure_rate", 1, 2500)
     clock2, events2 = Clock(), []
     b2 = board(clock2, events=events2)
     fail(b2, "t0")
@@ -427,10 +432,11 @@ def test_snapshot_has_the_original_fields_plus_kcd_fields():
     assert set(snap) == {R, R2} and b.routes() == sorted([R, R2])
     s = snap[R]
     original = {"state", "failures", "successes", "circuit_open_until", "last_error", "last_failure_ts"}
-    extra = {"reason", "k", "reopens_in_s", "window_failures", "trials_in_flight", "flags", "counts"}
+    extra = {"reason", "k", "reopens_in_s", "window_failures", "window_calls", "failure_rate",
+             "trials_in_flight", "flags", "counts"}
     assert set(s) == original | extra
     assert s["failures"] == [clock.wall_t] * 3 and s["circuit_open_until"] == clock.wall_t + 900
-    assert s["reopens_in_s"] == 900 and s["reason"] == "threshold" and s["k"] == 1
+    assert s["reopens_in_s"] == 900 and s["reason"] == "failure_rate" and s["k"] == 1
     assert snap[R2]["circuit_open_until"] is None and snap[R2]["successes"] == [clock.wall_t]
     assert (b.state(R), b.state(R2)) == ("open", "closed")
 
@@ -489,7 +495,7 @@ def test_restart_within_the_lockout_keeps_the_route_open(tmp_path):
     later = Clock(mono0=5.0, wall0=clock.wall_t + 300)  # new process: new monotonic origin
     b2, store2 = restart(tmp_path, later)
     s = state(b2)
-    assert (s["state"], s["k"], s["reason"]) == ("open", 1, "threshold")
+    assert (s["state"], s["k"], s["reason"]) == ("open", 1, "failure_rate")
     assert s["circuit_open_until"] == pytest.approx(until)
     assert s["flags"] == {"billing_error": "no credit"}
     assert s["failures"] == [clock.wall_t] * 3 and "HTTP 503" in s["last_error"]
@@ -598,3 +604,99 @@ def test_config_decides_disabled_on_restore_unless_an_operator_did(tmp_path):
     store.close()
     b2, _ = restart(tmp_path, Clock(mono0=0.0, wall0=clock.wall_t + 10))
     assert state(b2, R)["state"] == "disabled" and state(b2, R2)["state"] == "forced_open"
+
+
+# ------------------------------------------------------------------ a gateway's breaker
+
+
+def ok(b: BreakerBoard, key: str, route: str = R) -> None:
+    b.record_success(route, trial=False, turn_key=key)
+
+
+def test_successes_from_other_clients_keep_a_route_with_a_few_failures_closed():
+    clock = Clock()
+    b = board(clock)
+    for i in range(10):
+        ok(b, f"s{i}")
+    for i in range(4):  # 4 of 14 failed: under the 50 % rate
+        fail(b, f"f{i}")
+    s = state(b)
+    assert (s["state"], s["window_failures"], s["window_calls"]) == ("closed", 4, 14)
+    for i in range(4, 12):  # 12 of 22: over it
+        fail(b, f"f{i}")
+    assert state(b)["state"] == "open" and state(b)["reason"] == "failure_rate"
+
+
+def test_a_clients_retries_of_one_request_count_once():
+    clock, events = Clock(), []
+    b = board(clock, events=events)
+    for _ in range(3):  # the client's immediate retries share its logical request key
+        fail(b, "req-body-hash-1")
+        clock.advance(0.4)
+    s = state(b)
+    assert s["state"] == "closed" and (s["window_failures"], s["window_calls"]) == (1, 1) and events == []
+    ok(b, "req-body-hash-1")  # its retry succeeded: a success, not a failure and a success
+    assert (state(b)["window_failures"], state(b)["window_calls"]) == (0, 1)
+
+
+def test_min_calls_holds_a_route_until_there_is_enough_evidence():
+    clock = Clock()
+    b = board(clock, threshold=2, min_calls=5, failure_rate=0.5)
+    fail(b, "a")
+    fail(b, "b")
+    fail(b, "c")
+    assert state(b)["state"] == "closed"  # 3 calls < 5
+    ok(b, "d")
+    fail(b, "e")
+    assert state(b)["state"] == "open"  # 4 of 5
+
+
+def test_defaults_are_a_gateways_short_growing_lockouts():
+    clock = Clock()
+    b = BreakerBoard(clock=clock, wall=clock.wall, rng=lambda: 0.0)
+    lockouts = []
+    for round_ in range(8):
+        trip(b, prefix=f"r{round_}-")
+        lockouts.append(b.admit(R).reopens_in_s)
+        clock.advance(lockouts[-1])
+        adm = b.admit(R)
+        assert adm.trial
+        b.record_success(R, trial=True)
+    assert lockouts == [5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 300.0, 300.0]
+    clock.advance(300.0)  # closed for cap_s: the doubling starts over
+    trip(b, prefix="late-")
+    assert b.admit(R).reopens_in_s == 5.0
+
+
+def test_a_lease_returns_an_unreported_trial_permit_on_any_exit():
+    clock = Clock()
+    b = board(clock)
+    trip(b)
+    clock.advance(10_000)
+    adm = b.admit(R)
+    assert adm.trial and state(b)["trials_in_flight"] == 1
+    with pytest.raises(KeyboardInterrupt):  # stands in for a cancel: any BaseException
+        with b.lease(R, adm):
+            assert not b.admit(R).allowed  # the permit is held meanwhile
+            raise KeyboardInterrupt
+    s = state(b)
+    assert s["state"] == "half_open" and s["trials_in_flight"] == 0
+    again = b.admit(R)
+    assert again.trial  # the next request gets the trial at once, not after half_open_max_wait_s
+    with b.lease(R, again) as lease:
+        b.record_success(R, trial=lease.spend())
+    assert state(b)["state"] == "closed"
+
+
+def test_a_spent_lease_returns_nothing():
+    clock = Clock()
+    b = board(clock, half_open_permits=2)
+    trip(b)
+    clock.advance(10_000)
+    first, second = b.admit(R), b.admit(R)
+    with b.lease(R, first) as lease:
+        b.record_success(R, trial=lease.spend())
+    assert state(b)["trials_in_flight"] == 1  # the second trial's permit was not handed back
+    with b.lease(R, second) as lease:
+        b.record_success(R, trial=lease.spend())
+    assert state(b)["state"] == "closed"

@@ -54,9 +54,11 @@ def test_bad_hosts_and_long_paths():
 
 BREAKER_DEFAULTS = {
     "threshold": 3,
-    "window_s": 600.0,
-    "cooldown_s": 900.0,
-    "cap_s": 3600.0,
+    "min_calls": None,
+    "failure_rate": 0.5,
+    "window_s": 60.0,
+    "cooldown_s": 5.0,
+    "cap_s": 300.0,
     "jitter": 0.2,
     "half_open_permits": 1,
     "half_open_max_wait_s": 600.0,
