@@ -73,6 +73,7 @@ def chain_entry(cfg: AgentConfig, route: Route, stream: bool) -> ChainEntry:
         stream=stream,
         native_tools=route_supports_native(cfg, route),
         retries_per_route=retry_policy(cfg, route).retries_per_route,
+        context_window=getattr(entry, "context_window", None),
     )
 
 

@@ -81,6 +81,9 @@ class ModelEntry(_Cfg, kw_only=True, forbid_unknown_fields=True):
     timeouts: RouteTimeouts | None = None  # kcd: over providers.timeouts, key by key
     retry: RouteRetry | None = None  # kcd: over providers.retry, key by key
     native_tools: bool | None = None  # kcd: the route supports native tool calls; None: provider default
+    # kcd: the model's context window in tokens; a context-length error falls back only to a
+    # route whose known window is larger.
+    context_window: Annotated[int, Meta(ge=1)] | None = None
 
     def __post_init__(self) -> None:
         _unify_routing(self)

@@ -46,6 +46,7 @@ class BreakerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     min_calls: Annotated[int, Meta(ge=1)] | None = None  # among at least this many (None: threshold),
     failure_rate: Annotated[float, Meta(gt=0, le=1)] = 0.5  # failing at this rate, open the route
     window_s: Seconds = 60.0
+    window_size: Annotated[int, Meta(ge=1)] = 10  # only the latest this many logical requests count
     cooldown_s: Seconds = 5.0  # first lockout; doubles per consecutive reopening up to cap_s
     cap_s: Seconds = 300.0  # longest lockout; also the CLOSED time after which the doubling resets
     jitter: Annotated[float, Meta(ge=0, le=1)] = 0.2  # lockout x (1 + U(0, jitter))
@@ -96,6 +97,7 @@ class GatewayFallback(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     base_url: str | None = None
     timeouts: GatewayTimeouts | None = None  # None: the model's
     native_tools: bool | None = None
+    context_window: Annotated[int, Meta(ge=1)] | None = None  # tokens; see GatewayModel
 
 
 class GatewayModel(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -113,6 +115,9 @@ class GatewayModel(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     native_tools: bool | None = None  # False: never offer this route tool schemas
     params: dict[str, Any] = {}  # request defaults (temperature, provider routing...); the client's win
     probes: bool = False  # True: probe uncached routes before the first request, as runs do
+    # The primary's context window in tokens: a context-length error then falls back to the
+    # first fallback whose known window is larger (else it is returned at once).
+    context_window: Annotated[int, Meta(ge=1)] | None = None
 
 
 class GatewayTCP(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

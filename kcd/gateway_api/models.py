@@ -74,16 +74,17 @@ class ModelPlan:
 def _plan(name: str, model: GatewayModel, configured: bool = True) -> ModelPlan:
     policy = _policy(model)
     timeouts = _timeouts(model.timeouts)
-    specs: list[tuple[str, str | None, Timeouts, bool | None]] = [
-        (model.route, model.base_url, timeouts, model.native_tools)]
+    specs: list[tuple[str, str | None, Timeouts, bool | None, int | None]] = [
+        (model.route, model.base_url, timeouts, model.native_tools, model.context_window)]
     for fb in model.fallbacks:
         if isinstance(fb, str):
-            specs.append((fb, None, timeouts, None))
+            specs.append((fb, None, timeouts, None, None))
         else:
-            specs.append((fb.route, fb.base_url, _timeouts(fb.timeouts, timeouts), fb.native_tools))
+            specs.append((fb.route, fb.base_url, _timeouts(fb.timeouts, timeouts), fb.native_tools,
+                          fb.context_window))
     entries: list[ChainEntry] = []
     seen: set[str] = set()
-    for raw, base_url, t, native in specs:
+    for raw, base_url, t, native, window in specs:
         route = parse_route(raw)
         if route.id in seen:
             continue  # the gateway would skip it anyway
@@ -92,7 +93,7 @@ def _plan(name: str, model: GatewayModel, configured: bool = True) -> ModelPlan:
         # every route takes native tools unless the config says otherwise.
         entries.append(ChainEntry(route=route, base_url=base_url, timeouts=t, params=dict(model.params),
                                   native_tools=True if native is None else native,
-                                  retries_per_route=policy.retries_per_route))
+                                  retries_per_route=policy.retries_per_route, context_window=window))
     return ModelPlan(
         name=name, plain=tuple(entries), streamed=tuple(dataclasses.replace(e, stream=True) for e in entries),
         policy=policy, stream_mode=model.stream_mode, stream_upstream=model.stream_upstream,

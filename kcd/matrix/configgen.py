@@ -114,6 +114,11 @@ def _check_aliases(p: Prepared) -> None:
 
     for i, ref in enumerate(sc.routes.unreachable):
         check(ref, (*sc.key_prefix, "routes", "unreachable", i))
+    for ref in sc.routes.context_windows:
+        check(ref, (*sc.key_prefix, "routes", "context_windows", ref))
+        if p.route(ref) not in p.chain:
+            raise ConfigError(sc.source, render((*sc.key_prefix, "routes", "context_windows", ref)),
+                              f"{ref!r} is not a route of the chain ({', '.join(p.chain)})")
     for n, step in enumerate(sc.steps):
         at = sc.step_path(n)
         faults = sc.faults(step)
@@ -190,6 +195,8 @@ def _models(p: Prepared, url) -> list[dict[str, Any]]:
     routing = dict(primary.get("routing") or {})
     routing["fallback_models"] = list(p.fallbacks)
     primary["routing"] = routing
+    for ref, tokens in p.scenario.routes.context_windows.items():
+        entries[p.route(ref)]["context_window"] = tokens
     for route, entry in entries.items():
         target = url(route)
         if target is not None:

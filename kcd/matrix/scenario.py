@@ -106,6 +106,7 @@ class RouteSetup(_S, kw_only=True, forbid_unknown_fields=True):
     retry: RouteRetry | None = None  # provider-wide, over the fast defaults
     unreachable: list[str] = []  # routes whose base_url is a closed port (F07)
     missing_keys: list[KeyEnv] = []  # keys the sandbox leaves unset (offline only)
+    context_windows: dict[str, Annotated[int, Meta(ge=1)]] = {}  # route or alias -> tokens
 
 
 class Expect(_S, kw_only=True, forbid_unknown_fields=True):

@@ -16,8 +16,11 @@ are applied lazily when a route is next touched; nothing runs on a timer.
 
 Tuned for a gateway, not one agent: the window counts logical requests (a run's
 turn, or an endpoint request with its client's immediate retries, which share a
-key) and opens on a failure *rate* once it has `min_calls` of them and at least
-`threshold` failures, as resilience4j and Envoy's outlier detection do. Lockouts
+key), the latest `window_size` of them within `window_s`, and opens on a failure
+*rate* once it has `min_calls` of them and at least `threshold` failures, as
+resilience4j (a count-based sliding window) and Envoy's outlier detection do. The
+count bound matters under load: a time window full of the last minute's
+successes would take as many failures again to notice an outage. Lockouts
 start short (`cooldown_s`, 5 s) and double per consecutive reopening up to
 `cap_s`, so a flapping upstream is re-probed about once per lockout instead of
 being locked out for everyone for a quarter of an hour after three bad calls.
@@ -74,6 +77,7 @@ class BreakerConfig(msgspec.Struct, frozen=True, kw_only=True):
     min_calls: int | None = None  # ... among at least this many logical requests (None: threshold) ...
     failure_rate: float = 0.5  # ... failing at this rate or more trip the breaker
     window_s: float = 60.0
+    window_size: int = 10  # and at most this many of the latest logical requests count
     cooldown_s: float = 5.0  # first lockout; doubles with k up to cap_s
     cap_s: float = 300.0  # also: time spent CLOSED after which k decays to 0
     jitter: float = 0.2  # lockout × (1 + U(0, jitter)); only ever adds
@@ -85,6 +89,8 @@ class BreakerConfig(msgspec.Struct, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         if self.threshold < 1 or (self.min_calls is not None and self.min_calls < 1):
             raise ValueError("threshold and min_calls must be >= 1")
+        if self.window_size < max(self.threshold, self.min_calls or 1):
+            raise ValueError("window_size must be at least threshold and min_calls")
         if not 0.0 < self.failure_rate <= 1.0:
             raise ValueError("failure_rate must be in (0, 1]")
         if not 1 <= self.half_open_permits <= 3:
@@ -555,6 +561,8 @@ class BreakerBoard:
 def _note_call(r: _Route, now: float, key: str, *, failed: bool) -> None:
     r.calls.pop(key, None)  # re-inserted last: the dict stays in time order
     r.calls[key] = (now, failed)
+    while len(r.calls) > r.config.window_size:
+        del r.calls[next(iter(r.calls))]
 
 
 def _window_counts(r: _Route) -> tuple[int, int]:

@@ -43,6 +43,9 @@ POOL_LIMITS = httpx.Limits(max_connections=128, max_keepalive_connections=64, ke
 # stream: it falls over instead.)
 STREAM_FAILURES = frozenset({"stream_error", "stream_truncated", "stream_malformed", "timeout.idle",
                              "timeout.idle_progress"})
+# Of those, the ones that are silence: the route stops streaming too, but it is not waited on
+# a second time within the turn (as with TTFT and total timeouts): the turn moves on.
+SILENT_FAILURES = frozenset({"timeout.idle", "timeout.idle_progress"})
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class ChainEntry:
     stream: bool = False
     native_tools: bool = True  # whether this route can take native tool schemas
     retries_per_route: int = 2
+    context_window: int | None = None  # tokens, when known: where a context-length error may go
 
 
 @dataclass
@@ -127,6 +131,7 @@ class _Turn:
         self.failures: list[dict[str, Any]] = []
         self.open_skips: list[str] = []
         self.last_failure: ProviderFailure | None = None
+        self.last_decision: Decision | None = None
 
     def remaining(self) -> float:
         return self.deadline - self.clock()
@@ -197,10 +202,15 @@ class ProviderGateway:
         primary = chain[0].route.id
         tried: set[str] = set()
         reason_for_next = "primary_failed"
+        needs_window: int | None = None  # after a context-length error: a larger known window
         for index, entry in enumerate(chain):
             route = entry.route.id
             if index > 0 and route in tried:
                 continue  # never the primary (or any route) as its own fallback
+            if needs_window is not None and (entry.context_window or 0) <= needs_window:
+                await obs.route_skipped(route, f"context window {entry.context_window or 'unknown'} is not "
+                                               f"larger than {needs_window}")
+                continue
             tried.add(route)
             if tools and not entry.native_tools:
                 await obs.route_skipped(route, "no_native_tools")
@@ -218,13 +228,18 @@ class ProviderGateway:
             with self.breakers.lease(route, admission) as lease:
                 if index > 0:
                     await obs.fallback(primary, route, reason_for_next)
+                more = any(e.route.id not in tried for e in chain[index + 1:])
                 result = await self._run_route(entry, endpoint, lease, messages, tools, turn,
-                                               turn_key, obs, stream_off, index > 0, on_chunk)
+                                               turn_key, obs, stream_off, index > 0, on_chunk, more)
             if isinstance(result, Served):
                 result.fallback_from = primary if index > 0 else None
                 return result
             if result is not None:  # fail fast: a fault of the request itself
-                raise result
+                needs_window = self._larger_window_needed(chain, index, turn)
+                if needs_window is None:
+                    raise result
+                reason_for_next = "context_length"
+                continue
             if turn.attempts >= turn.budget or turn.remaining() <= 0:
                 break
             reason_for_next = turn.last_failure.classification if turn.last_failure else "primary_failed"
@@ -252,9 +267,10 @@ class ProviderGateway:
     async def _run_route(self, entry: ChainEntry, endpoint: Endpoint, lease: TrialLease,
                          messages: list[ChatMessage], tools: list[ToolSchema], turn: _Turn,
                          turn_key: str, obs: CallObserver, stream_off: set[str], is_fallback: bool,
-                         on_chunk: Callable[[str], None] | None) -> Served | ProviderFailure | None:
+                         on_chunk: Callable[[str], None] | None,
+                         more_routes: bool = False) -> Served | ProviderFailure | None:
         """Attempts on one route. Served on success; a failure to raise at once
-        for request faults; None to move on down the chain."""
+        for request faults; None to move on down the chain (`more_routes`: there is one)."""
         route = entry.route.id
         retries = 0
         kind = "fallback" if is_fallback else "primary"
@@ -287,12 +303,15 @@ class ProviderGateway:
                 failure = attempt.failure = self._scrub_failure(failure)
                 attempt.raw_excerpt = self._redactor.text(attempt.raw_excerpt) if attempt.raw_excerpt else None
             decision = decide(failure, key_env=endpoint.key_env)
-            turn.last_failure = failure
+            turn.last_failure, turn.last_decision = failure, decision
             turn.failures.append(_failure_summary(route, failure))
             self._record_breaker(route, decision, failure, turn_key, lease.spend())
 
             stream_broke = stream and failure.classification in STREAM_FAILURES
-            delay = self._retry_delay(decision, entry, retries, turn, stream_broke)
+            # Silence with another route to go to: not waited on again (with none, the one
+            # non-streamed restart below is the only way left to an answer).
+            silent = more_routes and failure.classification in SILENT_FAILURES
+            delay = None if silent else self._retry_delay(decision, entry, retries, turn, stream_broke)
             await obs.attempt(AttemptRecord(turn.attempts, kind, entry, attempt, decision,
                                             next_delay_s=delay,
                                             breaker_state=self.breakers.state(route)))
@@ -301,6 +320,8 @@ class ProviderGateway:
             if stream_broke:
                 stream_off.add(route)
                 await obs.stream_disabled(route, failure.classification)
+            if silent:
+                return None  # no second wait on a route that went quiet: the next route
             if not decision.fall_over and not decision.retry_same_route and not stream_broke:
                 return failure
             if delay is None:
@@ -318,6 +339,18 @@ class ProviderGateway:
                 await obs.circuit_skip(route, again.reason or "open", again.reopens_in_s)
                 return None
             lease.renew(again)
+
+    @staticmethod
+    def _larger_window_needed(chain: Sequence[ChainEntry], index: int, turn: _Turn) -> int | None:
+        """After a context-length error on chain[index]: its window, if a later route's known
+        window is larger (the turn goes there); None to return the error at once."""
+        decision = turn.last_decision
+        window = chain[index].context_window
+        if decision is None or decision.chain != "context_window" or window is None:
+            return None
+        if any((e.context_window or 0) > window for e in chain[index + 1:]):
+            return window
+        return None
 
     def _scrub_failure(self, failure: ProviderFailure) -> ProviderFailure:
         assert self._redactor is not None

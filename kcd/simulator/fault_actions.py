@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -108,6 +109,14 @@ async def flapping_primary(fx: FaultRun, ex: Exchange, reply: Reply) -> None:
     good = int(fx.param("good"))
     cycle = good + int(fx.param("bad")) or 1
     await (fx.inner.deliver(ex, reply) if fx.nth % cycle < good else _unavailable_503(fx, ex, reply))
+
+
+async def flapping_timed(fx: FaultRun, ex: Exchange, reply: Reply) -> None:
+    """Down (503) for <down> s, then up for <up> s, repeating from wall-clock <epoch>: a
+    flapping upstream in time, whatever the traffic (flapping_primary counts requests)."""
+    down, up = fx.param("down"), fx.param("up")
+    phase = (time.time() - fx.param("epoch")) % ((down + up) or 1.0)
+    await (_unavailable_503(fx, ex, reply) if phase < down else fx.inner.deliver(ex, reply))
 
 
 async def fallback_rejects_prefill(fx: FaultRun, ex: Exchange, reply: Reply) -> None:

@@ -195,6 +195,9 @@ _CATALOGUE = (
     Fault("F33", "json_error_in_200", act.json_error_in_200,
           "200 event-stream whose first event is an error object, then [DONE]",
           "200 application/json whose body is {'error': {...}}"),
+    Fault("F40", "flapping_timed", act.flapping_timed,
+          "per model: 503 for <down> s, then healthy for <up> s, repeating from wall-clock <epoch>",
+          "same", (("down", 5.0), ("up", 5.0), ("epoch", 0.0))),
 )
 
 FAULTS: Mapping[str, Fault] = MappingProxyType({f.name: f for f in _CATALOGUE})

@@ -34,7 +34,7 @@ class Clock:
 
 # The mechanics below are checked on long, round timings (the defaults are a gateway's
 # short ones; `test_defaults_*` check those).
-MECHANICS = {"window_s": 600.0, "cooldown_s": 900.0, "cap_s": 3600.0}
+MECHANICS = {"window_s": 600.0, "window_size": 100, "cooldown_s": 900.0, "cap_s": 3600.0}
 
 
 def board(clock: Clock, *, rng=lambda: 0.0, events: list | None = None, store=None,
@@ -700,3 +700,18 @@ def test_a_spent_lease_returns_nothing():
     with b.lease(R, second) as lease:
         b.record_success(R, trial=lease.spend())
     assert state(b)["state"] == "closed"
+
+
+def test_under_load_only_the_latest_requests_count():
+    """A minute of successes must not hide an outage: the window holds the latest window_size."""
+    clock = Clock()
+    b = BreakerBoard(clock=clock, wall=clock.wall, rng=lambda: 0.0)
+    for i in range(500):
+        ok(b, f"s{i}")
+        clock.advance(0.05)
+    for i in range(5):
+        fail(b, f"f{i}")
+    assert state(b)["state"] == "open"  # 5 of the latest 10
+    assert BreakerConfig().window_size == 10
+    with pytest.raises(ValueError):
+        BreakerConfig(threshold=5, window_size=4)

@@ -57,6 +57,7 @@ BREAKER_DEFAULTS = {
     "min_calls": None,
     "failure_rate": 0.5,
     "window_s": 60.0,
+    "window_size": 10,
     "cooldown_s": 5.0,
     "cap_s": 300.0,
     "jitter": 0.2,
