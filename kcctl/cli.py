@@ -1,7 +1,8 @@
 """kcctl: the command-line client of kcd.
 
 Exit codes: 0 success (a run that completed), 1 a run that ended without
-completing, 2 usage or config errors, 3 the daemon is unreachable.
+completing, 2 usage or config errors, 3 the daemon is unreachable or died
+while answering (a followed run's stream cut off by a crash).
 """
 
 from __future__ import annotations
@@ -78,7 +79,16 @@ def _read_task(task: str) -> str:
 
 
 def follow_run(client: Client, run_id: str, *, as_json: bool, since: int = 0) -> dict | None:
-    """Stream a run's events until run.end; returns the run.end event."""
+    """Stream a run's events until run.end; returns the run.end event. A daemon that dies
+    meanwhile is DaemonUnreachable (exit 3) with one line saying what became of the run."""
+    try:
+        return _follow_events(client, run_id, as_json=as_json, since=since)
+    except DaemonUnreachable as exc:
+        raise DaemonUnreachable(f"{exc}; if run {run_id} was still running, a restarted kcd finishes "
+                                f"it as interrupted (kcctl runs show {run_id})") from None
+
+
+def _follow_events(client: Client, run_id: str, *, as_json: bool, since: int) -> dict | None:
     end = None
     for line in client.stream_lines(f"/v1/runs/{run_id}/events", {"follow": "1", "since": str(since)}):
         event = msgspec.json.decode(line)

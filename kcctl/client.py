@@ -57,6 +57,12 @@ def _advice(path: Path, exc: BaseException) -> str:
     return f"cannot reach kcd at {path}: {exc}"
 
 
+def _lost(path: Path, exc: BaseException) -> str:
+    """One line for a connection the daemon dropped mid-answer: it stopped or died."""
+    detail = (str(exc).splitlines() or [type(exc).__name__])[0]
+    return f"kcd at {path} went away mid-answer (it stopped or died: {detail})"
+
+
 class Client:
     def __init__(self, socket_path: Path, timeout: float = 30.0):
         self.socket_path = socket_path
@@ -77,8 +83,8 @@ class Client:
             return self._http.request(method, path, **kw)
         except (httpx.ConnectError, httpx.ConnectTimeout, FileNotFoundError, PermissionError) as exc:
             raise DaemonUnreachable(_advice(self.socket_path, exc)) from None
-        except httpx.RemoteProtocolError as exc:
-            raise DaemonUnreachable(f"kcd at {self.socket_path} closed the connection: {exc}") from None
+        except (httpx.RemoteProtocolError, httpx.NetworkError) as exc:  # it died mid-request
+            raise DaemonUnreachable(_lost(self.socket_path, exc)) from None
 
     @staticmethod
     def _raise_for(resp: httpx.Response) -> None:
@@ -121,6 +127,8 @@ class Client:
                 yield from resp.iter_bytes()
         except (httpx.ConnectError, FileNotFoundError, PermissionError) as exc:
             raise DaemonUnreachable(_advice(self.socket_path, exc)) from None
+        except (httpx.RemoteProtocolError, httpx.NetworkError) as exc:
+            raise DaemonUnreachable(_lost(self.socket_path, exc)) from None
 
     def stream_lines(self, path: str, params: dict | None = None) -> Iterator[bytes]:
         try:
@@ -133,6 +141,8 @@ class Client:
                         yield line.encode() if isinstance(line, str) else line
         except (httpx.ConnectError, FileNotFoundError, PermissionError) as exc:
             raise DaemonUnreachable(_advice(self.socket_path, exc)) from None
+        except (httpx.RemoteProtocolError, httpx.NetworkError) as exc:  # kill -9 mid-stream
+            raise DaemonUnreachable(_lost(self.socket_path, exc)) from None
 
     def check_version(self) -> dict:
         info = self.call("GET", "/version")

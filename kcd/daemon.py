@@ -8,6 +8,7 @@ finalisation, stop the server, close pools and Ray, remove the socket.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -28,6 +29,7 @@ from kcd.execution.base import Executor
 from kcd.gateway_api.access import TokenTable
 from kcd.gateway_api.models import ModelMap
 from kcd.observe.prometheus import DaemonMetrics
+from kcd.observe.recovery import finish_interrupted
 from kcd.observe.redact import Redactor
 from kcd.observe.telemetry import Probe, TelemetrySink, circuit_event, default_central_path
 from kcd.providers.breaker import BreakerBoard, BreakerConfig, Transition
@@ -184,6 +186,26 @@ class Daemon:
                                       skipped_reason=result.skipped_reason))
             self.metrics.probe(result.route, name, success)
 
+    async def _recover_interrupted(self) -> None:
+        """Finish the runs a dead daemon left (`kill -9`): workspace.diff, result.json and
+        `run.end` from what is on disk, one at a time in a worker thread, in the background so
+        that start-up does not wait on big workspaces. A failure costs that run's artifacts
+        (retried at the next start), never the daemon."""
+        assert self.store is not None
+        pending = self.store.interrupted_unfinished()
+        for info in pending:
+            try:
+                end = await anyio.to_thread.run_sync(functools.partial(
+                    finish_interrupted, info.id, Path(info.run_dir), scrub=self.redactor.bytes,
+                    max_workspace_bytes=self.config.max_workspace_bytes))
+                self.store.save_run(msgspec.structs.replace(
+                    info, status=end.status, exit_reason=end.exit_reason, completed=end.completed,
+                    steps=end.steps, ended_at=end.ended_at, error=end.error))
+            except Exception:
+                log.exception("run %s: the artifacts of the interrupted run could not be written", info.id)
+        if pending:
+            log.info("finished %d interrupted run(s) from what was on disk", len(pending))
+
     async def _signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
@@ -281,6 +303,7 @@ class Daemon:
                 tg.start_soon(self._signals)
                 await tg.start(self.telemetry.run)
                 await tg.start(self.probes.refresher)
+                tg.start_soon(self._recover_interrupted)
                 for route in self.breakers.routes():
                     self.metrics.set_route_state(route, self.breakers.state(route))
                 await self.executor.start(tg)  # Ray connects in the background

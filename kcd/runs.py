@@ -2,8 +2,11 @@
 
 A run is validated before it is accepted; then it gets a unique run
 directory, its own workspace, an event log, and one task in the daemon's task
-group. Whatever happens inside (completion, provider error, crash, cancel),
-finalisation writes result.json, workspace.diff, meta/run.json and `run.end`.
+group. Whatever happens inside (completion, provider error, crash, cancel, a
+task-group teardown), finalisation writes result.json, workspace.diff,
+meta/run.json and `run.end`; when it cannot (a full disk), the run ends as
+`finalise_error` and the daemon keeps serving. Runs a dead daemon left behind
+are finished at the next start (kcd.observe.recovery).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from kcd.agent.loop import AgentRun, RunResult, RunServices, RunSpec
 from kcd.api.types import TERMINAL_STATUSES, PeerInfo, RunChanges, RunInfo, RunRequest
 from kcd.config.agent import ConfigError, LoadedConfig, load_agent_config_text
 from kcd.observe.eventlog import EventLog, read_event_lines, utc_now
+from kcd.observe.finalise import LAUNCH, Launch, result_document
 from kcd.observe.rundir import RunDir, create_run_dir, new_run_id
 from kcd.observe.redact import Redactor
 from kcd.peer_files import peer_reader
@@ -62,6 +66,9 @@ class ActiveRun:
     events: EventLog
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     done: anyio.Event = field(default_factory=anyio.Event)
+    agent: AgentRun | None = None
+    result: RunResult | None = None  # None until the work ends, and when it was cancelled
+    telemetry_ended: bool = False
 
 
 def load_config_for_request(config_text: str, config_path: str | None, peer: PeerInfo | None = None) -> LoadedConfig:
@@ -135,8 +142,11 @@ class RunManager:
         self.store.save_run(info)
         if upload is not None:  # the upload becomes the run's seed snapshot
             os.replace(upload, run_dir / SEED_ARCHIVE)
-        RunDir(run_dir, self.redactor.bytes).write_json_sync("conversation/index.json", {
+        rundir = RunDir(run_dir, self.redactor.bytes)
+        rundir.write_json_sync("conversation/index.json", {
             "run_id": run_id, "run_dir": run_dir.name, "created_utc": info.created_at, "session_id": run_id})
+        rundir.write_json_sync(LAUNCH, Launch(run_id=run_id, max_steps=max_steps,
+                                              seed_dir=str(seed.resolve()) if seed is not None else None))
         events = EventLog(run_id, run_dir / "meta" / "events.jsonl", self.redactor.bytes)
         active = ActiveRun(info=info, events=events)
         self._active[run_id] = active
@@ -157,62 +167,47 @@ class RunManager:
     # ---- running ----------------------------------------------------------------
 
     async def _run(self, active: ActiveRun, spec: RunSpec, seed: Path | None, peer: PeerInfo | None) -> None:
-        """The run's task in the daemon's task group: it must never raise, or every run and
-        the control socket would be torn down with it."""
-        try:
-            await self._run_and_finalise(active, spec, seed, peer)
-        except Exception as exc:
-            log.exception("run %s: finalisation failed; ending it as failed", active.info.id)
-            self._end_abruptly(active, f"finalisation failed: {type(exc).__name__}: {exc}")
-
-    def _end_abruptly(self, active: ActiveRun, error: str) -> None:
-        """Last resort when finalising raised: followers still get `run.end`, the store the status."""
-        info = active.info
-        if info.status not in TERMINAL_STATUSES:
-            info = active.info = msgspec.structs.replace(
-                info, status="failed", ended_at=utc_now(), exit_reason="finalise_error", completed=False,
-                error=self.redactor.text(error))
-            try:
-                self.store.save_run(info)
-            except Exception:
-                log.exception("run %s: its final status could not be stored", info.id)
-        if not active.events.closed:
-            active.events.emit("run.end", status=info.status, exit_reason=info.exit_reason,
-                               completed=bool(info.completed), steps=info.steps, run_dir=info.run_dir,
-                               error=info.error)
-            active.events.close()
-        self._active.pop(info.id, None)
-        active.done.set()
-
-    async def _run_and_finalise(self, active: ActiveRun, spec: RunSpec, seed: Path | None,
-                                peer: PeerInfo | None) -> None:
+        """The run's task in the daemon's task group. Finalisation runs on every exit: done,
+        failed, cancelled by the run's own scope, or cancelled from outside it (a task-group
+        teardown), shielded so that it completes. Its last resort cannot raise: an exception
+        escaping here would tear down every run and the control socket with it."""
         rundir = RunDir(Path(active.info.run_dir), self.redactor.bytes)
-        agent: AgentRun | None = None
         started = time.monotonic()
-        result: RunResult
+        try:
+            await self._execute(active, spec, seed, rundir)
+        finally:
+            with anyio.CancelScope(shield=True):
+                elapsed = time.monotonic() - started
+                try:
+                    await self._finalise(active, spec, seed, rundir, peer, elapsed)
+                except Exception as exc:
+                    log.exception("run %s: finalisation failed; ending it as failed", active.info.id)
+                    self._end_abruptly(active, spec, f"finalisation failed: {type(exc).__name__}: {exc}", elapsed)
+
+    async def _execute(self, active: ActiveRun, spec: RunSpec, seed: Path | None, rundir: RunDir) -> None:
+        """The run's work in its own cancel scope; leaves the outcome in `active.result`
+        (None when it was cancelled)."""
         with active.scope:
             try:
                 await self._seed(rundir, spec, seed)
-                agent = AgentRun(spec, self.services, rundir, active.events)
+                active.agent = AgentRun(spec, self.services, rundir, active.events)
                 if self.services.executor.state != "ready":
                     active.events.emit("executor.wait", mode=self.services.executor.mode,
                                        state=self.services.executor.state)
                     await self.services.executor.wait_ready()
-                result = await agent.run()
+                active.result = await active.agent.run()
             except Exception as exc:  # the loop itself failed: record it, never lose the run
-                tb = traceback.format_exc()
-                rundir.write_json_sync("errors/run_loop_exception.json",
-                                       {"type": type(exc).__name__, "message": str(exc), "traceback": tb})
-                result = RunResult(exit_reason="run_loop_exception", completed=False,
-                                   steps=agent.steps if agent else 0, method="loop_exit",
-                                   error=f"{type(exc).__name__}: {exc}", error_type=type(exc).__name__)
+                agent = active.agent
+                active.result = RunResult(exit_reason="run_loop_exception", completed=False,
+                                          steps=agent.steps if agent else 0, method="loop_exit",
+                                          error=f"{type(exc).__name__}: {exc}", error_type=type(exc).__name__)
+                try:
+                    rundir.write_json_sync("errors/run_loop_exception.json", {
+                        "type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc()})
+                except OSError:
+                    log.exception("run %s: errors/run_loop_exception.json not written", spec.run_id)
         if active.scope.cancelled_caught:
-            result = RunResult(exit_reason="cancelled", completed=False,
-                               steps=agent.steps if agent else 0, method="loop_exit",
-                               summary=agent.last_text if agent else None)
-        # Finalisation must complete even while the daemon is being cancelled.
-        with anyio.CancelScope(shield=True):
-            await self._finalise(active, spec, seed, rundir, result, agent, peer, time.monotonic() - started)
+            active.result = None
 
     async def _seed(self, rundir: RunDir, spec: RunSpec, seed: Path | None) -> None:
         archive = rundir.path / SEED_ARCHIVE
@@ -224,9 +219,13 @@ class RunManager:
         await rundir.write_json(SEED_MANIFEST, manifest)
 
     async def _finalise(self, active: ActiveRun, spec: RunSpec, seed: Path | None, rundir: RunDir,
-                        result: RunResult, agent: AgentRun | None, peer: PeerInfo | None,
-                        elapsed: float) -> None:
-        info = active.info
+                        peer: PeerInfo | None, elapsed: float) -> None:
+        """result.json, workspace.diff, meta/run.json, then `run.end` and the store. Any
+        failure raises (the caller's last resort takes over); nothing is published twice."""
+        info, agent = active.info, active.agent
+        result = active.result or RunResult(exit_reason="cancelled", completed=False,
+                                            steps=agent.steps if agent else 0, method="loop_exit",
+                                            summary=agent.last_text if agent else None)
         status = ("completed" if result.completed else
                   "cancelled" if result.exit_reason == "cancelled" else "failed")
         try:
@@ -237,15 +236,9 @@ class RunManager:
             active.events.emit("warning", message=f"workspace.diff not written: {exc}")
         metrics = agent.metrics.snapshot() if agent is not None else RunMetrics().snapshot()
         rundir.write_json_sync("meta/provider_metrics.json", metrics)
-        rundir.write_json_sync("result.json", {
-            "run_id": info.id, "completion_reason": result.exit_reason, "completed": result.completed,
-            "exit_reason": result.exit_reason, "steps": result.steps,
-            "completion_summary": {
-                "completed": result.completed, "reason": result.exit_reason, "method": result.method,
-                "exit_kind": result.exit_kind, "steps_taken": result.steps, "max_steps": spec.max_steps},
-            "summary": result.summary, "error": result.error, "error_type": result.error_type,
-            "hint": result.hint, "details": result.details,
-            "served_route": agent.served_route if agent else None})
+        rundir.write_json_sync("result.json", result_document(
+            run_id=info.id, status=status, max_steps=spec.max_steps,
+            served_route=agent.served_route if agent else None, **msgspec.structs.asdict(result)))
         ended = utc_now()
         rundir.write_json_sync("meta/run.json", {
             "run_id": info.id, "kcd_version": __version__, "config_path": info.config_path,
@@ -257,23 +250,56 @@ class RunManager:
             "timings": {"created_at": info.created_at, "started_at": info.started_at,
                         "ended_at": ended, "duration_s": round(elapsed, 3)},
             "warnings": info.warnings, "resolved_config": spec.loaded.merged})
-        final = msgspec.structs.replace(
+        final = active.info = msgspec.structs.replace(
             info, status=status, ended_at=ended, exit_reason=result.exit_reason,
             completed=result.completed, steps=result.steps,
             error=self.redactor.text(result.error) if result.error else None)
-        active.info = final
-        self.store.save_run(final)
-        self._telemetry_end(info, spec, metrics, result, elapsed)
+        self._telemetry_end(active, spec, metrics, result, elapsed)
+        # emit() raises before publishing when the disk refuses the line: then the last
+        # resort publishes the one run.end, with the finalise_error status.
         active.events.emit("run.end", status=status, exit_reason=result.exit_reason,
                            completed=result.completed, steps=result.steps, run_dir=info.run_dir,
                            error=result.error, duration_s=round(elapsed, 3))
         active.events.close()
+        self.store.save_run(final)
         self._active.pop(info.id, None)
         active.done.set()
 
-    def _telemetry_end(self, info: RunInfo, spec: RunSpec, metrics: dict, result: RunResult,
+    def _end_abruptly(self, active: ActiveRun, spec: RunSpec, error: str, elapsed: float) -> None:
+        """Last resort when finalising raised (a full disk, a replaced run directory): the store
+        records `finalise_error`, followers get `run.end`, the run leaves the active set. Every
+        step is guarded: this must not raise, whatever the disk does."""
+        try:
+            info = active.info = msgspec.structs.replace(
+                active.info, status="failed", ended_at=utc_now(), exit_reason="finalise_error",
+                completed=False, steps=active.info.steps if active.info.steps is not None else (
+                    active.agent.steps if active.agent else 0),
+                error=self.redactor.text(error))
+        except Exception:
+            log.exception("run %s: its final status could not be built", active.info.id)
+            info = active.info
+        try:
+            self.store.save_run(info)
+        except Exception:
+            log.exception("run %s: its final status could not be stored", info.id)
+        if not active.telemetry_ended:
+            try:
+                self._telemetry_end(active, spec, RunMetrics().snapshot(), RunResult(
+                    exit_reason="finalise_error", completed=False, steps=info.steps or 0,
+                    method="loop_exit"), elapsed)
+            except Exception:
+                log.exception("run %s: its end could not be counted", info.id)
+        if not active.events.closed:  # else run.end was already published
+            active.events.finish("run.end", status=info.status, exit_reason=info.exit_reason,
+                                 completed=False, steps=info.steps, run_dir=info.run_dir, error=info.error)
+        self._active.pop(info.id, None)
+        active.done.set()
+
+    def _telemetry_end(self, active: ActiveRun, spec: RunSpec, metrics: dict, result: RunResult,
                        elapsed: float) -> None:
         """The run's last telemetry: provider_metrics in the original's shape, then run.end."""
+        active.telemetry_ended = True
+        info = active.info
         sink, live, run_dir = self.services.telemetry, self.services.metrics, Path(info.run_dir)
         if sink is not None:
             sink.emit(provider_metrics_event(metrics, run_id=info.id, route_id=info.route), run_dir)

@@ -89,6 +89,14 @@ class StateStore:
                 info, status="interrupted", error="the daemon stopped before the run ended"))
         return [i.id for i in stale]
 
+    def interrupted_unfinished(self) -> list[RunInfo]:
+        """Interrupted runs whose artifacts are not recovered yet: recovery sets exit_reason
+        last, so a recovery cut short by another crash is picked up again."""
+        rows = self._db.execute(
+            "SELECT info FROM runs WHERE status='interrupted' "
+            "AND json_extract(CAST(info AS TEXT), '$.exit_reason') IS NULL ORDER BY created_at")
+        return [msgspec.json.decode(r[0], type=RunInfo) for r in rows]
+
     # Route breakers (kcd.providers.breaker.BreakerStore): opaque JSON per route,
     # written on every transition and at shutdown.
 

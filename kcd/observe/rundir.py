@@ -93,7 +93,21 @@ class RunDir:
 
     def write_json_sync(self, relpath: str, obj: Any) -> None:
         """For finalisation paths that must not be interrupted by cancellation."""
+        self.write_bytes_sync(relpath, pretty_json(obj))
+
+    def write_text_sync(self, relpath: str, text: str) -> None:
+        self.write_bytes_sync(relpath, text.encode("utf-8", "surrogateescape"))
+
+    def write_bytes_sync(self, relpath: str, data: bytes) -> None:
+        """Whole or not at all (tmp + rename); a failed write (ENOSPC) leaves no tmp behind."""
         target = self.rel(relpath)
         tmp = target.with_suffix(target.suffix + ".tmp")
-        tmp.write_bytes(self._scrub(pretty_json(obj)))
-        os.replace(tmp, target)
+        try:
+            tmp.write_bytes(self._scrub(data))
+            os.replace(tmp, target)
+        except BaseException:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+            raise
