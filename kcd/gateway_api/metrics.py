@@ -28,9 +28,18 @@ class EndpointMetrics:
         self.midstream_errors = r.counter(
             "kylecode_gateway_midstream_errors_total",
             "Passthrough streams ended with an in-band error after text reached the client.", ("model",))
+        self.client_disconnects = r.counter(
+            "kylecode_gateway_client_disconnects_total",
+            "Requests whose client left before the answer was complete; their turn was cancelled.",
+            ("model", "mode"))
 
     def request(self, model: str, status: int, mode: str) -> None:
         self.requests.inc((model, str(status), mode))
+
+    def client_disconnected(self, model: str, mode: str) -> None:
+        # 499: nginx's "client closed request", so dashboards keyed on status see it too.
+        self.requests.inc((model, "499", mode))
+        self.client_disconnects.inc((model, mode))
 
     def served(self, model: str, overhead_s: float) -> None:
         self.overhead.observe((model,), overhead_s)

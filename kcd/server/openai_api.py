@@ -15,6 +15,10 @@ Streaming (`stream: true`) per model name (`gateway.models.<name>.stream_mode`):
   before the first byte falls back transparently; after it, the stream ends
   with an in-band error event. Tool calls are sent once complete.
 
+A client that disconnects cancels its turn in both modes (passthrough watches in
+`openai_stream`, buffered answers, JSON and `buffer`, in `gateway_api.disconnect`),
+and the cut-short attempt is recorded as `client_disconnected`.
+
 Every answer names the model that actually answered and carries its usage;
 headers say which route served it (`x-kylecode-route`), after how many
 attempts, and the daemon's own added time (`x-kylecode-overhead-ms`: total
@@ -30,7 +34,11 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import anyio
+
 from kcd.gateway_api.access import Client, TokenTable, socket_client
+from kcd.gateway_api.disconnect import (DISCONNECTED, DisconnectWatch, InFlight, record_disconnect,
+                                        until_disconnect)
 from kcd.gateway_api.errors import OpenAIError, from_failure
 from kcd.gateway_api.metrics import EndpointMetrics
 from kcd.gateway_api.models import ModelMap, ModelPlan
@@ -40,7 +48,7 @@ from kcd.gateway_api.wire import ChunkWriter, ParsedRequest, completion_body, pa
 from kcd.observe.prometheus import DaemonMetrics
 from kcd.observe.telemetry import TelemetrySink
 from kcd.providers.errors import ProviderFailure
-from kcd.providers.gateway import ChainEntry, ProviderGateway, Served
+from kcd.providers.gateway import AttemptTap, ChainEntry, ProviderGateway, Served
 from kcd.providers.probes import ProbeManager
 from kcd.server.http import BodyTooLarge, Request, Response, json_response
 from kcd.server.openai_stream import SSE_HEADERS, PassthroughResponse, VerbatimResponse
@@ -231,18 +239,27 @@ class OpenAIEndpoint:
                      parsed: ParsedRequest, plan: ModelPlan) -> Response:
         chain = plan.chain(parsed.stream, parsed.params)
         stream_off: set[str] = set()
-        if self.probes is not None and not self.probes_off:
-            await self._apply_probes(plan, chain, stream_off, bool(parsed.tools))
         observer = RequestObserver(request_id, client.label, client.uid, plan.name, self.telemetry, self.live)
         call = _Call(self, t0, request_id, completion_id, parsed, plan, chain, stream_off, observer)
         if parsed.stream and plan.stream_mode == "passthrough":
-            return PassthroughResponse(call, lambda relay: self._complete(call, relay), req.receive, self.clock)
+            await self._probe(call)
+            return self._passthrough(req, call)
+        inflight = InFlight(chain[0].route.id, self.clock)
+
+        async def turn() -> Served:
+            await self._probe(call)  # probes call upstream too: also stopped by a disconnect
+            return await self._complete(call, None, inflight)
+
         try:
-            served = await self._complete(call, None)
+            served = await until_disconnect(req.receive, turn)
         except ProviderFailure as failure:
             err = self.failure_error(failure, plan.name, call.mode)
             err.headers["x-kylecode-attempts"] = str(observer.attempts)
             return error_response(err, request_id, self.redact)
+        if served is DISCONNECTED:
+            record_disconnect(observer, inflight, chain, self.metrics, call.mode, self.clock())
+            return _NoAnswer()
+        assert isinstance(served, Served)
         resp = served.response
         model = resp.model or served.entry.route.model
         if parsed.stream:
@@ -252,17 +269,36 @@ class OpenAIEndpoint:
         payload = self.scrub(completion_body(resp, completion_id=completion_id, model=model))
         return VerbatimResponse(payload, headers=call.served_headers(served))
 
-    async def _complete(self, call: _Call, relay: Relay | None) -> Served:
+    def _passthrough(self, req: Request, call: _Call) -> PassthroughResponse:
+        """The stream watches for the disconnect itself; the turn records it, as buffered ones do."""
+        watch = DisconnectWatch(req.receive)
+
+        async def run(relay: Relay) -> Served:
+            inflight = InFlight(call.chain[0].route.id, self.clock, inner=relay)
+            try:
+                return await self._complete(call, relay, inflight)
+            except anyio.get_cancelled_exc_class():
+                if watch.gone:
+                    record_disconnect(call.observer, inflight, call.chain, self.metrics, call.mode, self.clock())
+                raise
+
+        return PassthroughResponse(call, run, watch.receive, self.clock)
+
+    async def _complete(self, call: _Call, relay: Relay | None, tap: AttemptTap) -> Served:
         plan = call.plan
         served = await self.gateway.complete(
             call.chain, call.parsed.messages, call.parsed.tools, policy=plan.policy,
             # The breaker counts at most one failure per turn key: always our own unique id,
             # never the client's x-request-id (clients reuse them).
             turn_key=call.completion_id, observer=call.observer, stream_off=call.stream_off,
-            on_chunk=relay.chunk if relay is not None else None, tap=relay)
+            on_chunk=relay.chunk if relay is not None else None, tap=tap)
         if plan.probes and self.probes is not None:
             self.probes.note_used(served.entry.route.id, served.entry, model_reported=served.response.model)
         return served
+
+    async def _probe(self, call: _Call) -> None:
+        if self.probes is not None and not self.probes_off:
+            await self._apply_probes(call.plan, call.chain, call.stream_off, bool(call.parsed.tools))
 
     async def _apply_probes(self, plan: ModelPlan, chain: list[ChainEntry], stream_off: set[str],
                             tools: bool) -> None:
@@ -312,6 +348,13 @@ class OpenAIEndpoint:
 
     def redact(self, data: bytes) -> bytes:
         return self._redact(data) if self._redact is not None else self.scrub(data)
+
+
+class _NoAnswer(Response):
+    """The client has gone: there is no one to send a response to."""
+
+    async def send(self, send: Callable) -> None:
+        pass
 
 
 class TCPGatewayApp:
