@@ -19,6 +19,7 @@ EXIT_REASONS = (
     "cancelled",
     "run_loop_exception",
     "finalise_error",  # the run ended but its artifacts could not be written
+    "interrupted",  # kcd died during the run; finished from its files at the next start
 )
 
 
