@@ -362,12 +362,16 @@ def _show_routes(obj: Ctx, route: str | None, as_json: bool) -> None:
     if not data:
         click.echo("no route has been called yet")
         return
-    click.echo(f"{'ROUTE':<40} {'STATE':<11} {'FAILS':>5} {'K':>2} {'LOCKOUT':>9}  LAST ERROR")
+    # WINDOW: failed / logical requests in the breaker's window, and the failure rate.
+    click.echo(f"{'ROUTE':<40} {'STATE':<11} {'WINDOW':>12} {'K':>2} {'LOCKOUT':>9}  LAST ERROR")
     for name, r in sorted(data.items()):
         left = r.get("reopens_in_s")
         lockout = f"{left:.0f}s" if left else "-"
         err = " ".join((r.get("last_error") or "-").split())
-        click.echo(f"{name:<40} {r['state']:<11} {r.get('window_failures', len(r.get('failures', []))):>5} "
+        failed = r.get("window_failures", len(r.get("failures", [])))
+        calls = r.get("window_calls", failed)
+        window = f"{failed}/{calls} {100 * r.get('failure_rate', 0):.0f}%"
+        click.echo(f"{name:<40} {r['state']:<11} {window:>12} "
                    f"{r.get('k', 0):>2} {lockout:>9}  {err[:90]}"
                    + (f" ({_ago(r.get('last_failure_ts'))})" if r.get("last_failure_ts") else ""))
 

@@ -43,6 +43,8 @@ def test_breaker_opens_in_one_run_is_shared_survives_restart_and_closes(make_kcd
     assert state["state"] == "open", (state, attempts)
     table = daemon.kcctl("routes", check=True).stdout
     assert GROK in table and "open" in table
+    row = next(line for line in table.splitlines() if line.startswith(GROK))
+    assert "2/2 100%" in row, table  # the window's failed / logical requests and the rate
 
     # Run 2: zero upstream calls to the open route; it falls back at once.
     before = len(sim.requests(GROK))
