@@ -315,16 +315,26 @@ class MatrixService:
             if step.wait_s:
                 await anyio.sleep(step.wait_s)
             mark = len(sandbox.transitions) if sandbox else 0
-            outcome = await self._run_once(runs, config, p, step, m.peer)
-            run_dir = outcome.run_dir
-            if run_dir is None:
-                steps.append(StepResult(verdict="fail", reasons=[outcome.rejected or "the run did not start"]))
+            outcomes: list[_Outcome] = []
+
+            async def one() -> None:
+                outcomes.append(await self._run_once(runs, config, p, step, m.peer))
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(step.concurrent):
+                    tg.start_soon(one)
+            if any(o.run_dir is None for o in outcomes):
+                refused = next(o for o in outcomes if o.run_dir is None)
+                steps.append(StepResult(verdict="fail", reasons=[refused.rejected or "the run did not start"]))
                 break
-            ev = await anyio.to_thread.run_sync(
-                lambda: read_run(run_dir, ended=outcome.ended, seconds=outcome.seconds))
-            if sandbox is not None:
-                ev = await sandbox.observe(ev, mark)
-            steps.append(_judge(p, step, ev, outcome))
+            for outcome in outcomes:  # each run judged on its own; upstream counts are the step's
+                run_dir = outcome.run_dir
+                assert run_dir is not None
+                ev = await anyio.to_thread.run_sync(
+                    lambda: read_run(run_dir, ended=outcome.ended, seconds=outcome.seconds))
+                if sandbox is not None:
+                    ev = await sandbox.observe(ev, mark)
+                steps.append(_judge(p, step, ev, outcome))
         return steps
 
     def _sibling(self, services) -> RunManager:

@@ -141,6 +141,9 @@ class Step(_S, kw_only=True, forbid_unknown_fields=True):
     fault: FaultRef | list[FaultRef] | None = None  # replaces the previous step's faults
     wait_s: Annotated[float, Meta(ge=0)] = 0.0  # pause before the run (breaker cooldowns)
     task: str | None = None  # None: the scenario's task
+    # Runs started at once (concurrent clients of one breaker board); each is judged against
+    # `expect`, and `upstream` counts are the step's total.
+    concurrent: Annotated[int, Meta(ge=1, le=32)] = 1
     expect: Expect = field(default_factory=Expect)
 
 
@@ -156,6 +159,7 @@ class ScenarioDoc(_S, kw_only=True, forbid_unknown_fields=True):
     workspace: str | None = None  # a seed directory, relative to this file
     live: bool = False
     fault: FaultRef | list[FaultRef] | None = None
+    concurrent: Annotated[int, Meta(ge=1, le=32)] = 1
     expect: Expect | None = None
     steps: list[Step] | None = None
 
@@ -255,11 +259,13 @@ def normalise(doc: ScenarioDoc, file: str, directory: Path | None, prefix: Path_
         for key in ("fault", "expect"):
             if getattr(doc, key) is not None:
                 raise err((key,), "give `steps`, or `fault` and `expect`, not both")
+        if doc.concurrent != 1:
+            raise err(("concurrent",), "with `steps`, give `concurrent` in each step")
         if not doc.steps:
             raise err(("steps",), "needs at least one step")
         raw_steps = [(("steps", i), s) for i, s in enumerate(doc.steps)]
     else:
-        raw_steps = [((), Step(fault=doc.fault, expect=doc.expect or Expect()))]
+        raw_steps = [((), Step(fault=doc.fault, concurrent=doc.concurrent, expect=doc.expect or Expect()))]
     if doc.routes.primary is None and doc.config is None:
         raise err(("routes", "primary"), "missing: give routes.primary or a base `config`")
     _check_routes(doc.routes, err)
