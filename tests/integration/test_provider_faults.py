@@ -34,7 +34,8 @@ def fault_kcd(make_kcd, sim):
 # (fault, count, stream, native, expected outcome); primary GROK, fallback OPENAI_MINI.
 # "ok": the primary served every turn with no failure; "retry": the primary served
 # after a failed attempt (same-route retry or non-stream restart); "fallback": the
-# fallback served; "fail": a typed provider_error naming the route and cause.
+# fallback served; "fail": a typed provider_error naming the route and cause; "moved_on": the
+# turn left a silent route for the fallback at once, and later turns use the primary unstreamed.
 CASES = [
     ("rate_limit_retry_after", 1, False, False, "retry"),
     ("rate_limit_no_header", None, False, False, "fallback"),
@@ -45,7 +46,7 @@ CASES = [
     ("no_response", None, True, False, "fallback"),
     ("slow_ttft", None, True, False, "ok"),
     ("stream_cut", 1, True, False, "retry"),
-    ("stream_stall", 1, True, False, "retry"),
+    ("stream_stall", 1, True, False, "moved_on"),
     ("malformed_chunk", 1, True, False, "retry"),
     ("no_done", None, True, False, "ok"),
     ("context_length", None, False, False, "fail"),
@@ -94,6 +95,10 @@ def check_outcome(expected: str, end: dict, run_dir, primary: str, fallback: str
         assert metrics["fallbacks"] == []
         assert "[provider-retry]" in convo or "[stream-policy]" in convo
         assert list(run_dir.glob("errors/turn_*.json"))
+    elif expected == "moved_on":
+        assert result["served_route"] == primary
+        assert [(f["from"], f["to"]) for f in metrics["fallbacks"]] == [(primary, fallback)]
+        assert "[stream-policy]" in convo and "[provider-retry]" not in convo
     elif expected == "fallback":
         assert result["served_route"] == fallback, result
         assert "[fallback_route]" in convo and f"to={fallback}" in convo
