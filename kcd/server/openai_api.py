@@ -40,6 +40,7 @@ from kcd.gateway_api.access import Client, TokenTable, socket_client
 from kcd.gateway_api.disconnect import (DISCONNECTED, DisconnectWatch, InFlight, record_disconnect,
                                         until_disconnect)
 from kcd.gateway_api.errors import OpenAIError, from_failure
+from kcd.gateway_api.logical import LogicalRequests
 from kcd.gateway_api.metrics import EndpointMetrics
 from kcd.gateway_api.models import ModelMap, ModelPlan
 from kcd.gateway_api.observer import RequestObserver
@@ -76,7 +77,7 @@ class _Call:
     """One request in flight: its ids, plan, clocks and the headers it earns."""
 
     __slots__ = ("endpoint", "t0", "request_id", "completion_id", "parsed", "plan", "chain", "stream_off",
-                 "observer", "writer", "include_usage")
+                 "observer", "writer", "include_usage", "turn_key")
 
     def __init__(self, endpoint: OpenAIEndpoint, t0: float, request_id: str, completion_id: str,
                  parsed: ParsedRequest, plan: ModelPlan, chain: list[ChainEntry], stream_off: set[str],
@@ -91,6 +92,7 @@ class _Call:
         self.stream_off = stream_off
         self.observer = observer
         self.include_usage = parsed.include_usage
+        self.turn_key = completion_id  # replaced by the logical request's key in _serve
         # Chunks sent while the answer streams name the route's model; the provider
         # reports the model that answered only at the end (then the last chunks name it).
         self.writer = ChunkWriter(completion_id, chain[0].route.model)
@@ -168,6 +170,7 @@ class OpenAIEndpoint:
         self.probes_off = env.get("KC_DISABLE_PROVIDER_PROBES", "").strip().lower() in _TRUTHY
         self.tokens = tokens
         self.max_body = max_body
+        self.logical = LogicalRequests()  # the breaker's key: a client's retries count once
         self.log_exception = log_exception
         self.clock = clock
         # Answers are passed verbatim except for the daemon's own secrets, by exact value;
@@ -241,6 +244,8 @@ class OpenAIEndpoint:
         stream_off: set[str] = set()
         observer = RequestObserver(request_id, client.label, client.uid, plan.name, self.telemetry, self.live)
         call = _Call(self, t0, request_id, completion_id, parsed, plan, chain, stream_off, observer)
+        call.turn_key = self.logical.key(client.label, await req.body(), req.header("idempotency-key"),
+                                         fresh=completion_id)
         if parsed.stream and plan.stream_mode == "passthrough":
             await self._probe(call)
             return self._passthrough(req, call)
@@ -288,9 +293,9 @@ class OpenAIEndpoint:
         plan = call.plan
         served = await self.gateway.complete(
             call.chain, call.parsed.messages, call.parsed.tools, policy=plan.policy,
-            # The breaker counts at most one failure per turn key: always our own unique id,
-            # never the client's x-request-id (clients reuse them).
-            turn_key=call.completion_id, observer=call.observer, stream_off=call.stream_off,
+            # The breaker counts at most one failure per turn key: our own id, shared only by a
+            # client's repeats of one request (LogicalRequests), never the client's x-request-id.
+            turn_key=call.turn_key, observer=call.observer, stream_off=call.stream_off,
             on_chunk=relay.chunk if relay is not None else None, tap=tap)
         if plan.probes and self.probes is not None:
             self.probes.note_used(served.entry.route.id, served.entry, model_reported=served.response.model)

@@ -482,3 +482,38 @@ def test_a_run_and_an_external_client_share_one_breaker(make_kcd, sim, kcd_root,
     raw = client.chat.completions.with_raw_response.create(model="chat", messages=HELLO)
     assert raw.headers["x-kylecode-route"] == OPENAI_MINI and raw.headers["x-kylecode-attempts"] == "1"
     assert len(sim.requests(GROK)) == before
+
+
+def test_a_clients_immediate_retries_count_once_against_the_breaker(make_kcd, sim, kcd_root):
+    """One failed aider call used to be three kcd requests that locked the route for everyone."""
+    sim.reset()
+    daemon_cfg = kcd_root / "kcd.yaml"
+    daemon_cfg.write_text(yaml.safe_dump({"gateway": {"models": {
+        "solo": {"route": GROK, "timeouts": dict(FAST_TIMEOUTS), "retry": {**FAST_RETRY, "retries_per_route": 0}}}}}))
+    daemon = make_kcd("--executor", "in-process", "--config", str(daemon_cfg),
+                      env_extra={"OPENROUTER_BASE_URL": sim.api_base})
+    sim.fault(GROK, "unavailable_persistent")
+    transport = httpx.HTTPTransport(uds=str(daemon.socket))
+
+    def routes() -> dict:
+        with daemon.http() as c:
+            return c.get("/v1/routes").json()["routes"][GROK]
+
+    with httpx.Client(transport=transport, base_url="http://kcd", timeout=30) as client:
+        body = {"model": "solo", "messages": [{"role": "user", "content": "the same request"}]}
+        for _ in range(3):  # the request and the client's two immediate retries
+            assert client.post("/v1/chat/completions", json=body).status_code >= 500
+        state = routes()
+        assert (state["state"], state["window_failures"], state["window_calls"]) == ("closed", 1, 1), state
+        # An Idempotency-Key joins retries whatever their bodies say.
+        for n in range(2):
+            r = client.post("/v1/chat/completions", headers={"idempotency-key": "job-7"},
+                            json={"model": "solo", "messages": [{"role": "user", "content": f"attempt {n}"}]})
+            assert r.status_code >= 500
+        assert routes()["window_failures"] == 2
+        # A third, different request is the third failure: the route opens.
+        r = client.post("/v1/chat/completions", json={"model": "solo", "messages": [
+            {"role": "user", "content": "another request"}]})
+        assert r.status_code >= 500
+    assert routes()["state"] == "open"
+    assert len(sim.requests(GROK)) == 6  # every request still went upstream while closed
