@@ -231,6 +231,11 @@ def status(obj: Ctx, as_json: bool) -> None:
     click.echo(f"  socket:    {h['socket']}")
     click.echo(f"  runs root: {h['runs_root']}")
     click.echo(f"  executor:  {ex['mode']} ({ex['state']}) {json.dumps(ex.get('detail') or {})}")
+    for n in ex.get("nodes") or []:
+        extra = " ".join(f"{k}={v:g}" for k, v in sorted((n.get("resources") or {}).items()))
+        click.echo(f"    node {n['node_id'][:12]} {n['address']:<15} {'alive' if n['alive'] else 'DEAD '} "
+                   f"cpus {n['cpus_free']:g}/{n['cpus_total']:g} free  turns {n['turns']}"
+                   + ("  (kcd's host)" if n.get("local") else "") + (f"  {extra}" if extra else ""))
     click.echo(f"  active runs: {h['runs_active']}")
     sb = h.get("sandbox")
     if sb:

@@ -78,11 +78,13 @@ def make_executor(config: DaemonConfig) -> Executor:
         from kcd.execution.inprocess import InProcessExecutor
 
         return InProcessExecutor()
-    from kcd.execution.ray_executor import RayExecutor
+    from kcd.execution.ray_plane import RayPlaneExecutor
 
-    return RayExecutor(config.ray_address, num_cpus=config.ray_num_cpus,
-                       temp_dir=config.ray_temp_dir, init_timeout=config.ray_init_timeout_s,
-                       token_path=Path(config.state_dir) / "ray_auth_token" if config.state_dir else None)
+    state = Path(config.state_dir) if config.state_dir else None
+    return RayPlaneExecutor(config.ray_address, num_cpus=config.ray_num_cpus, temp_dir=config.ray_temp_dir,
+                            init_timeout=config.ray_init_timeout_s, wait_ready_s=config.executor_wait_s,
+                            token_path=state / "ray_auth_token" if state else None,
+                            log_path=state / "ray-driver.log" if state else None)
 
 
 class Daemon:

@@ -27,6 +27,7 @@ from kcd import __version__
 from kcd.agent.loop import AgentRun, RunResult, RunServices, RunSpec
 from kcd.api.types import TERMINAL_STATUSES, PeerInfo, RunChanges, RunInfo, RunRequest
 from kcd.config.agent import ConfigError, LoadedConfig, load_agent_config_text
+from kcd.execution.base import ExecutorError
 from kcd.observe.eventlog import EventLog, read_event_lines, utc_now
 from kcd.observe.finalise import LAUNCH, Launch, result_document
 from kcd.observe.rundir import RunDir, create_run_dir, new_run_id
@@ -71,6 +72,23 @@ class ActiveRun:
     telemetry_ended: bool = False
 
 
+# Worker threads for admission (config load, run directory) and for seeding workspaces. Few on
+# purpose: that work is mostly Python and holds the GIL, and each thread holding it makes every
+# system call of the event loop wait for its turn (a 500-run burst through 40 threads stalled
+# /v1/health for seconds). A burst queues for these threads instead; nothing is refused.
+ADMISSION_THREADS = 1
+SEED_THREADS = 2
+
+
+@dataclass
+class _Prepared:
+    info: RunInfo
+    loaded: LoadedConfig
+    spec: RunSpec
+    seed: Path | None
+    run_dir: Path
+
+
 def load_config_for_request(config_text: str, config_path: str | None, peer: PeerInfo | None = None) -> LoadedConfig:
     """The run's config; every file it names is opened only if the peer could read it itself."""
     try:
@@ -93,6 +111,7 @@ class RunManager:
         self.heartbeat_s = heartbeat_s
         self._active: dict[str, ActiveRun] = {}
         self._accepting = True
+        self._limiters: dict[str, anyio.CapacityLimiter] = {}
 
     @property
     def active_count(self) -> int:
@@ -100,7 +119,19 @@ class RunManager:
 
     # ---- accepting ------------------------------------------------------------
 
+    def _limiter(self, name: str, tokens: int) -> anyio.CapacityLimiter:
+        """A limiter of this manager, made on first use (it must be made on the event loop)."""
+        limiter = self._limiters.get(name)
+        if limiter is None:
+            limiter = self._limiters[name] = anyio.CapacityLimiter(tokens)
+        return limiter
+
     async def submit(self, req: RunRequest, peer: PeerInfo | None) -> RunInfo:
+        """Validate and start one run. Everything that reads or writes files (the seed checks,
+        the config load, the run directory and its first files) happens in one worker-thread
+        call, at most ADMISSION_THREADS at a time: a burst of submissions queues for those
+        threads instead of running its Python on the event loop or in dozens of threads that
+        take the GIL from it, so the control API keeps answering while the burst is admitted."""
         if not self._accepting:
             raise RunRejected("shutting_down", "the daemon is shutting down")
         if not req.task.strip():
@@ -109,12 +140,37 @@ class RunManager:
             raise RunRejected("invalid_request", "max_steps must be at least 1")
         if req.workspace and req.workspace_upload:
             raise RunRejected("invalid_request", "give workspace or workspace_upload, not both")
+        # Cancellable while it waits for a thread; once the thread has started, the run is
+        # admitted whole (no checkpoint between the thread's end and the run's task start).
+        p = await anyio.to_thread.run_sync(self._prepare, req, peer,
+                                           limiter=self._limiter("admission", ADMISSION_THREADS))
+        self.store.save_run(p.info)
+        # Made here, not in the thread: its followers' wake-up event belongs to the event loop.
+        events = EventLog(p.info.id, p.run_dir / "meta" / "events.jsonl", self.redactor.bytes)
+        active = ActiveRun(info=p.info, events=events)
+        self._active[p.info.id] = active
+        for warning in p.loaded.warnings:
+            events.emit("warning", message=warning)
+        cfg, spec = p.loaded.config, p.spec
+        if self.services.telemetry is not None:
+            chain = [p.info.route] + [f for f in cfg.routing_for(p.info.route).fallback_models]
+            self.services.telemetry.emit(RunStart(
+                run_id=p.info.id, route=p.info.route, peer_uid=spec.peer_uid, config_digest=p.loaded.digest,
+                route_chain=chain, executor=self.services.executor.mode, config=req.config_path), p.run_dir)
+        if self.services.metrics is not None:
+            self.services.metrics.run_started()
+        self._tg.start_soon(self._run, active, spec, p.seed, peer, name=f"run-{p.info.id}")
+        return p.info
+
+    def _prepare(self, req: RunRequest, peer: PeerInfo | None) -> _Prepared:
+        """The file work of admitting a run, in a worker thread: checks (RunRejected), then the
+        run directory with conversation/index.json and meta/launch.json."""
         seed = Path(req.workspace) if req.workspace else None
         if seed is not None and not seed.is_dir():
             raise RunRejected("invalid_request", f"workspace {req.workspace} is not a directory")
         if seed is not None and peer is not None and peer.uid not in (0, os.getuid()):
             # The daemon copies with its own rights: another user gets only what it could read.
-            blocked = await anyio.to_thread.run_sync(unreadable_for, seed, peer.uid, peer.gid)
+            blocked = unreadable_for(seed, peer.uid, peer.gid)
             if blocked is not None:
                 raise RunRejected("forbidden", f"workspace {req.workspace}: {blocked} is not readable by uid "
                                                f"{peer.uid}; upload the tree instead (kcctl run --workspace does)")
@@ -124,8 +180,7 @@ class RunManager:
                 upload = self.uploads.take(req.workspace_upload)
             except UploadError as exc:
                 raise RunRejected("invalid_request", str(exc)) from None
-        # Loading reads files (extends, packs): keep it off the event loop.
-        loaded = await anyio.to_thread.run_sync(load_config_for_request, req.config_text, req.config_path, peer)
+        loaded = load_config_for_request(req.config_text, req.config_path, peer)
         cfg = loaded.config
         route = cfg.default_route()
         entry = cfg.model_entry(route.id)
@@ -135,11 +190,11 @@ class RunManager:
         run_id = new_run_id()
         stem = Path(req.config_path).stem if req.config_path else "inline"
         run_dir = create_run_dir(self.runs_root, stem, run_id)
-        info = RunInfo(id=run_id, status="running", run_dir=str(run_dir), created_at=utc_now(),
-                       started_at=utc_now(), config_path=req.config_path, route=route.id,
+        now = utc_now()
+        info = RunInfo(id=run_id, status="running", run_dir=str(run_dir), created_at=now,
+                       started_at=now, config_path=req.config_path, route=route.id,
                        task=req.task[:200], peer_uid=peer.uid if peer else None,
                        peer_pid=peer.pid if peer else None, warnings=list(loaded.warnings))
-        self.store.save_run(info)
         if upload is not None:  # the upload becomes the run's seed snapshot
             os.replace(upload, run_dir / SEED_ARCHIVE)
         rundir = RunDir(run_dir, self.redactor.bytes)
@@ -147,22 +202,9 @@ class RunManager:
             "run_id": run_id, "run_dir": run_dir.name, "created_utc": info.created_at, "session_id": run_id})
         rundir.write_json_sync(LAUNCH, Launch(run_id=run_id, max_steps=max_steps,
                                               seed_dir=str(seed.resolve()) if seed is not None else None))
-        events = EventLog(run_id, run_dir / "meta" / "events.jsonl", self.redactor.bytes)
-        active = ActiveRun(info=info, events=events)
-        self._active[run_id] = active
-        for warning in loaded.warnings:
-            events.emit("warning", message=warning)
         spec = RunSpec(run_id=run_id, loaded=loaded, task=req.task, workspace=run_dir / "workspace",
                        max_steps=max_steps, stream=stream, peer_uid=peer.uid if peer else None)
-        if self.services.telemetry is not None:
-            chain = [route.id] + [f for f in cfg.routing_for(route.id).fallback_models]
-            self.services.telemetry.emit(RunStart(
-                run_id=run_id, route=route.id, peer_uid=spec.peer_uid, config_digest=loaded.digest,
-                route_chain=chain, executor=self.services.executor.mode, config=req.config_path), run_dir)
-        if self.services.metrics is not None:
-            self.services.metrics.run_started()
-        self._tg.start_soon(self._run, active, spec, seed, peer, name=f"run-{run_id}")
-        return info
+        return _Prepared(info=info, loaded=loaded, spec=spec, seed=seed, run_dir=run_dir)
 
     # ---- running ----------------------------------------------------------------
 
@@ -196,6 +238,12 @@ class RunManager:
                                        state=self.services.executor.state)
                     await self.services.executor.wait_ready()
                 active.result = await active.agent.run()
+            except ExecutorError as exc:  # the cluster went away: a typed end, not a loop crash
+                agent = active.agent
+                active.result = RunResult(exit_reason="executor_unavailable", completed=False,
+                                          steps=agent.steps if agent else 0, method="loop_exit",
+                                          error=f"{self.services.executor.mode} executor: {exc}",
+                                          error_type="executor_unavailable")
             except Exception as exc:  # the loop itself failed: record it, never lose the run
                 agent = active.agent
                 active.result = RunResult(exit_reason="run_loop_exception", completed=False,
@@ -211,11 +259,12 @@ class RunManager:
 
     async def _seed(self, rundir: RunDir, spec: RunSpec, seed: Path | None) -> None:
         archive = rundir.path / SEED_ARCHIVE
+        limiter = self._limiter("seed", SEED_THREADS)
         if archive.is_file():
             manifest = await anyio.to_thread.run_sync(seed_from_archive, archive, spec.workspace,
-                                                      self.max_workspace_bytes)
+                                                      self.max_workspace_bytes, limiter=limiter)
         else:
-            manifest = await anyio.to_thread.run_sync(seed_from_directory, seed, spec.workspace)
+            manifest = await anyio.to_thread.run_sync(seed_from_directory, seed, spec.workspace, limiter=limiter)
         await rundir.write_json(SEED_MANIFEST, manifest)
 
     async def _finalise(self, active: ActiveRun, spec: RunSpec, seed: Path | None, rundir: RunDir,

@@ -20,6 +20,7 @@ EXIT_REASONS = (
     "run_loop_exception",
     "finalise_error",  # the run ended but its artifacts could not be written
     "interrupted",  # kcd died during the run; finished from its files at the next start
+    "executor_unavailable",  # the tool executor (a Ray cluster) could not run the turn's calls
 )
 
 
@@ -48,10 +49,13 @@ class ExecutorInfo(msgspec.Struct):
     mode: str  # "ray" | "in-process"
     state: str  # "starting" | "ready" | "degraded" | "stopped"
     detail: dict[str, Any] = {}
+    # Ray: the cluster's nodes as last checked (node_id, address, alive, cpus_total, cpus_free,
+    # resources, turns running there, local = kcd's host)
+    nodes: list[dict[str, Any]] = []
 
 
 class Health(msgspec.Struct):
-    state: str  # "ok" | "stopping"
+    state: str  # "ok" | "degraded" (the executor is) | "stopping"
     version: str
     api: str
     pid: int

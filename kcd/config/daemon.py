@@ -168,6 +168,9 @@ class DaemonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ray_num_cpus: int | None = None
     ray_temp_dir: str | None = None
     ray_init_timeout_s: float = 120.0
+    # How long a tool call waits for a starting or degraded executor (a Ray cluster that is
+    # coming back) before it fails with executor_unavailable.
+    executor_wait_s: float = 30.0
     heartbeat_s: float = 15.0
     idle_timeout_s: Annotated[float, Meta(gt=0)] = 30.0  # a connection with no request in flight is closed
     max_connections: Annotated[int, Meta(ge=16)] = 4096  # per listener; past it new requests get 503

@@ -88,10 +88,12 @@ class ControlAPI:
     async def health(self, req: Request) -> Response:
         d = self.daemon
         ex = d.executor
+        state = "stopping" if d.stopping else ("degraded" if ex.state == "degraded" else "ok")
         return json_response(Health(
-            state="stopping" if d.stopping else "ok", version=__version__, api=API_VERSION,
+            state=state, version=__version__, api=API_VERSION,
             pid=os.getpid(), uid=os.getuid(), uptime_s=round(time.monotonic() - self.started, 3),
-            executor=ExecutorInfo(mode=ex.mode, state=ex.state, detail=dict(ex.detail)),
+            executor=ExecutorInfo(mode=ex.mode, state=ex.state, detail=dict(ex.detail),
+                                  nodes=list(getattr(ex, "nodes", []))),
             runs_active=d.runs.active_count, socket=str(d.config.socket),
             runs_root=str(d.config.runs_root), peer=req.peer, upstream_client=d.config.upstream_client,
             event_loop=_event_loop_name(), sandbox=d.sandbox))

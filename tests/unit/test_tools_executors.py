@@ -11,13 +11,14 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from kcd.agent.calls import ToolInvocation, ToolOutcome, ToolSettings
 from kcd.agent.tools import TOOL_SPECS
 from kcd.execution.base import Executor
 from kcd.execution.inprocess import InProcessExecutor
-from kcd.execution.ray_executor import RayExecutor
+from kcd.execution.ray_plane import RayPlaneExecutor
 
 pytestmark = pytest.mark.anyio
 
@@ -67,14 +68,15 @@ def test_every_tool_has_a_case() -> None:
 
 
 @pytest.fixture(scope="module")
-async def ray_executor(ray_cluster: str, ray_client_env: dict[str, str]) -> AsyncIterator[RayExecutor]:
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in ray_client_env.items():
-            mp.setenv(key, value)
-        mp.delenv("RAY_ADDRESS", raising=False)
-        executor = RayExecutor(ray_cluster, init_timeout=60)
-        await executor.start()
-        await executor.wait_ready()
+async def ray_executor(ray_cluster: str, ray_client_env: dict[str, str],
+                       tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RayPlaneExecutor]:
+    home = tmp_path_factory.mktemp("ray-home")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(ray_client_env, HOME=str(home))
+    executor = RayPlaneExecutor(ray_cluster, init_timeout=60, log_path=home / "driver.log", environ=env)
+    async with anyio.create_task_group() as tg:
+        await executor.start(tg)
+        await executor.wait_ready(60)
         try:
             yield executor
         finally:

@@ -1,0 +1,1 @@
+"""The Ray execution plane: the driver process kcd supervises, and what the two say."""

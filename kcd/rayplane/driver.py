@@ -1,0 +1,300 @@
+"""The Ray driver: a child process of kcd that owns the Ray connection.
+
+Ray's fatal paths (a GCS unreachable for 60 s ends the driver's process, a
+native abort at shutdown) are this process's, never kcd's: kcd talks to it
+over one inherited socket (`kcd.rayplane.messages`) and restarts it with
+backoff when it dies (`kcd.rayplane.supervisor`).
+
+Threads: the main thread reads kcd's messages and submits turns; a completion
+thread waits on the refs in flight (`ray.wait`) and sends each result; a
+liveness thread asks the GCS for the node table every `check_s` and reports a
+`Status` (a check that does not answer in `check_timeout_s` is `degraded`).
+When kcd's end of the socket closes, the driver shuts Ray down and exits.
+
+    python -m kcd.rayplane.driver --fd N [--address HOST:PORT] [--num-cpus N]
+                                  [--temp-dir DIR] [--init-timeout S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import queue
+import socket
+import sys
+import threading
+import time
+from typing import Any
+
+from kcd.rayplane.messages import (
+    Cancel,
+    FrameBuffer,
+    Message,
+    NodeInfo,
+    Shutdown,
+    Status,
+    Turn,
+    TurnDone,
+    encode,
+)
+
+_STANDARD = frozenset({"CPU", "GPU", "memory", "object_store_memory"})
+_CANCEL_GRACE_S = 2.0
+_AUTH_HINT = ("if the cluster uses token authentication, start kcd with RAY_AUTH_MODE=token and "
+              "RAY_AUTH_TOKEN_PATH (or RAY_AUTH_TOKEN); otherwise check that the address is the GCS port")
+
+
+class Driver:
+    def __init__(self, sock: socket.socket, args: argparse.Namespace) -> None:
+        self.sock = sock
+        self.args = args
+        self._send_lock = threading.Lock()
+        self._pending: dict[Any, int] = {}  # ref -> turn id
+        self._refs: dict[int, Any] = {}  # turn id -> ref
+        self._nodes_of: dict[int, str] = {}  # turn id -> node id
+        self._lock = threading.Lock()
+        self._new = queue.SimpleQueue()  # refs submitted since the completion thread last looked
+        self._stop = threading.Event()
+        self._remote: Any = None
+        self._node_id = ""
+        self.info: dict[str, Any] = {}
+
+    # ---- the channel --------------------------------------------------------------
+
+    def send(self, message: Any) -> None:
+        data = encode(message)
+        with self._send_lock:
+            try:
+                self.sock.sendall(data)
+            except OSError:
+                self._stop.set()  # kcd is gone
+
+    # ---- start-up -----------------------------------------------------------------
+
+    def connect(self) -> None:
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from kcd.agent.tools import execute_calls
+
+        a = self.args
+        if a.address not in (None, "auto"):
+            _probe_tcp(a.address)  # ray.init on a dead address hangs: fail fast and say why
+        options: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
+        if a.address is None:
+            options.update(address="local", include_dashboard=False, num_cpus=a.num_cpus)
+            if a.temp_dir:
+                options["_temp_dir"] = a.temp_dir
+        else:
+            options["address"] = a.address
+        ray.init(**options)
+        context = ray.get_runtime_context()
+        self._node_id = context.get_node_id()
+        # Workspaces live on kcd's host, so every turn runs on this node (no shared
+        # filesystem assumed); max_retries=0: tool calls are not idempotent.
+        self._remote = ray.remote(max_retries=0)(execute_calls).options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=self._node_id, soft=False))
+        self.info = {"address": a.address or "local", "node_id": self._node_id,
+                     "gcs_address": context.gcs_address, "ray_version": ray.__version__,
+                     "local_instance": a.address is None, "driver_pid": os.getpid(),
+                     "auth": "token" if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" else "disabled"}
+
+    # ---- liveness -----------------------------------------------------------------
+
+    def nodes(self) -> list[NodeInfo]:
+        import ray
+        from ray._private import state
+
+        available = state.available_resources_per_node()
+        with self._lock:
+            turns: dict[str, int] = {}
+            for node in self._nodes_of.values():
+                turns[node] = turns.get(node, 0) + 1
+        out = []
+        for n in ray.nodes():
+            node_id = n["NodeID"]
+            total = n.get("Resources") or {}
+            free = available.get(node_id) or {}
+            out.append(NodeInfo(
+                node_id=node_id, address=str(n.get("NodeManagerAddress", "")), alive=bool(n.get("Alive")),
+                cpus_total=float(total.get("CPU", 0.0)), cpus_free=float(free.get("CPU", 0.0)),
+                resources={k: float(v) for k, v in total.items()
+                           if k not in _STANDARD and not k.startswith("node:")},
+                turns=turns.get(node_id, 0), local=node_id == self._node_id))
+        return out
+
+    def liveness_loop(self) -> None:
+        """Report the cluster as it is now, from the GCS; a check that hangs is an answer too."""
+        while not self._stop.is_set():
+            result: dict[str, Any] = {}
+
+            def check() -> None:
+                try:
+                    result["nodes"] = self.nodes()
+                except Exception as exc:  # noqa: BLE001 - any failure is "cannot see the cluster"
+                    result["error"] = f"{type(exc).__name__}: {exc}"
+
+            t = threading.Thread(target=check, daemon=True)
+            t.start()
+            t.join(self.args.check_timeout)
+            if "nodes" in result:
+                nodes = result["nodes"]
+                local_alive = any(n.local and n.alive for n in nodes)
+                state = "ready" if local_alive else "degraded"
+                detail = dict(self.info) if local_alive else {**self.info, "error": "kcd's node is not alive"}
+                self.send(Status(state=state, detail=detail, nodes=nodes))
+            else:
+                error = result.get("error") or f"the cluster did not answer within {self.args.check_timeout:g} s"
+                self.send(Status(state="degraded", detail={**self.info, "error": error}))
+            self._stop.wait(self.args.check_s)
+
+    # ---- turns --------------------------------------------------------------------
+
+    def submit(self, turn: Turn) -> None:
+        try:
+            ref = self._remote.remote(turn.workspace, turn.calls, turn.settings)
+        except Exception as exc:  # noqa: BLE001
+            self.send(TurnDone(id=turn.id, error=f"Ray refused the turn: {type(exc).__name__}: {exc}"))
+            return
+        with self._lock:
+            self._pending[ref] = turn.id
+            self._refs[turn.id] = ref
+            self._nodes_of[turn.id] = self._node_id
+        self._new.put(ref)
+
+    def cancel(self, turn_id: int) -> None:
+        """Cooperative first (the task's shell is killed), forced if it does not end in time."""
+        import ray
+
+        with self._lock:
+            ref = self._refs.get(turn_id)
+        if ref is None:
+            return
+        try:
+            ray.cancel(ref)
+        except Exception:  # noqa: BLE001
+            pass
+
+        def force() -> None:
+            time.sleep(_CANCEL_GRACE_S)
+            with self._lock:
+                still = turn_id in self._refs
+            if still:
+                try:
+                    ray.cancel(ref, force=True)
+                except Exception:  # noqa: BLE001
+                    pass
+
+        threading.Thread(target=force, daemon=True).start()
+
+    def completion_loop(self) -> None:
+        import ray
+
+        waiting: list[Any] = []
+        while not self._stop.is_set():
+            while True:
+                try:
+                    waiting.append(self._new.get_nowait())
+                except queue.Empty:
+                    break
+            if not waiting:
+                try:
+                    waiting.append(self._new.get(timeout=0.2))
+                except queue.Empty:
+                    continue
+            ready, waiting = ray.wait(waiting, num_returns=1, timeout=0.2)
+            for ref in ready:
+                with self._lock:
+                    turn_id = self._pending.pop(ref, None)
+                    self._refs.pop(turn_id, None)
+                    node = self._nodes_of.pop(turn_id, None)
+                if turn_id is None:
+                    continue
+                try:
+                    outcomes = ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - the worker died, was cancelled, ...
+                    self.send(TurnDone(id=turn_id, node_id=node,
+                                       error=f"tool execution failed in Ray: {type(exc).__name__}: {exc}"))
+                else:
+                    self.send(TurnDone(id=turn_id, outcomes=outcomes, node_id=node))
+
+    # ---- the main loop ------------------------------------------------------------
+
+    def serve(self) -> None:
+        threading.Thread(target=self.liveness_loop, name="liveness", daemon=True).start()
+        threading.Thread(target=self.completion_loop, name="completions", daemon=True).start()
+        frames = FrameBuffer()
+        while not self._stop.is_set():
+            try:
+                chunk = self.sock.recv(1 << 16)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                break  # kcd closed its end (it stopped, or died)
+            for message in frames.feed(chunk):
+                self.handle(message)
+
+    def handle(self, message: Message) -> None:
+        if isinstance(message, Turn):
+            self.submit(message)
+        elif isinstance(message, Cancel):
+            self.cancel(message.id)
+        elif isinstance(message, Shutdown):
+            self._stop.set()
+
+
+class Unreachable(Exception):
+    pass
+
+
+def _probe_tcp(address: str, timeout: float = 2.0) -> None:
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise Unreachable(f"no Ray GCS answering at {address}: {exc}") from None
+
+
+def _args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="kcd.rayplane.driver")
+    p.add_argument("--fd", type=int, required=True)
+    p.add_argument("--address", default=None)
+    p.add_argument("--num-cpus", type=int, default=None)
+    p.add_argument("--temp-dir", default=None)
+    p.add_argument("--check-s", type=float, default=2.0)
+    p.add_argument("--check-timeout", type=float, default=5.0)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _args(sys.argv[1:] if argv is None else argv)
+    sock = socket.socket(fileno=args.fd)
+    driver = Driver(sock, args)
+    driver.send(Status(state="starting", detail={"address": args.address or "local", "driver_pid": os.getpid()}))
+    try:
+        driver.connect()
+    except Exception as exc:  # noqa: BLE001 - reported, then the supervisor retries with backoff
+        error = str(exc) if isinstance(exc, Unreachable) else f"{type(exc).__name__}: {exc}"
+        detail = {"address": args.address or "local", "error": error}
+        if args.address and not isinstance(exc, Unreachable) and "auth" in error.lower():
+            detail["hint"] = _AUTH_HINT
+        driver.send(Status(state="degraded", detail=detail))
+        return 3
+    try:
+        driver.serve()
+    finally:
+        import ray
+
+        try:
+            ray.shutdown()
+        finally:
+            sock.close()
+    return 0
+
+
+if __name__ == "__main__":
+    # os._exit: Ray's atexit hooks and native threads have aborted interpreters at exit before.
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
