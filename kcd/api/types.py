@@ -45,7 +45,7 @@ class PeerInfo(msgspec.Struct):
     gid: int
 
 
-class ExecutorInfo(msgspec.Struct):
+class ExecutorInfo(msgspec.Struct, omit_defaults=True):
     mode: str  # "ray" | "in-process"
     state: str  # "starting" | "ready" | "degraded" | "stopped"
     detail: dict[str, Any] = {}
