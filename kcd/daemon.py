@@ -83,6 +83,7 @@ def make_executor(config: DaemonConfig) -> Executor:
     state = Path(config.state_dir) if config.state_dir else None
     return RayPlaneExecutor(config.ray_address, num_cpus=config.ray_num_cpus, temp_dir=config.ray_temp_dir,
                             init_timeout=config.ray_init_timeout_s, wait_ready_s=config.executor_wait_s,
+                            turn_cpus=config.ray_turn_cpus, turn_resources=config.ray_turn_resources,
                             token_path=state / "ray_auth_token" if state else None,
                             log_path=state / "ray-driver.log" if state else None)
 

@@ -220,6 +220,8 @@ class RunManager:
         finally:
             with anyio.CancelScope(shield=True):
                 elapsed = time.monotonic() - started
+                with anyio.move_on_after(5):  # a node's copy of the workspace: best effort
+                    await self.services.executor.release(str(spec.workspace))
                 try:
                     await self._finalise(active, spec, seed, rundir, peer, elapsed)
                 except Exception as exc:
@@ -294,6 +296,7 @@ class RunManager:
             "config_digest": spec.loaded.digest, "route": info.route, "task": spec.task,
             "max_steps": spec.max_steps, "stream": spec.stream,
             "executor": self.services.executor.mode,
+            "nodes": sorted(agent.nodes) if agent else [],  # Ray nodes its tool calls ran on
             "peer": {"uid": peer.uid, "pid": peer.pid, "gid": peer.gid} if peer else None,
             "daemon_pid": os.getpid(),
             "timings": {"created_at": info.created_at, "started_at": info.started_at,

@@ -128,6 +128,7 @@ class AgentRun:
                                         run_id=spec.run_id, peer_uid=spec.peer_uid)
         self.served_route: str | None = None
         self.steps = 0
+        self.nodes: set[str] = set()  # Ray nodes its tool calls ran on
         self.messages: list[ChatMessage] = []
         self.last_text: str | None = None
 
@@ -266,8 +267,11 @@ class AgentRun:
         order = {c.call_id: i for i, c in enumerate(calls)}
         outcomes.sort(key=lambda o: order.get(o.call_id, len(order)))
         for o in outcomes:
+            node = (o.data or {}).get("node_id")  # Ray: the node the call ran on
+            if node:
+                self.nodes.add(node)
             self.events.emit("tool.result", turn=self.steps, call_id=o.call_id, name=o.name,
-                             ok=o.ok, output=_excerpt(o.output, 300))
+                             ok=o.ok, output=_excerpt(o.output, 300), **({"node": node} if node else {}))
             if self.services.metrics is not None:
                 self.services.metrics.tool_call(o.name, o.ok)
         return outcomes

@@ -171,6 +171,10 @@ class DaemonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # How long a tool call waits for a starting or degraded executor (a Ray cluster that is
     # coming back) before it fails with executor_unavailable.
     executor_wait_s: float = 30.0
+    # What one turn needs of a Ray node: a turn runs on any node with this much free (a head
+    # started with --num-cpus=0 takes none), e.g. {"gpu_box": 1} to pin turns to such nodes.
+    ray_turn_cpus: Annotated[float, Meta(ge=0)] = 1.0
+    ray_turn_resources: dict[str, Annotated[float, Meta(gt=0)]] = {}
     heartbeat_s: float = 15.0
     idle_timeout_s: Annotated[float, Meta(gt=0)] = 30.0  # a connection with no request in flight is closed
     max_connections: Annotated[int, Meta(ge=16)] = 4096  # per listener; past it new requests get 503

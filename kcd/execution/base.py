@@ -54,5 +54,9 @@ class Executor(Protocol):
         process groups killed) before the cancellation propagates.
         """
 
+    async def release(self, workspace: str) -> None:
+        """The run using `workspace` is over: drop whatever the executor kept for it
+        (a Ray node's copy of the workspace). Never raises."""
+
     async def aclose(self) -> None:
         """Stop; idempotent. Later run_turn calls raise ExecutorUnavailable."""

@@ -69,6 +69,9 @@ class InProcessExecutor:
                     await anyio.sleep(0.01)
             raise
 
+    async def release(self, workspace: str) -> None:
+        """Nothing to drop: the calls ran in the workspace itself."""
+
     async def aclose(self) -> None:
         self.state = "stopped"
         await anyio.to_thread.run_sync(self.host.close)

@@ -16,6 +16,7 @@ a deadline from its calls' own timeouts, so a hung cluster fails a call with
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -31,7 +32,7 @@ import anyio.abc
 from kcd.agent.calls import ToolInvocation, ToolOutcome, ToolSettings
 from kcd.execution.base import ExecutorError, ExecutorState, ExecutorUnavailable
 from kcd.execution.ray_auth import ensure_ray_token, local_auth_environment, split_host_port
-from kcd.rayplane.messages import Cancel, FrameBuffer, Shutdown, Status, Turn, TurnDone, encode
+from kcd.rayplane.messages import Cancel, FrameBuffer, Release, Shutdown, Status, Turn, TurnDone, encode
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
@@ -70,10 +71,13 @@ class RayPlaneExecutor:
         check_timeout_s: float = 5.0,
         stale_after_s: float = 15.0,
         environ: Mapping[str, str] | None = None,
+        turn_cpus: float = 1.0,
+        turn_resources: Mapping[str, float] | None = None,
     ) -> None:
         """`address`: None/"local" starts a private local instance in the driver; "host:port"
         joins that cluster's GCS; "auto" uses Ray's own lookup. `wait_ready_s`: how long a
-        turn waits for a degraded or starting executor before failing `executor_unavailable`."""
+        turn waits for a degraded or starting executor before failing `executor_unavailable`.
+        `turn_cpus`, `turn_resources`: what one turn needs of a node (where it may run)."""
         if address == "local":
             address = None
         if address is not None:
@@ -92,6 +96,8 @@ class RayPlaneExecutor:
         self._check_timeout_s = check_timeout_s
         self._stale_after_s = stale_after_s
         self._environ = dict(os.environ if environ is None else environ)
+        self._turn_cpus = turn_cpus
+        self._turn_resources = dict(turn_resources or {})
         self.state: ExecutorState = "stopped"
         self.detail: dict[str, Any] = {"address": address or "local", "error": "not started"}
         self.nodes: list[dict[str, Any]] = []
@@ -182,6 +188,10 @@ class RayPlaneExecutor:
             raise ExecutorUnavailable(done.error if done and done.error else "the turn ended with no result")
         return done.outcomes
 
+    async def release(self, workspace: str) -> None:
+        with contextlib.suppress(Exception):
+            await self._send(Release(workspace=workspace))
+
     async def _cancel(self, turn_id: int, waiter: _Waiter) -> None:
         with contextlib.suppress(Exception):
             await self._send(Cancel(id=turn_id))
@@ -251,7 +261,8 @@ class RayPlaneExecutor:
             env.update(local_auth_environment(env, self._token_path))
             ensure_ray_token(env)
         cmd = [sys.executable, "-m", "kcd.rayplane.driver", "--fd", str(child.fileno()),
-               "--check-s", str(self._check_s), "--check-timeout", str(self._check_timeout_s)]
+               "--check-s", str(self._check_s), "--check-timeout", str(self._check_timeout_s),
+               "--turn-cpus", str(self._turn_cpus), "--turn-resources", json.dumps(self._turn_resources)]
         if self._address is not None:
             cmd += ["--address", self._address]
         if self._num_cpus is not None:

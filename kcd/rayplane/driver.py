@@ -18,6 +18,7 @@ When kcd's end of the socket closes, the driver shuts Ray down and exits.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import queue
 import socket
@@ -26,22 +27,39 @@ import threading
 import time
 from typing import Any
 
+from pathlib import Path
+
 from kcd.rayplane.messages import (
     Cancel,
     FrameBuffer,
     Message,
     NodeInfo,
+    Release,
     Shutdown,
     Status,
     Turn,
     TurnDone,
     encode,
 )
+from kcd.rayplane.wsync import pack_tree, replace_tree
 
 _STANDARD = frozenset({"CPU", "GPU", "memory", "object_store_memory"})
 _CANCEL_GRACE_S = 2.0
+_RESUME_GRACE_S = 10.0  # how long a resumed turn may wait for a node before room is checked
 _AUTH_HINT = ("if the cluster uses token authentication, start kcd with RAY_AUTH_MODE=token and "
               "RAY_AUTH_TOKEN_PATH (or RAY_AUTH_TOKEN); otherwise check that the address is the GCS port")
+
+
+class _Run:
+    """What the driver keeps of a run between turns: kcd's copy is at `version`, whose
+    packed form is `snapshot` (in the object store, owned here, so it outlives any node)."""
+
+    __slots__ = ("node", "snapshot", "version")
+
+    def __init__(self, snapshot: Any) -> None:
+        self.version = 0
+        self.snapshot = snapshot
+        self.node: str | None = None  # where its cache is: the next turn prefers that node
 
 
 class Driver:
@@ -49,9 +67,13 @@ class Driver:
         self.sock = sock
         self.args = args
         self._send_lock = threading.Lock()
-        self._pending: dict[Any, int] = {}  # ref -> turn id
-        self._refs: dict[int, Any] = {}  # turn id -> ref
-        self._nodes_of: dict[int, str] = {}  # turn id -> node id
+        self._pending: dict[Any, tuple[Turn, int]] = {}  # ref -> (turn, attempt)
+        self._refs: dict[int, Any] = {}  # turn id -> its current ref
+        self._nodes_of: dict[int, str] = {}  # turn id -> the node it was sent towards
+        self._runs: dict[str, _Run] = {}  # workspace -> state (touched by the main thread only...)
+        self._runs_lock = threading.Lock()  # ...and the completion thread
+        self._cancelled: set[int] = set()
+        self._resumed: dict[int, float] = {}  # turn id -> when it was sent again after a node died
         self._lock = threading.Lock()
         self._new = queue.SimpleQueue()  # refs submitted since the completion thread last looked
         self._stop = threading.Event()
@@ -73,9 +95,8 @@ class Driver:
 
     def connect(self) -> None:
         import ray
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        from kcd.agent.tools import execute_calls
+        from kcd.rayplane.node_turn import release_on_node, run_turn_on_node
 
         a = self.args
         if a.address not in (None, "auto"):
@@ -90,10 +111,12 @@ class Driver:
         ray.init(**options)
         context = ray.get_runtime_context()
         self._node_id = context.get_node_id()
-        # Workspaces live on kcd's host, so every turn runs on this node (no shared
-        # filesystem assumed); max_retries=0: tool calls are not idempotent.
-        self._remote = ray.remote(max_retries=0)(execute_calls).options(
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=self._node_id, soft=False))
+        # A turn goes to any node with room for it (turn_cpus and the custom resources asked
+        # for: a head started with --num-cpus=0 gets none); the run's workspace travels with
+        # it (kcd.rayplane.wsync). max_retries=0: the driver decides what is re-run.
+        self._remote = ray.remote(max_retries=0, num_cpus=a.turn_cpus,
+                                  resources=a.turn_resources or None)(run_turn_on_node)
+        self._release = ray.remote(max_retries=0, num_cpus=0)(release_on_node)
         self.info = {"address": a.address or "local", "node_id": self._node_id,
                      "gcs_address": context.gcs_address, "ray_version": ray.__version__,
                      "local_instance": a.address is None, "driver_pid": os.getpid(),
@@ -139,6 +162,7 @@ class Driver:
             t.join(self.args.check_timeout)
             if "nodes" in result:
                 nodes = result["nodes"]
+                self._fail_unplaceable()
                 local_alive = any(n.local and n.alive for n in nodes)
                 state = "ready" if local_alive else "degraded"
                 detail = dict(self.info) if local_alive else {**self.info, "error": "kcd's node is not alive"}
@@ -151,16 +175,83 @@ class Driver:
     # ---- turns --------------------------------------------------------------------
 
     def submit(self, turn: Turn) -> None:
+        import ray
+
+        with self._runs_lock:
+            run = self._runs.get(turn.workspace)
+        if run is None:
+            try:
+                run = _Run(ray.put(pack_tree(Path(turn.workspace))))
+            except Exception as exc:  # noqa: BLE001
+                self.send(TurnDone(id=turn.id, error=f"cannot ship the workspace: {type(exc).__name__}: {exc}"))
+                return
+            with self._runs_lock:
+                self._runs[turn.workspace] = run
+        self._launch(turn, run, attempt=0)
+
+    def _launch(self, turn: Turn, run: _Run, attempt: int) -> None:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        strategy: Any = "DEFAULT"
+        if run.node is not None:  # its cache is there: prefer it, but any node will do
+            strategy = NodeAffinitySchedulingStrategy(node_id=run.node, soft=True)
         try:
-            ref = self._remote.remote(turn.workspace, turn.calls, turn.settings)
+            ref = self._remote.options(scheduling_strategy=strategy).remote(
+                turn.workspace, run.version, [run.snapshot], turn.calls, turn.settings)
         except Exception as exc:  # noqa: BLE001
             self.send(TurnDone(id=turn.id, error=f"Ray refused the turn: {type(exc).__name__}: {exc}"))
             return
         with self._lock:
-            self._pending[ref] = turn.id
+            self._pending[ref] = (turn, attempt)
             self._refs[turn.id] = ref
-            self._nodes_of[turn.id] = self._node_id
+            self._nodes_of[turn.id] = run.node or "?"
         self._new.put(ref)
+
+    def _fail_unplaceable(self) -> None:
+        """A turn resumed after its node died waits for a node with room; once the cluster
+        has noticed the death (a few seconds) and no live node has room, it ends now with
+        `node_lost` rather than at its deadline."""
+        import ray
+
+        with self._lock:
+            waiting = [t for t, since in self._resumed.items() if time.monotonic() - since > _RESUME_GRACE_S]
+        if not waiting:
+            return
+        total = ray.cluster_resources()  # live nodes only
+        room = total.get("CPU", 0.0) >= self.args.turn_cpus and all(
+            total.get(k, 0.0) >= v for k, v in self.args.turn_resources.items())
+        if room:
+            return
+        for turn_id in waiting:
+            with self._lock:
+                ref = self._refs.pop(turn_id, None)
+                self._resumed.pop(turn_id, None)
+                self._nodes_of.pop(turn_id, None)
+                if ref is not None:
+                    self._pending.pop(ref, None)
+            if ref is None:
+                continue
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001
+                pass
+            need = {"CPU": self.args.turn_cpus, **self.args.turn_resources}
+            self.send(TurnDone(id=turn_id, error=f"node_lost: the Ray node running the turn died and no live "
+                                                 f"node has room for it (needs {need}); the workspace is as "
+                                                 "of the last completed turn"))
+
+    def release(self, workspace: str) -> None:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        with self._runs_lock:
+            run = self._runs.pop(workspace, None)
+        if run is None or run.node is None:
+            return
+        try:
+            self._release.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+                node_id=run.node, soft=True)).remote(workspace)
+        except Exception:  # noqa: BLE001 - best effort: stale caches are removed after a day
+            pass
 
     def cancel(self, turn_id: int) -> None:
         """Cooperative first (the task's shell is killed), forced if it does not end in time."""
@@ -168,6 +259,8 @@ class Driver:
 
         with self._lock:
             ref = self._refs.get(turn_id)
+            if ref is not None:
+                self._cancelled.add(turn_id)  # its end is not a node failure to resume from
         if ref is None:
             return
         try:
@@ -205,18 +298,53 @@ class Driver:
             ready, waiting = ray.wait(waiting, num_returns=1, timeout=0.2)
             for ref in ready:
                 with self._lock:
-                    turn_id = self._pending.pop(ref, None)
-                    self._refs.pop(turn_id, None)
-                    node = self._nodes_of.pop(turn_id, None)
-                if turn_id is None:
-                    continue
+                    entry = self._pending.pop(ref, None)
+                if entry is not None:
+                    self._finish(ref, *entry)
+
+    def _finish(self, ref: Any, turn: Turn, attempt: int) -> None:
+        import ray
+
+        with self._lock:
+            cancelled = turn.id in self._cancelled
+            self._cancelled.discard(turn.id)
+            self._resumed.pop(turn.id, None)
+            self._refs.pop(turn.id, None)
+            self._nodes_of.pop(turn.id, None)
+        with self._runs_lock:
+            run = self._runs.get(turn.workspace)
+        try:
+            outcomes, packed, node_id, _ = ray.get(ref)
+        except (ray.exceptions.TaskCancelledError, ray.exceptions.RayTaskError) as exc:
+            # Cancelled, or the turn itself failed on the node (the tools report their own
+            # errors as outcomes, so this is ours: unpacking, the cache, ...).
+            self.send(TurnDone(id=turn.id, error=f"tool execution failed in Ray: {type(exc).__name__}: {exc}"))
+            return
+        except Exception as exc:  # noqa: BLE001 - the node or worker died: resume once elsewhere
+            if attempt == 0 and run is not None and not cancelled:
+                run.node = None  # the snapshot is the workspace as of the last completed turn
+                self._launch(turn, run, attempt=1)
+                with self._lock:
+                    self._resumed[turn.id] = time.monotonic()
+                return
+            self.send(TurnDone(id=turn.id, error=f"node_lost: the Ray node running the turn failed "
+                                                 f"({type(exc).__name__}: {exc}); the workspace is as of "
+                                                 "the last completed turn"))
+            return
+        if run is not None:
+            if packed is not None:
                 try:
-                    outcomes = ray.get(ref)
-                except Exception as exc:  # noqa: BLE001 - the worker died, was cancelled, ...
-                    self.send(TurnDone(id=turn_id, node_id=node,
-                                       error=f"tool execution failed in Ray: {type(exc).__name__}: {exc}"))
-                else:
-                    self.send(TurnDone(id=turn_id, outcomes=outcomes, node_id=node))
+                    replace_tree(packed, Path(turn.workspace))
+                except Exception as exc:  # noqa: BLE001 - hostile or broken tree: refuse it
+                    self.send(TurnDone(id=turn.id, error=f"the workspace sent back by node {node_id} was "
+                                                         f"refused: {type(exc).__name__}: {exc}"))
+                    return
+                run.version += 1
+                run.snapshot = ray.put(packed)
+            run.node = node_id
+        for o in outcomes:
+            o.data = {**(o.data or {}), "node_id": node_id}
+        self.send(TurnDone(id=turn.id, outcomes=outcomes, node_id=node_id, resumed=attempt > 0))
 
     # ---- the main loop ------------------------------------------------------------
 
@@ -239,6 +367,8 @@ class Driver:
             self.submit(message)
         elif isinstance(message, Cancel):
             self.cancel(message.id)
+        elif isinstance(message, Release):
+            self.release(message.workspace)
         elif isinstance(message, Shutdown):
             self._stop.set()
 
@@ -263,6 +393,8 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--temp-dir", default=None)
     p.add_argument("--check-s", type=float, default=2.0)
     p.add_argument("--check-timeout", type=float, default=5.0)
+    p.add_argument("--turn-cpus", type=float, default=1.0)
+    p.add_argument("--turn-resources", type=json.loads, default={})
     return p.parse_args(argv)
 
 

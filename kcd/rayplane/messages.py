@@ -16,7 +16,7 @@ import msgspec
 
 from kcd.agent.calls import ToolInvocation, ToolOutcome, ToolSettings
 
-__all__ = ["Cancel", "FrameBuffer", "Message", "NodeInfo", "Shutdown", "Status", "Turn", "TurnDone",
+__all__ = ["Cancel", "FrameBuffer", "Message", "NodeInfo", "Release", "Shutdown", "Status", "Turn", "TurnDone",
            "decode", "encode"]
 
 MAX_FRAME = 256 * 1024 * 1024  # a turn's results carry tool outputs, never workspaces
@@ -54,17 +54,24 @@ class TurnDone(msgspec.Struct, tag="done", omit_defaults=True):
     outcomes: list[ToolOutcome] | None = None
     error: str | None = None  # why the turn has no outcomes (the calls' effects are unknown)
     node_id: str | None = None
+    resumed: bool = False  # its first node died; it ran again elsewhere from the last snapshot
 
 
 class Cancel(msgspec.Struct, tag="cancel"):
     id: int
 
 
+class Release(msgspec.Struct, tag="release"):
+    """The run is over: forget its snapshot and remove its node's cache."""
+
+    workspace: str
+
+
 class Shutdown(msgspec.Struct, tag="shutdown"):
     pass
 
 
-Message = Union[Status, Turn, TurnDone, Cancel, Shutdown]
+Message = Union[Status, Turn, TurnDone, Cancel, Release, Shutdown]
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Message)
 

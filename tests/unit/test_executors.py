@@ -42,12 +42,16 @@ async def _gone(pid: int, within: float = 3.0) -> bool:
 
 async def _cancel_sleeping_turn(executor: Executor, ws: Path, after: float) -> tuple[float, int]:
     """Cancel a `sleep 30` turn after `after` s: (seconds until run_turn gave up, shell pid)."""
+    # Outside the workspace: under Ray the calls run in a node's copy of it, never synced back
+    # from a cancelled turn (the default process isolation lets the shell write there).
+    pid_file = Path(tempfile.mkdtemp(prefix="kcpid")) / "shell.pid"
     started = time.monotonic()
     with anyio.move_on_after(after) as scope:
-        await executor.run_turn(str(ws), [call("run_shell", command="echo $$ > shell.pid; exec sleep 30")], SETTINGS)
+        await executor.run_turn(str(ws), [call("run_shell", command=f"echo $$ > {pid_file}; exec sleep 30")],
+                                SETTINGS)
     assert scope.cancelled_caught
     elapsed = time.monotonic() - started
-    return elapsed, int((ws / "shell.pid").read_text())
+    return elapsed, int(pid_file.read_text())
 
 
 # --------------------------------------------------------------------------- in-process

@@ -44,8 +44,11 @@ CASES: dict[str, tuple[dict[str, Any], Check]] = {
     "run_shell": ({"command": "cat README.md"}, lambda ws, o: o.data is not None and o.data["stdout"] == "# demo\n"),
     "mark_task_complete": ({}, lambda ws, o: o.completes),
     "bash": (
-        {"command": "echo $PWD", "timeout": 5000},
-        lambda ws, o: o.data is not None and o.data["stdout"].strip() == os.path.realpath(ws),
+        # In the workspace: kcd's own (in-process) or a Ray node's copy, whose files come back.
+        {"command": "echo $PWD > pwd.txt; cat pwd.txt", "timeout": 5000},
+        lambda ws, o: o.data is not None and (ws / "pwd.txt").read_text().strip() == o.data["stdout"].strip()
+        and o.data["stdout"].strip() in (os.path.realpath(ws),) + ((o.data["stdout"].strip(),)
+                                                                     if "kylecode-ws" in o.data["stdout"] else ()),
     ),
     "read": ({"filePath": "src/main.c", "offset": 0, "limit": 1}, lambda ws, o: "int main" in o.output),
     "write": ({"filePath": "w.txt", "content": "w\n"}, lambda ws, o: (ws / "w.txt").read_text() == "w\n"),
