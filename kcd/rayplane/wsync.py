@@ -7,9 +7,12 @@ replaces kcd's copy with it. kcd's copy is therefore always the workspace as of 
 completed turn: `workspace.diff`, `runs fetch` and `--apply` read it as they always did,
 and a run whose node dies can start again elsewhere from it.
 
-What comes back was written by model-chosen commands, so it is unpacked as hostile input:
-`kcd.api.archive.safe_extract` (no absolute paths, no `..`, no links out, bounded), into a
-fresh directory that then replaces the old one.
+What comes back was written by model-chosen commands, so it is unpacked as hostile input,
+into a fresh directory that then replaces the old one: relative names without `..`, only
+directories, regular files and symlinks, bounded in size and count, and nothing written
+through a link. A symlink itself is kept whatever it points at (`ln -s /usr/bin/python3
+venv/bin/python` is ordinary work, and kcd's copy held such links before too); kcd never
+follows one when it reads or writes the workspace.
 """
 
 from __future__ import annotations
@@ -20,13 +23,17 @@ import os
 import shutil
 import stat
 import tarfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from kcd.api.archive import safe_extract
 
-__all__ = ["pack_tree", "replace_tree", "tree_signature"]
+__all__ = ["TreeRefused", "pack_tree", "replace_tree", "tree_signature"]
 
 MAX_TREE_BYTES = 1 << 30
+MAX_MEMBERS = 1_000_000
+
+
+class TreeRefused(ValueError):
+    """A tree sent back by a node that kcd will not unpack."""
 
 
 def _walk(root: Path):
@@ -69,11 +76,48 @@ def replace_tree(data: bytes, dest: Path, *, max_bytes: int = MAX_TREE_BYTES) ->
     old = dest.with_name(dest.name + ".previous")
     for leftover in (staging, old):
         shutil.rmtree(leftover, ignore_errors=True)
-    safe_extract(io.BytesIO(data), staging, max_bytes=max_bytes)
+    try:
+        _unpack(data, staging, max_bytes)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     if dest.exists():
         os.rename(dest, old)
     os.rename(staging, dest)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _unpack(data: bytes, dest: Path, max_bytes: int) -> None:
+    os.mkdir(dest, 0o755)
+    real = os.path.realpath(dest)
+    total = members = 0
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        for m in tar:
+            members += 1
+            total += max(m.size, 0)
+            if members > MAX_MEMBERS or total > max_bytes:
+                raise TreeRefused(f"the tree is over the limits ({MAX_MEMBERS} members, {max_bytes} bytes)")
+            parts = PurePosixPath(m.name).parts
+            if not parts or m.name.startswith("/") or ".." in parts or "\0" in m.name:
+                raise TreeRefused(f"member {m.name!r}: not a relative path inside the workspace")
+            target = os.path.join(real, *parts)
+            parent = os.path.realpath(os.path.dirname(target))
+            if os.path.commonpath([parent, real]) != real:
+                raise TreeRefused(f"member {m.name!r} would be written through a link")
+            if m.isdir():
+                os.makedirs(target, exist_ok=True)
+                os.chmod(target, (m.mode & 0o777) | 0o700)
+            elif m.issym():
+                os.symlink(m.linkname, target)
+            elif m.isreg():
+                src = tar.extractfile(m)
+                assert src is not None
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                with os.fdopen(fd, "wb") as out:
+                    shutil.copyfileobj(src, out, 1 << 20)
+                os.chmod(target, m.mode & 0o7777 & ~0o6000)  # never setuid/setgid
+            else:
+                raise TreeRefused(f"member {m.name!r}: only directories, files and symlinks come back")
 
 
 def tree_signature(root: Path) -> str:
