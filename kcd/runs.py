@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import traceback
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,11 +74,11 @@ class ActiveRun:
     telemetry_ended: bool = False
 
 
-# Worker threads for admission (config load, run directory) and for seeding workspaces. Few on
-# purpose: that work is mostly Python and holds the GIL, and each thread holding it makes every
-# system call of the event loop wait for its turn (a 500-run burst through 40 threads stalled
-# /v1/health for seconds). A burst queues for these threads instead; nothing is refused.
-ADMISSION_THREADS = 1
+# Admission runs in one worker thread, for up to ADMISSION_BATCH queued submissions per hop;
+# workspaces are seeded by at most SEED_THREADS threads. Few on purpose: each thread running
+# Python makes every system call of the event loop wait for the GIL (a 500-run burst through
+# 40 threads stalled /v1/health for seconds). A burst queues instead; nothing is refused.
+ADMISSION_BATCH = 16
 SEED_THREADS = 2
 
 
@@ -87,6 +89,19 @@ class _Prepared:
     spec: RunSpec
     seed: Path | None
     run_dir: Path
+    events: EventLog
+
+
+@dataclass
+class _Admission:
+    """A submission waiting for `_admit`; `done` is set with `info` or `error`."""
+
+    req: RunRequest
+    peer: PeerInfo | None
+    done: anyio.Event = field(default_factory=anyio.Event)
+    abandoned: bool = False
+    info: RunInfo | None = None
+    error: BaseException | None = None
 
 
 def load_config_for_request(config_text: str, config_path: str | None, peer: PeerInfo | None = None) -> LoadedConfig:
@@ -95,6 +110,66 @@ def load_config_for_request(config_text: str, config_path: str | None, peer: Pee
         return load_agent_config_text(config_text, config_path, peer_reader(peer))
     except ConfigError as exc:
         raise RunRejected("config_error", str(exc)) from None
+
+
+class ConfigCache:
+    """Loaded configs of recent submissions, reused while nothing they read has changed.
+
+    A burst of runs usually sends one config many times; parsing and checking it is most of
+    the Python an admission runs (about 5 ms). An entry is reused only for the same text and
+    path, for a peer whose reads are not checked (no peer, root, the daemon's own user: what
+    `peer_reader` lets through for them depends on the files alone), and only when the path
+    still resolves to the same file and every file and tool directory the load read has the
+    same identity, size, times and mode (`os.stat`); otherwise it loads afresh. A
+    LoadedConfig is never modified after loading, so runs share it.
+    """
+
+    def __init__(self, size: int = 16):
+        self.size = size
+        self._entries: OrderedDict[tuple[str, str | None], tuple[tuple, LoadedConfig]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+
+    def load(self, config_text: str, config_path: str | None, peer: PeerInfo | None) -> LoadedConfig:
+        if peer is not None and peer.uid not in (0, os.getuid()):
+            return load_config_for_request(config_text, config_path, peer)
+        key = (config_text, config_path)
+        with self._lock:
+            entry = self._entries.get(key)
+        if entry is not None and entry[0] == _fingerprint(config_path, entry[1]):
+            with self._lock:
+                self._entries.move_to_end(key)
+                self.hits += 1
+            return entry[1]
+        loaded = load_config_for_request(config_text, config_path, peer)
+        stamp = _fingerprint(config_path, loaded)
+        if stamp is not None:
+            with self._lock:
+                self._entries[key] = (stamp, loaded)
+                self._entries.move_to_end(key)
+                while len(self._entries) > self.size:
+                    self._entries.popitem(last=False)
+        return loaded
+
+
+def _fingerprint(config_path: str | None, loaded: LoadedConfig) -> tuple | None:
+    """What a load depended on, as it is now; None when it cannot be told (never reused)."""
+    # files[0] is the top file's name ("<config>" without a path); tool directories may not
+    # exist yet; everything else was read, so a missing one means "cannot tell".
+    required = [*(loaded.files if config_path is not None else loaded.files[1:]), *loaded.pack_paths.values()]
+    stamp: list = [str(Path(config_path).expanduser().resolve()) if config_path is not None else None]
+    for path in [*required, *loaded.tool_dirs]:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            if path in required:
+                return None
+            stamp.append((path, None))
+            continue
+        except OSError:
+            return None
+        stamp.append((path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode))
+    return tuple(stamp)
 
 
 class RunManager:
@@ -112,6 +187,9 @@ class RunManager:
         self._active: dict[str, ActiveRun] = {}
         self._accepting = True
         self._limiters: dict[str, anyio.CapacityLimiter] = {}
+        self.configs = ConfigCache()
+        self._queue: list[_Admission] = []
+        self._admitting = False
 
     @property
     def active_count(self) -> int:
@@ -127,11 +205,15 @@ class RunManager:
         return limiter
 
     async def submit(self, req: RunRequest, peer: PeerInfo | None) -> RunInfo:
-        """Validate and start one run. Everything that reads or writes files (the seed checks,
-        the config load, the run directory and its first files) happens in one worker-thread
-        call, at most ADMISSION_THREADS at a time: a burst of submissions queues for those
-        threads instead of running its Python on the event loop or in dozens of threads that
-        take the GIL from it, so the control API keeps answering while the burst is admitted."""
+        """Validate and start one run.
+
+        Everything that reads or writes files (the seed checks, the config load, the run
+        directory, its first files and its event log) happens in a worker thread, for a batch
+        of queued submissions at a time (`_admit`); the event loop then stores the batch in one
+        SQLite transaction and starts the runs. A burst of submissions thus costs the loop a
+        few thread hand-offs per batch instead of a dozen system calls per run (each waiting
+        for the GIL behind the workers) or dozens of threads taking the GIL from it, and the
+        control API keeps answering while the burst is admitted."""
         if not self._accepting:
             raise RunRejected("shutting_down", "the daemon is shutting down")
         if not req.task.strip():
@@ -140,17 +222,78 @@ class RunManager:
             raise RunRejected("invalid_request", "max_steps must be at least 1")
         if req.workspace and req.workspace_upload:
             raise RunRejected("invalid_request", "give workspace or workspace_upload, not both")
-        # Cancellable while it waits for a thread; once the thread has started, the run is
-        # admitted whole (no checkpoint between the thread's end and the run's task start).
-        p = await anyio.to_thread.run_sync(self._prepare, req, peer,
-                                           limiter=self._limiter("admission", ADMISSION_THREADS))
-        self.store.save_run(p.info)
-        # Made here, not in the thread: its followers' wake-up event belongs to the event loop.
-        events = EventLog(p.info.id, p.run_dir / "meta" / "events.jsonl", self.redactor.bytes)
-        active = ActiveRun(info=p.info, events=events)
+        job = _Admission(req, peer)
+        self._queue.append(job)
+        if not self._admitting:
+            self._admitting = True
+            self._tg.start_soon(self._admit, name="run-admission")
+        try:
+            await job.done.wait()
+        except BaseException:
+            # The caller left (a cancelled request): a run not prepared yet never will be;
+            # one already being prepared is admitted whole (it is in the runs list).
+            job.abandoned = True
+            raise
+        if job.error is not None:
+            raise job.error
+        assert job.info is not None
+        return job.info
+
+    async def _admit(self) -> None:
+        """Admit queued submissions, ADMISSION_BATCH at a time, until the queue is empty."""
+        try:
+            while self._queue:
+                batch = self._queue[:ADMISSION_BATCH]
+                del self._queue[:ADMISSION_BATCH]
+                with anyio.CancelScope(shield=True):  # what the thread made is registered
+                    outcomes = await anyio.to_thread.run_sync(self._prepare_batch, batch)
+                    self._register_batch(batch, outcomes)
+        finally:
+            self._admitting = False
+            for job in self._queue:  # only when cancelled (the daemon's teardown)
+                job.error = RunRejected("shutting_down", "the daemon is shutting down")
+                job.done.set()
+            self._queue.clear()
+
+    def _prepare_batch(self, batch: list[_Admission]) -> list[_Prepared | BaseException | None]:
+        """In the worker thread: each job's prepared run, or what it raised (None: abandoned)."""
+        outcomes: list[_Prepared | BaseException | None] = []
+        for job in batch:
+            if job.abandoned:
+                outcomes.append(None)
+                continue
+            try:
+                outcomes.append(self._prepare(job.req, job.peer))
+            except Exception as exc:  # RunRejected, or a failure the handler reports as a 500
+                outcomes.append(exc)
+        return outcomes
+
+    def _register_batch(self, batch: list[_Admission], outcomes: list[_Prepared | BaseException | None]) -> None:
+        """On the loop, with no checkpoint: store the prepared runs, then start each one."""
+        prepared = [p for p in outcomes if isinstance(p, _Prepared)]
+        try:
+            self.store.save_runs([p.info for p in prepared])
+        except Exception as exc:  # the runs never start; their callers get the error
+            log.exception("%d runs could not be stored", len(prepared))
+            for p in prepared:
+                p.events.close()
+            outcomes = [exc if isinstance(p, _Prepared) else p for p in outcomes]
+        for job, outcome in zip(batch, outcomes):
+            if isinstance(outcome, _Prepared):
+                try:
+                    job.info = self._start(job.req, job.peer, outcome)
+                except Exception as exc:
+                    log.exception("run %s could not be started", outcome.info.id)
+                    job.error = exc
+            elif outcome is not None:
+                job.error = outcome
+            job.done.set()
+
+    def _start(self, req: RunRequest, peer: PeerInfo | None, p: _Prepared) -> RunInfo:
+        active = ActiveRun(info=p.info, events=p.events)
         self._active[p.info.id] = active
         for warning in p.loaded.warnings:
-            events.emit("warning", message=warning)
+            p.events.emit("warning", message=warning)
         cfg, spec = p.loaded.config, p.spec
         if self.services.telemetry is not None:
             chain = [p.info.route] + [f for f in cfg.routing_for(p.info.route).fallback_models]
@@ -164,7 +307,8 @@ class RunManager:
 
     def _prepare(self, req: RunRequest, peer: PeerInfo | None) -> _Prepared:
         """The file work of admitting a run, in a worker thread: checks (RunRejected), then the
-        run directory with conversation/index.json and meta/launch.json."""
+        run directory with conversation/index.json, meta/launch.json and the event log (its
+        wake-up event binds to the event loop on first use)."""
         seed = Path(req.workspace) if req.workspace else None
         if seed is not None and not seed.is_dir():
             raise RunRejected("invalid_request", f"workspace {req.workspace} is not a directory")
@@ -180,7 +324,7 @@ class RunManager:
                 upload = self.uploads.take(req.workspace_upload)
             except UploadError as exc:
                 raise RunRejected("invalid_request", str(exc)) from None
-        loaded = load_config_for_request(req.config_text, req.config_path, peer)
+        loaded = self.configs.load(req.config_text, req.config_path, peer)
         cfg = loaded.config
         route = cfg.default_route()
         entry = cfg.model_entry(route.id)
@@ -202,9 +346,10 @@ class RunManager:
             "run_id": run_id, "run_dir": run_dir.name, "created_utc": info.created_at, "session_id": run_id})
         rundir.write_json_sync(LAUNCH, Launch(run_id=run_id, max_steps=max_steps,
                                               seed_dir=str(seed.resolve()) if seed is not None else None))
+        events = EventLog(run_id, run_dir / "meta" / "events.jsonl", self.redactor.bytes)
         spec = RunSpec(run_id=run_id, loaded=loaded, task=req.task, workspace=run_dir / "workspace",
                        max_steps=max_steps, stream=stream, peer_uid=peer.uid if peer else None)
-        return _Prepared(info=info, loaded=loaded, spec=spec, seed=seed, run_dir=run_dir)
+        return _Prepared(info=info, loaded=loaded, spec=spec, seed=seed, run_dir=run_dir, events=events)
 
     # ---- running ----------------------------------------------------------------
 

@@ -64,6 +64,22 @@ class StateStore:
             (info.id, info.created_at, info.status, msgspec.json.encode(info)),
         )
 
+    def save_runs(self, infos: list[RunInfo]) -> None:
+        """Several runs in one transaction: one statement call for a burst's whole batch."""
+        if not infos:
+            return
+        self._db.execute("BEGIN")
+        try:
+            self._db.executemany(
+                "INSERT INTO runs(id, created_at, status, info) VALUES(?,?,?,?) "
+                "ON CONFLICT(id) DO UPDATE SET status=excluded.status, info=excluded.info",
+                [(i.id, i.created_at, i.status, msgspec.json.encode(i)) for i in infos],
+            )
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
     def get_run(self, run_id: str) -> RunInfo | None:
         row = self._db.execute("SELECT info FROM runs WHERE id=?", (run_id,)).fetchone()
         return msgspec.json.decode(row[0], type=RunInfo) if row else None

@@ -5,7 +5,7 @@ Layout (compatible with the original's `logging/<ts>_agent_ws_*` tree):
   raw/requests/turn_<N>.request.json, raw/responses/turn_<N>.response.json
   meta/run.json, meta/events.jsonl, meta/requests/turn_<N>_attempt_<k>.json
   errors/, artifacts/, workspace/, workspace.diff, result.json
-Writes go through aiofiles so a slow disk stalls the run's task, not the loop.
+Async writes run in a worker thread so a slow disk stalls the run's task, not the loop.
 """
 
 from __future__ import annotations
@@ -18,12 +18,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import aiofiles
+import anyio
 import msgspec
 
 _encoder = msgspec.json.Encoder(order="deterministic")
 SUBDIRS = ("conversation", "raw/requests", "raw/responses", "meta/requests", "errors",
            "artifacts/tool_results", "workspace")
+_SUBDIR_ORDER = tuple(dict.fromkeys(p for sub in SUBDIRS for p in (
+    "/".join(sub.split("/")[:i]) for i in range(1, sub.count("/") + 2))))
 
 
 def pretty_json(obj: Any) -> bytes:
@@ -42,15 +44,17 @@ def create_run_dir(root: Path, config_stem: str, run_id: str) -> Path:
     """`<root>/<UTC YYYYmmdd-HHMMSS>_agent_ws_<stem>_<short-id>`, created exclusively."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     base = f"{stamp}_agent_ws_{_slug(config_stem)}_{run_id[:8]}"
-    root.mkdir(parents=True, exist_ok=True)
     for n in range(100):
         path = root / (base if n == 0 else f"{base}-{n}")
         try:
             path.mkdir(mode=0o700)  # another user's runs are read through kcd's access rules only
         except FileExistsError:
             continue
-        for sub in SUBDIRS:
-            (path / sub).mkdir(parents=True, exist_ok=True)
+        except FileNotFoundError:  # the first run under a new root
+            root.mkdir(parents=True, exist_ok=True)
+            path.mkdir(mode=0o700)
+        for sub in _SUBDIR_ORDER:  # parents first: one mkdir each
+            (path / sub).mkdir()
         return path
     raise RuntimeError(f"could not create a unique run directory under {root}")
 
@@ -74,22 +78,33 @@ class RunDir:
         target.parent.mkdir(parents=True, exist_ok=True)
         return target
 
+    # The async writes hop to a worker thread once per write (open, write, close there) and
+    # make the parent directory only when the open finds it missing: with hundreds of runs in
+    # flight, every system call on the event loop waits for the GIL behind the worker threads.
+
     async def write_json(self, relpath: str, obj: Any) -> Path:
-        target = self.rel(relpath)
-        async with aiofiles.open(target, "wb") as fh:
-            await fh.write(self._scrub(pretty_json(obj)))
-        return target
+        return await self._write(relpath, pretty_json(obj), "wb")
 
     async def write_text(self, relpath: str, text: str) -> Path:
-        target = self.rel(relpath)
-        async with aiofiles.open(target, "wb") as fh:
-            await fh.write(self._scrub(text.encode("utf-8", "surrogateescape")))
-        return target
+        return await self._write(relpath, text.encode("utf-8", "surrogateescape"), "wb")
 
     async def append_text(self, relpath: str, text: str) -> None:
-        target = self.rel(relpath)
-        async with aiofiles.open(target, "ab") as fh:
-            await fh.write(self._scrub(text.encode("utf-8", "surrogateescape")))
+        await self._write(relpath, text.encode("utf-8", "surrogateescape"), "ab")
+
+    async def _write(self, relpath: str, data: bytes, mode: str) -> Path:
+        return await anyio.to_thread.run_sync(self._write_file, relpath, data, mode)
+
+    def _write_file(self, relpath: str, data: bytes, mode: str) -> Path:
+        target = self.path / relpath
+        data = self._scrub(data)
+        try:
+            fh = open(target, mode)
+        except FileNotFoundError:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fh = open(target, mode)
+        with fh:
+            fh.write(data)
+        return target
 
     def write_json_sync(self, relpath: str, obj: Any) -> None:
         """For finalisation paths that must not be interrupted by cancellation."""
@@ -100,10 +115,14 @@ class RunDir:
 
     def write_bytes_sync(self, relpath: str, data: bytes) -> None:
         """Whole or not at all (tmp + rename); a failed write (ENOSPC) leaves no tmp behind."""
-        target = self.rel(relpath)
+        target = self.path / relpath
         tmp = target.with_suffix(target.suffix + ".tmp")
         try:
-            tmp.write_bytes(self._scrub(data))
+            try:
+                tmp.write_bytes(self._scrub(data))
+            except FileNotFoundError:  # the parent directory is made only when it is missing
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp.write_bytes(self._scrub(data))
             os.replace(tmp, target)
         except BaseException:
             try:
