@@ -37,7 +37,7 @@ from pathlib import Path
 import anyio
 import httpx
 
-from _common import REPO, pct
+from _common import REPO, pct, proc_cpu
 
 CONFIGS = REPO / "configs"
 SEED = CONFIGS / "workspaces" / "c_project"  # each run's workspace is seeded from it
@@ -235,6 +235,7 @@ def one(n: int, executor: str, delay: float, every: float, ray_address: str | No
         with Watch(daemon, every) as watch:
             time.sleep(0.5)  # a quiet baseline
             wall0 = time.time()
+            cpu0, mono0 = proc_cpu(daemon.proc.pid), time.monotonic()
             answers, admit_lat, first, last = anyio.run(submit_all, daemon.socket, body, n)
             admitted = [a for a in answers if a["http"] == 201]
             deadline = time.monotonic() + 60 + n * delay * 3
@@ -242,6 +243,7 @@ def one(n: int, executor: str, delay: float, every: float, ray_address: str | No
                 while time.monotonic() < deadline and c.get("/v1/health").json()["runs_active"]:
                     time.sleep(0.2)
             done = time.monotonic()
+            cpu = proc_cpu(daemon.proc.pid) - cpu0
         figs = run_figures([Path(a["run_dir"]) for a in admitted])
         during = watch.latencies(first, last)
         overall = watch.latencies(first, done)
@@ -255,6 +257,7 @@ def one(n: int, executor: str, delay: float, every: float, ray_address: str | No
             "admit_s": last - first, "admit_p50": pct(admit_lat, 50), "admit_max": max(admit_lat),
             "turn_p50": pct(figs["turns"], 50), "turn_p99": pct(figs["turns"], 99),
             "call_p50": pct(figs["calls"], 50), "call_p99": pct(figs["calls"], 99), "turns": len(figs["turns"]),
+            "cpu_per_run_ms": cpu / n * 1e3, "cpu_share": cpu / (done - mono0),
             "rss_mib": watch.rss_peak / 2**20, "tree_mib": watch.tree_peak / 2**20,
             "health_n": len(during), "health_p50": pct(during, 50) * 1e3, "health_p99": pct(during, 99) * 1e3,
             "health_max": max(during) * 1e3, "health_all_p99": pct(overall, 99) * 1e3,
@@ -289,7 +292,8 @@ def main() -> None:
               f"{r['span_s']:.1f} s; at most {r['in_flight']} in flight")
         print(f"  turn p50/p99 {r['turn_p50']:.2f}/{r['turn_p99']:.2f} s ({r['turns']} turns; model call "
               f"p50/p99 {r['call_p50']:.2f}/{r['call_p99']:.2f} s with {args.delay} s delay); "
-              f"RSS daemon {r['rss_mib']:.0f} MiB, tree {r['tree_mib']:.0f} MiB")
+              f"RSS daemon {r['rss_mib']:.0f} MiB, tree {r['tree_mib']:.0f} MiB; daemon CPU "
+              f"{r['cpu_per_run_ms']:.0f} ms per run, {r['cpu_share']:.2f} cores on average")
         print(f"  /v1/health during admission: p50 {r['health_p50']:.1f} ms, p99 {r['health_p99']:.1f} ms, "
               f"max {r['health_max']:.1f} ms ({r['health_n']} polls); whole run p99 {r['health_all_p99']:.1f} ms, "
               f"max {r['health_all_max']:.1f} ms; non-200: {r['health_non200']}")
