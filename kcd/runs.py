@@ -441,7 +441,7 @@ class RunManager:
             "config_digest": spec.loaded.digest, "route": info.route, "task": spec.task,
             "max_steps": spec.max_steps, "stream": spec.stream,
             "executor": self.services.executor.mode,
-            "nodes": sorted(agent.nodes) if agent else [],  # Ray nodes its tool calls ran on
+            "nodes": sorted(getattr(agent, "nodes", ())),  # Ray nodes its tool calls ran on
             "peer": {"uid": peer.uid, "pid": peer.pid, "gid": peer.gid} if peer else None,
             "daemon_pid": os.getpid(),
             "timings": {"created_at": info.created_at, "started_at": info.started_at,

@@ -66,6 +66,9 @@ def test_kcd_survives_its_cluster_going_away_and_recovers_with_it(make_kcd, kcd_
         assert "_raylet" not in maps and "libray" not in maps
 
         with health_watch(daemon, every=0.1) as latencies:
+            busy = daemon.kcctl("run", str(SHELL), "--task", "sleep 30", "--detach", "--json", check=True)
+            busy_id = json.loads(busy.stdout)["id"]
+            time.sleep(3)  # its turn is running on the cluster when the head dies
             head.kill()
             h = _wait_state(daemon, "degraded", 60)
             assert h["state"] == "degraded" and h["executor"]["detail"].get("error"), h
@@ -74,6 +77,10 @@ def test_kcd_survives_its_cluster_going_away_and_recovers_with_it(make_kcd, kcd_
             result = json.loads((Path(outage["run_dir"]) / "result.json").read_text())
             assert result["error_type"] == "executor_unavailable" and "Ray" in result["error"]
             assert daemon.proc.poll() is None  # the daemon is still there
+            mid = json.loads(daemon.kcctl("runs", "events", busy_id, "--follow", "--json",
+                                          timeout=240).stdout.splitlines()[-1])["data"]
+            assert mid["exit_reason"] == "executor_unavailable", mid  # the turn the head took down
+            assert (Path(mid["run_dir"]) / "result.json").exists() and (Path(mid["run_dir"]) / "workspace.diff").exists()
 
             head = RayNode(env, head=True, port=head.port).start()  # a new cluster on the same port
             _wait_state(daemon, "ready", 120)
@@ -158,6 +165,7 @@ def test_turns_run_on_worker_nodes_and_a_dead_node_is_resumed_or_reported(make_k
         assert shell[-1]["node"] == survivor, shell
 
         # 3. The last worker dies mid-turn: no node has room, so the run ends typed, artifacts whole.
+        assert _health(daemon)["state"] == "ok"
         last = next(w for w in workers if w is not victim)
         started = daemon.kcctl("run", str(SHELL), "--task", "sleep 30", "--detach", "--json", check=True)
         run_id = json.loads(started.stdout)["id"]
