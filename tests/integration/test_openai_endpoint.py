@@ -462,8 +462,9 @@ def test_a_run_and_an_external_client_share_one_breaker(make_kcd, sim, kcd_root,
 
     # 1. External requests trip the primary's breaker; a run then skips it without a call.
     sim.fault(GROK, "unavailable_persistent")
-    for _ in range(2):
-        raw = client.chat.completions.with_raw_response.create(model="chat", messages=HELLO)
+    for n in range(2):  # two different requests (a repeat of one body would count once)
+        raw = client.chat.completions.with_raw_response.create(
+            model="chat", messages=[{"role": "user", "content": f"request {n}"}])
         assert raw.headers["x-kylecode-route"] == OPENAI_MINI
     assert routes()[GROK]["state"] == "open" and len(sim.requests(GROK)) == 2
     end, run_dir = run_json(daemon, run_cfg)
