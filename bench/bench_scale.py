@@ -42,6 +42,31 @@ from _common import REPO, pct, proc_cpu
 CONFIGS = REPO / "configs"
 SEED = CONFIGS / "workspaces" / "c_project"  # each run's workspace is seeded from it
 PAGE = os.sysconf("SC_PAGE_SIZE")
+TURN_CPUS = 0.05
+
+
+class Cluster:
+    """A private Ray cluster for `--nodes`: one node with every core, or the same cores split
+    over a head and a worker (the tests' RayNode helper: own process groups, free ports)."""
+
+    def __init__(self, nodes: int) -> None:
+        sys.path.insert(0, str(REPO))
+        from tests.raynodes import RayNode
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+        cores = os.cpu_count() or 2
+        head_cpus = cores if nodes == 1 else max(1, cores // 2)
+        self.nodes = [RayNode(env, head=True, num_cpus=head_cpus).start()]
+        if nodes == 2:
+            self.nodes.append(RayNode(env, head=False, address=self.nodes[0].address,
+                                      num_cpus=max(1, cores - head_cpus)).start())
+        self.nodes[0].wait_driver()
+        self.address = self.nodes[0].address
+
+    def stop(self) -> None:
+        for node in reversed(self.nodes):
+            node.stop()
 
 
 def bench_env(home: Path) -> dict[str, str]:
@@ -69,6 +94,9 @@ class Daemon:
         self.socket = root / "kcd.sock"
         self.runs_root = root / "runs"
         args = ["--executor", executor] + (["--ray-address", ray_address] if ray_address else [])
+        if executor == "ray":  # tool calls are light here: many turns share a CPU slot
+            (root / "kcd.yaml").write_text(f"ray_turn_cpus: {TURN_CPUS}\n")
+            args += ["--config", str(root / "kcd.yaml")]
         (root / "home").mkdir(exist_ok=True)
         self.log = open(root / "kcd.log", "ab")
         self.proc = subprocess.Popen(
@@ -277,15 +305,26 @@ def main() -> None:
     ap.add_argument("--delay", type=float, default=1.0, help="seconds before each model answer")
     ap.add_argument("--executor", choices=["in-process", "ray"], default="in-process")
     ap.add_argument("--ray-address", default=None, help="join this Ray instance instead of starting one")
+    ap.add_argument("--nodes", type=int, choices=[1, 2], default=None,
+                    help="with --executor ray: start a private cluster of this many nodes (same cores in total)")
     ap.add_argument("--every", type=float, default=0.02, help="health poll interval, s")
     ap.add_argument("--keep", action="store_true", help="keep the daemon's directory")
     ap.add_argument("--source", type=Path, default=REPO,
                     help="run kcd from this checkout (e.g. a `git worktree` of an older commit, for a before/after)")
     args = ap.parse_args()
     rows = []
-    for n in args.n:
-        r = one(n, args.executor, args.delay, args.every, args.ray_address, args.keep, args.source)
-        rows.append(r)
+    cluster = Cluster(args.nodes) if args.executor == "ray" and args.nodes else None
+    address = cluster.address if cluster else args.ray_address
+    try:
+        for n in args.n:
+            rows.append(one(n, args.executor, args.delay, args.every, address, args.keep, args.source))
+            if cluster:
+                rows[-1]["executor"] = f"ray, {args.nodes} node(s)"
+    finally:
+        if cluster:
+            cluster.stop()
+    for r in rows:
+        n = r["n"]
         print(f"N={n} {r['executor']}: admitted {r['admitted']}/{n} in {r['admit_s']:.2f} s "
               f"(POST p50 {r['admit_p50']*1e3:.0f} ms, max {r['admit_max']*1e3:.0f} ms), "
               f"completed {r['completed']}, artifacts {r['artifacts']}; {r['runs_per_s']:.1f} runs/s over "
