@@ -51,8 +51,7 @@ class RayNode:
         self.num_cpus = num_cpus
         self.resources = resources or {}
         self.base = base or tempfile.mkdtemp(prefix="kcray", dir="/tmp")  # short: AF_UNIX paths max 108 bytes
-        self.env = {k: v for k, v in env.items()}
-        self.env.setdefault("HOME", os.path.join(self.base, "h"))
+        self.env = {**env, "HOME": os.path.join(self.base, "h")}  # a private home: nothing of the user's
         os.makedirs(self.env["HOME"], exist_ok=True)
         self.log_path = os.path.join(self.base, "node.log")
         self.proc: subprocess.Popen[bytes] | None = None
