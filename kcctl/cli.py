@@ -568,15 +568,11 @@ def _fetch_bundle(client: Client, run: str, matrix_files: tuple[Path, ...] = ())
             attachments.append({"name": path.name, "content": path.read_text(encoding="utf-8")})
         except (OSError, UnicodeDecodeError) as exc:
             raise click.BadParameter(f"cannot read {path} as UTF-8 text: {exc}", param_hint="--with-matrix")
-    # Client has no binary POST helper; _send/_raise_for keep its error mapping.
-    resp = client._send("POST", "/v1/bundles", content=msgspec.json.encode({"run": _run_ref(run),
-                                                                            "matrix": attachments}),
-                        headers={"content-type": "application/json"}, timeout=600.0)
-    client._raise_for(resp)
-    name = resp.headers.get("x-kc-bundle-name", "")
+    headers, content = client.fetch("POST", "/v1/bundles", {"run": _run_ref(run), "matrix": attachments})
+    name = headers.get("x-kc-bundle-name", "")
     if not re.fullmatch(_BUNDLE_NAME, name):  # never let the daemon pick a path
         raise DaemonError(502, "bad_response", f"kcd named the bundle {name!r}; not using that as a file name")
-    return name, resp.content
+    return name, content
 
 
 def _write_file(path: Path, data: bytes) -> None:

@@ -1,19 +1,21 @@
-"""The socket client: HTTP/1.1 over AF_UNIX with httpx, errors turned into advice,
-and the Bazel-style auto-start of a user-mode daemon."""
+"""The socket client: HTTP/1.1 over AF_UNIX with the standard library's http.client,
+errors turned into advice, and the Bazel-style auto-start of a user-mode daemon."""
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import http.client
 import os
+import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import msgspec
 
 from kcd import API_VERSION
@@ -63,14 +65,69 @@ def _lost(path: Path, exc: BaseException) -> str:
     return f"kcd at {path} went away mid-answer (it stopped or died: {detail})"
 
 
+class _UnixConnection(http.client.HTTPConnection):
+    """http.client over AF_UNIX: the standard library's HTTP/1.1, no third-party import
+    (httpx cost kcctl ~110 ms of start-up, most of a short command's wall time)."""
+
+    def __init__(self, path: Path, timeout: float | None):
+        super().__init__("kcd", timeout=timeout)
+        self._path = str(path)
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(min(self.timeout, 5.0) if self.timeout is not None else 5.0)  # connect
+        try:
+            sock.connect(self._path)
+        except BaseException:
+            sock.close()
+            raise
+        sock.settimeout(self.timeout)
+        self.sock = sock
+
+
+_LOST = (http.client.HTTPException, ConnectionResetError, BrokenPipeError, TimeoutError)
+
+
+class _Response:
+    """What kcctl needs of an answer: status, body, and its bytes or lines as they come."""
+
+    def __init__(self, conn: _UnixConnection, resp: http.client.HTTPResponse):
+        self._conn = conn
+        self._resp = resp
+        self.status_code = resp.status
+        self.headers = resp.headers
+
+    def read(self) -> bytes:
+        return self._resp.read()
+
+    def iter_bytes(self, size: int = 1 << 16) -> Iterator[bytes]:
+        while chunk := self._resp.read1(size):
+            yield chunk
+
+    def iter_lines(self) -> Iterator[bytes]:
+        # Split read1() chunks ourselves: readline() peeks, and a peek at a chunked body cut
+        # off by a daemon that died ends quietly, where read1() raises IncompleteRead.
+        pending = b""
+        for chunk in self.iter_bytes():
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                yield line.rstrip(b"\r")
+        if pending:
+            yield pending.rstrip(b"\r")
+
+    def close(self) -> None:
+        self._resp.close()
+        self._conn.close()
+
+
 class Client:
     def __init__(self, socket_path: Path, timeout: float = 30.0):
         self.socket_path = socket_path
-        self._http = httpx.Client(transport=httpx.HTTPTransport(uds=str(socket_path)),
-                                  base_url="http://kcd", timeout=httpx.Timeout(timeout, connect=5.0))
+        self.timeout = timeout
 
     def close(self) -> None:
-        self._http.close()
+        pass  # one connection per request: nothing held between them
 
     def __enter__(self) -> Client:
         return self
@@ -78,71 +135,98 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _send(self, method: str, path: str, **kw: Any) -> httpx.Response:
+    def _open(self, method: str, path: str, *, params: dict | None = None, body: Any = None,
+              headers: dict[str, str] | None = None, timeout: float | None | str = "default") -> _Response:
+        if params:
+            path += "?" + urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
+        conn = _UnixConnection(self.socket_path, self.timeout if timeout == "default" else timeout)  # type: ignore[arg-type]
         try:
-            return self._http.request(method, path, **kw)
-        except (httpx.ConnectError, httpx.ConnectTimeout, FileNotFoundError, PermissionError) as exc:
+            conn.request(method, path, body=body, headers=headers or {})
+            return _Response(conn, conn.getresponse())
+        except (FileNotFoundError, PermissionError, ConnectionRefusedError) as exc:
+            conn.close()
             raise DaemonUnreachable(_advice(self.socket_path, exc)) from None
-        except (httpx.RemoteProtocolError, httpx.NetworkError) as exc:  # it died mid-request
+        except _LOST as exc:  # it died mid-request
+            conn.close()
             raise DaemonUnreachable(_lost(self.socket_path, exc)) from None
+        except OSError as exc:
+            conn.close()
+            raise DaemonUnreachable(_advice(self.socket_path, exc)) from None
+
+    def _send(self, method: str, path: str, **kw: Any) -> tuple[int, bytes]:
+        resp = self._open(method, path, **kw)
+        try:
+            return resp.status_code, resp.read()
+        except _LOST as exc:
+            raise DaemonUnreachable(_lost(self.socket_path, exc)) from None
+        finally:
+            resp.close()
 
     @staticmethod
-    def _raise_for(resp: httpx.Response) -> None:
-        if resp.status_code < 400:
+    def _raise_for(status: int, content: bytes) -> None:
+        if status < 400:
             return
         try:
-            err = msgspec.json.decode(resp.content)["error"]
-            raise DaemonError(resp.status_code, err.get("code", "error"), err.get("message", ""))
+            err = msgspec.json.decode(content)["error"]
+            raise DaemonError(status, err.get("code", "error"), err.get("message", ""))
         except (msgspec.DecodeError, KeyError, TypeError):
-            raise DaemonError(resp.status_code, "http_error", resp.text[:500]) from None
+            raise DaemonError(status, "http_error", content[:500].decode(errors="replace")) from None
 
     def call(self, method: str, path: str, body: Any = None, params: dict | None = None) -> Any:
-        kw: dict[str, Any] = {"params": params}
+        data = headers = None
         if body is not None:
-            kw["content"] = msgspec.json.encode(body)
-            kw["headers"] = {"content-type": "application/json"}
-        resp = self._send(method, path, **kw)
-        self._raise_for(resp)
-        return msgspec.json.decode(resp.content) if resp.content else None
+            data = msgspec.json.encode(body)
+            headers = {"content-type": "application/json"}
+        status, content = self._send(method, path, params=params, body=data, headers=headers)
+        self._raise_for(status, content)
+        return msgspec.json.decode(content) if content else None
+
+    def fetch(self, method: str, path: str, body: Any, *, timeout: float = 600.0) -> tuple[dict[str, str], bytes]:
+        """Send a JSON body, get (lower-cased headers, raw bytes) back: a vendor bundle."""
+        resp = self._open(method, path, body=msgspec.json.encode(body), timeout=timeout,
+                          headers={"content-type": "application/json"})
+        try:
+            content = resp.read()
+            headers = {k.lower(): v for k, v in resp.headers.items()}
+        except _LOST as exc:
+            raise DaemonUnreachable(_lost(self.socket_path, exc)) from None
+        finally:
+            resp.close()
+        self._raise_for(resp.status_code, content)
+        return headers, content
 
     def text(self, path: str, params: dict | None = None) -> str:
         """GET a text resource (Prometheus metrics)."""
-        resp = self._send("GET", path, params=params)
-        self._raise_for(resp)
-        return resp.text
+        status, content = self._send("GET", path, params=params)
+        self._raise_for(status, content)
+        return content.decode()
 
     def call_raw(self, method: str, path: str, fileobj, content_type: str) -> Any:
-        """Send a file object as the body (streamed), decode the JSON answer."""
-        resp = self._send(method, path, content=_chunks(fileobj), headers={"content-type": content_type},
-                          timeout=httpx.Timeout(600.0, connect=5.0))
-        self._raise_for(resp)
-        return msgspec.json.decode(resp.content)
+        """Send a file object as the body (streamed from disk), decode the JSON answer."""
+        fileobj.seek(0, os.SEEK_END)
+        size = fileobj.tell()
+        fileobj.seek(0)
+        status, content = self._send(method, path, body=fileobj, timeout=600.0,
+                                     headers={"content-type": content_type, "content-length": str(size)})
+        self._raise_for(status, content)
+        return msgspec.json.decode(content)
+
+    def _stream(self, path: str, params: dict | None, timeout: float | None, *, lines: bool) -> Iterator[bytes]:
+        resp = self._open("GET", path, params=params, timeout=timeout)
+        try:
+            if resp.status_code >= 400:
+                self._raise_for(resp.status_code, resp.read())
+            yield from (resp.iter_lines() if lines else resp.iter_bytes())
+        except _LOST as exc:  # kill -9 mid-stream
+            raise DaemonUnreachable(_lost(self.socket_path, exc)) from None
+        finally:
+            resp.close()
 
     def stream_bytes(self, path: str) -> Iterator[bytes]:
-        try:
-            with self._http.stream("GET", path, timeout=httpx.Timeout(600.0, connect=5.0)) as resp:
-                if resp.status_code >= 400:
-                    resp.read()
-                    self._raise_for(resp)
-                yield from resp.iter_bytes()
-        except (httpx.ConnectError, FileNotFoundError, PermissionError) as exc:
-            raise DaemonUnreachable(_advice(self.socket_path, exc)) from None
-        except (httpx.RemoteProtocolError, httpx.NetworkError) as exc:
-            raise DaemonUnreachable(_lost(self.socket_path, exc)) from None
+        return self._stream(path, None, 600.0, lines=False)
 
     def stream_lines(self, path: str, params: dict | None = None) -> Iterator[bytes]:
-        try:
-            with self._http.stream("GET", path, params=params, timeout=httpx.Timeout(None, connect=5.0)) as resp:
-                if resp.status_code >= 400:
-                    resp.read()
-                    self._raise_for(resp)
-                for line in resp.iter_lines():
-                    if line:
-                        yield line.encode() if isinstance(line, str) else line
-        except (httpx.ConnectError, FileNotFoundError, PermissionError) as exc:
-            raise DaemonUnreachable(_advice(self.socket_path, exc)) from None
-        except (httpx.RemoteProtocolError, httpx.NetworkError) as exc:  # kill -9 mid-stream
-            raise DaemonUnreachable(_lost(self.socket_path, exc)) from None
+        return (line for line in self._stream(path, params, None, lines=True) if line)
 
     def check_version(self) -> dict:
         info = self.call("GET", "/version")
@@ -155,11 +239,6 @@ class Client:
                               f"kcd {info.get('daemon')} is too old (API {info.get('api')}); this kcctl "
                               f"needs API {API_VERSION}: restart the daemon from this installation")
         return info
-
-
-def _chunks(fileobj, size: int = 1 << 20) -> Iterator[bytes]:
-    while chunk := fileobj.read(size):
-        yield chunk
 
 
 def _answers(path: Path) -> bool:

@@ -259,7 +259,8 @@ def test_autostart_user_daemon(kcd_root):
 
 
 def test_kcctl_never_imports_ray():
-    code = "import sys, kcctl.cli; assert 'ray' not in sys.modules; " \
+    # Nor httpx: the socket client is the standard library's http.client (start-up time).
+    code = "import sys, kcctl.cli; assert 'ray' not in sys.modules and 'httpx' not in sys.modules; " \
            "assert not [m for m in sys.modules if m.startswith(('kcd.runs','kcd.daemon','kcd.providers'))]"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
