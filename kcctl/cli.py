@@ -234,7 +234,7 @@ def status(obj: Ctx, as_json: bool) -> None:
     for n in ex.get("nodes") or []:
         extra = " ".join(f"{k}={v:g}" for k, v in sorted((n.get("resources") or {}).items()))
         click.echo(f"    node {n['node_id'][:12]} {n['address']:<15} {'alive' if n['alive'] else 'DEAD '} "
-                   f"cpus {n['cpus_free']:g}/{n['cpus_total']:g} free  turns {n['turns']}"
+                   f"cpus {n['cpus_free']:g}/{n['cpus_total']:g} free  runs {n['runs']}"
                    + ("  (kcd's host)" if n.get("local") else "") + (f"  {extra}" if extra else ""))
     click.echo(f"  active runs: {h['runs_active']}")
     sb = h.get("sandbox")

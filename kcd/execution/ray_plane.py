@@ -116,17 +116,16 @@ class RayPlaneExecutor:
     # ---- lifecycle ----------------------------------------------------------------
 
     async def start(self, task_group: TaskGroup | None = None) -> None:
-        """Start supervising the driver in `task_group` (returns at once). Without a task
-        group (tests), wait until the first driver is ready or has failed."""
+        """Start supervising the driver in `task_group` (returns at once; the supervisor lives
+        as long as the group). Again while supervising: retry a failed driver now."""
+        if task_group is None:
+            raise ValueError("RayPlaneExecutor.start needs the daemon's task group")
         if self._scope is not None:
             self._retry.set()  # supervising already: cut a backoff wait short (SIGHUP, reload)
             return
         self._closing = False
         self._set("starting", {"address": self._address or "local"})
-        if task_group is not None:
-            await task_group.start(self._supervise)
-        else:
-            raise ValueError("RayPlaneExecutor.start needs the daemon's task group")
+        await task_group.start(self._supervise)
 
     async def wait_ready(self, timeout: float | None = None) -> None:
         """Wait (up to `timeout`, default `wait_ready_s`) for a ready driver."""
@@ -364,5 +363,5 @@ def turn_deadline_s(calls: list[ToolInvocation], settings: ToolSettings) -> floa
 
 def _node_dict(n: Any) -> dict[str, Any]:
     return {"node_id": n.node_id, "address": n.address, "alive": n.alive, "cpus_total": n.cpus_total,
-            "cpus_free": n.cpus_free, "resources": dict(n.resources), "turns": n.turns, "local": n.local}
+            "cpus_free": n.cpus_free, "resources": dict(n.resources), "runs": n.runs, "local": n.local}
 

@@ -69,7 +69,6 @@ class Driver:
         self._send_lock = threading.Lock()
         self._pending: dict[Any, tuple[Turn, int]] = {}  # ref -> (turn, attempt)
         self._refs: dict[int, Any] = {}  # turn id -> its current ref
-        self._nodes_of: dict[int, str] = {}  # turn id -> the node it was sent towards
         self._runs: dict[str, _Run] = {}  # workspace -> state (touched by the main thread only...)
         self._runs_lock = threading.Lock()  # ...and the completion thread
         self._cancelled: set[int] = set()
@@ -129,10 +128,11 @@ class Driver:
         from ray._private import state
 
         available = state.available_resources_per_node()
-        with self._lock:
-            turns: dict[str, int] = {}
-            for node in self._nodes_of.values():
-                turns[node] = turns.get(node, 0) + 1
+        with self._runs_lock:
+            held: dict[str, int] = {}
+            for run in self._runs.values():
+                if run.node is not None:
+                    held[run.node] = held.get(run.node, 0) + 1
         out = []
         for n in ray.nodes():
             node_id = n["NodeID"]
@@ -143,7 +143,7 @@ class Driver:
                 cpus_total=float(total.get("CPU", 0.0)), cpus_free=float(free.get("CPU", 0.0)),
                 resources={k: float(v) for k, v in total.items()
                            if k not in _STANDARD and not k.startswith("node:")},
-                turns=turns.get(node_id, 0), local=node_id == self._node_id))
+                runs=held.get(node_id, 0), local=node_id == self._node_id))
         return out
 
     def liveness_loop(self) -> None:
@@ -204,7 +204,6 @@ class Driver:
         with self._lock:
             self._pending[ref] = (turn, attempt)
             self._refs[turn.id] = ref
-            self._nodes_of[turn.id] = run.node or "?"
         self._new.put(ref)
 
     def _fail_unplaceable(self) -> None:
@@ -226,7 +225,6 @@ class Driver:
             with self._lock:
                 ref = self._refs.pop(turn_id, None)
                 self._resumed.pop(turn_id, None)
-                self._nodes_of.pop(turn_id, None)
                 if ref is not None:
                     self._pending.pop(ref, None)
             if ref is None:
@@ -310,7 +308,6 @@ class Driver:
             self._cancelled.discard(turn.id)
             self._resumed.pop(turn.id, None)
             self._refs.pop(turn.id, None)
-            self._nodes_of.pop(turn.id, None)
         with self._runs_lock:
             run = self._runs.get(turn.workspace)
         try:

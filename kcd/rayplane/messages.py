@@ -32,7 +32,7 @@ class NodeInfo(msgspec.Struct, omit_defaults=True):
     cpus_total: float = 0.0
     cpus_free: float = 0.0
     resources: dict[str, float] = {}  # custom resources (not CPU/GPU/memory/object store)
-    turns: int = 0  # tool turns running there now
+    runs: int = 0  # runs whose workspace copy is there (where their last turn ran)
     local: bool = False  # the driver's own node (kcd's host)
 
 
