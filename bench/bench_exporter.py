@@ -1,19 +1,26 @@
-"""The telemetry exporter's summary pass vs a plain `json.loads`-per-line loop.
+"""The telemetry exporter against the bare-decode floor and the original's exporter.
 
-Generates a telemetry JSONL of the given size (kcd's events: run.start, llm.attempt,
-fallback, circuit.*, probe, run.end and provider_metrics per run, plus 10% of runs as the
-original's bare `provider_metrics` lines), in /tmp, reused when present. Then, in fresh
-child processes interleaved A, B, A, B, A, B:
+Generates a telemetry JSONL of the given size and shape in /tmp (reused when present):
+`original` holds only the original's bare `provider_metrics` lines (one per run, no ts, no
+run id; reference §6.1/§6.3); `mixed` holds kcd's events (run.start, llm.attempt, fallback,
+circuit.*, probe, run.end and provider_metrics per run) with every tenth run the original's
+line. Then, in fresh child processes interleaved over the rounds:
 
-  A  `kcctl.export.scan()` + `summary()`: msgspec, 8 MiB chunks, the full summary;
-  B  `for line in f: json.loads(line)` computing only the original's minimal summary
-     (calls, errors, html_errors, per route), with the same no-double-counting rule.
+  parallel  `kcctl.export.scan()` + the summary JSON, as `kcctl metrics export FILE
+            --print-summary` does it: byte ranges on os.cpu_count() forked workers;
+  single    the same in one process (`workers=1`);
+  floor     a bare `msgspec.json.decode(line)` loop over the lines, computing nothing;
+  original  the original's exporter, reimplemented from reference §6.4 (the code is not
+            available): `json.loads` every line into a list, then sum `summary` and `routes`
+            of every `provider_metrics` event (calls, errors, html_errors).
 
-Prints the median MB/s of each, the ratio, each variant's peak RSS (and growth over the
-interpreter's baseline), checks that both computed the same minimal figures, and a
-Markdown row for docs/benchmarks.md.
+Prints each variant's median MB/s and spread, its peak RSS (for `parallel`: the parent's
+plus every worker's peak, which counts pages the forked workers share with the parent
+twice, so it overstates), ratios, whether the exporter's calls/errors/html_errors per route
+equal the original's, and a Markdown row for docs/benchmarks.md §3.
 
-    .venv/bin/python bench/bench_exporter.py [--size-mb 1024] [--rounds 3]
+    .venv/bin/python bench/bench_exporter.py [--shape original|mixed] [--size-mb 1024] [--rounds 3]
+        [--variants parallel,single,floor,original]
 """
 
 from __future__ import annotations
@@ -36,8 +43,9 @@ ROUTES = ("openrouter/openai/gpt-4o-mini", "openrouter/x-ai/grok-4-fast", "opena
           "anthropic/claude-3-5-haiku")
 
 
-def generate(path: Path, size: int, seed: int = 1) -> None:
-    """Write whole runs until `path` holds at least `size` bytes."""
+def generate(path: Path, size: int, shape: str, seed: int = 1) -> None:
+    """Write whole runs until `path` holds at least `size` bytes: kcd's events with every
+    tenth run the original's line (`mixed`), or only the original's lines (`original`)."""
     rng = random.Random(seed)
     tmp = path.with_suffix(".tmp")
     written = 0
@@ -47,7 +55,7 @@ def generate(path: Path, size: int, seed: int = 1) -> None:
         while written < size:
             n += 1
             lines: list[str] = []
-            if n % 10 == 0:  # the original's line: no ts, no run id, no other events
+            if shape == "original" or n % 10 == 0:  # the original's line: no ts, no run id, nothing else
                 calls = rng.randint(5, 40)
                 errs = rng.randint(0, 3)
                 route = rng.choice(ROUTES)
@@ -122,129 +130,137 @@ def generate(path: Path, size: int, seed: int = 1) -> None:
     os.replace(tmp, path)
 
 
-def minimal(path: Path) -> dict:
-    """Variant B: the original's minimal summary with json.loads, same counting rule."""
-    totals = {"calls": 0, "errors": 0, "html_errors": 0, "routes": {}}
-    attempt_runs: set[str] = set()
-    held: dict[str, list[dict]] = {}
-
-    def route(name: str) -> dict:
-        return totals["routes"].setdefault(name, {"calls": 0, "errors": 0, "html_errors": 0})
-
-    def add_pm(ev: dict) -> None:
-        s = ev.get("summary") or {}
-        totals["calls"] += s.get("calls", 0)
-        totals["errors"] += s.get("errors", 0)
-        totals["html_errors"] += s.get("html_errors", 0)
-        for name, st in (ev.get("routes") or {}).items():
-            r = route(name)
-            r["calls"] += st.get("calls", 0)
-            r["errors"] += st.get("errors", 0)
-            r["html_errors"] += st.get("html_errors", 0)
-
+def original(path: Path) -> dict:
+    """The original's exporter: every line json.loads'ed into a list, then summed."""
+    events = []
     with open(path, encoding="utf-8") as f:
         for line in f:
+            line = line.strip()
+            if not line:
+                continue
             try:
-                ev = json.loads(line)
-            except ValueError:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
                 continue
-            if not isinstance(ev, dict):
-                continue
-            kind, run = ev.get("event"), ev.get("run_id")
-            if kind == "llm.attempt":
-                if run is not None and run not in attempt_runs:
-                    attempt_runs.add(run)
-                    held.pop(run, None)
-                ok = ev.get("outcome") == "ok"
-                html = ev.get("outcome") == "upstream_html"
-                r = route(ev.get("route") or "unknown")
-                r["calls"] += 1
-                r["errors"] += not ok
-                r["html_errors"] += html
-                totals["calls"] += 1
-                totals["errors"] += not ok
-                totals["html_errors"] += html
-            elif kind == "provider_metrics":
-                if run is None:
-                    add_pm(ev)
-                elif run not in attempt_runs:
-                    held.setdefault(run, []).append(ev)
-    for evs in held.values():
-        for ev in evs:
-            add_pm(ev)
+    totals: dict = {"calls": 0, "errors": 0, "html_errors": 0, "routes": {}}
+    for ev in events:
+        if not isinstance(ev, dict) or ev.get("event") != "provider_metrics":
+            continue
+        s = ev.get("summary") or {}
+        for key in ("calls", "errors", "html_errors"):
+            totals[key] += s.get(key, 0)
+        for name, st in (ev.get("routes") or {}).items():
+            r = totals["routes"].setdefault(name, {"calls": 0, "errors": 0, "html_errors": 0})
+            for key in ("calls", "errors", "html_errors"):
+                r[key] += st.get(key, 0)
     totals["routes"] = dict(sorted(totals["routes"].items()))
     return totals
 
 
+def floor(path: Path) -> dict:
+    """The bare-decode floor: decode every line, keep nothing."""
+    import msgspec
+
+    decode = msgspec.json.decode
+    n = 0
+    with open(path, "rb") as f:
+        for line in f:
+            try:
+                decode(line)
+            except msgspec.DecodeError:
+                continue
+            n += 1
+    return {"decoded": n}
+
+
 def child(variant: str, path: Path) -> None:
-    from kcctl.export import scan  # both variants pay the import before the clock starts
+    from kcctl.export import scan, summary_json  # every variant pays the import before the clock
 
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    workers: dict[int, int] = {}
     t = time.perf_counter()
-    if variant == "exporter":
-        s = scan(path).summary()
+    if variant in ("parallel", "single"):
+        agg = scan(path, workers=1 if variant == "single" else None)
+        s = json.loads(summary_json(agg))
+        workers = agg.worker_peaks
         result = {"calls": s["calls"], "errors": s["errors"], "html_errors": s["html_errors"],
                   "routes": {k: {f: v[f] for f in ("calls", "errors", "html_errors")} for k, v in s["routes"].items()}}
+    elif variant == "floor":
+        result = floor(path)
     else:
-        result = minimal(path)
+        result = original(path)
     elapsed = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"seconds": elapsed, "rss_before_kb": before, "rss_peak_kb": peak, "result": result}))
+    print(json.dumps({"seconds": elapsed, "rss_before_kb": before, "rss_peak_kb": peak,
+                      "workers_peak_kb": sorted(workers.values()), "result": result}))
 
 
 def run_child(variant: str, path: Path) -> dict:
     out = subprocess.run([sys.executable, __file__, "--child", variant, str(path)], check=True,
                          capture_output=True, text=True).stdout
-    return json.loads(out)
+    r = json.loads(out)
+    r["total_kb"] = r["rss_peak_kb"] + sum(r["workers_peak_kb"])
+    return r
+
+
+LABELS = {"parallel": "exporter, parallel", "single": "exporter, one process",
+          "floor": "bare msgspec.json.decode loop", "original": "original's exporter (json.loads, list)"}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shape", choices=("original", "mixed"), default="original")
     ap.add_argument("--size-mb", type=int, default=1024)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--variants", default="parallel,single,floor,original")
     ap.add_argument("--child", nargs=2, metavar=("VARIANT", "PATH"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         child(a.child[0], Path(a.child[1]))
         return
-    path = Path(f"/tmp/kylecode_bench_telemetry_{a.size_mb}mb.jsonl")
+    variants = a.variants.split(",")
+    path = Path(f"/tmp/kylecode_bench_telemetry_{a.shape}_{a.size_mb}mb.jsonl")
     size = a.size_mb << 20
     if not path.exists() or path.stat().st_size < size:
-        print(f"generating {path} ({a.size_mb} MiB)…", flush=True)
+        print(f"generating {path} ({a.size_mb} MiB, {a.shape})…", flush=True)
         t = time.perf_counter()
-        generate(path, size)
+        generate(path, size, a.shape)
         print(f"  {time.perf_counter() - t:.1f}s", flush=True)
     mb = path.stat().st_size / 1e6
     with open(path, "rb") as f:
         lines = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(8 << 20), b""))
-    print(f"file: {path} {mb:.0f} MB, {lines:,} lines; python {platform.python_version()}, "
-          f"{os.cpu_count()} CPUs", flush=True)
-    runs: dict[str, list[dict]] = {"exporter": [], "json": []}
+    print(f"file: {path} {mb:.0f} MB, {lines:,} lines ({a.shape}); python {platform.python_version()}, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}", flush=True)
+    runs: dict[str, list[dict]] = {v: [] for v in variants}
     for i in range(a.rounds):
-        for variant in ("exporter", "json"):
-            r = run_child(variant, path)
-            runs[variant].append(r)
-            print(f"  round {i + 1} {variant:<8} {r['seconds']:6.2f}s  {mb / r['seconds']:6.1f} MB/s  "
-                  f"peak RSS {r['rss_peak_kb'] / 1024:.0f} MiB", flush=True)
-    same = all(r["result"] == runs["json"][0]["result"] for rs in runs.values() for r in rs)
+        for v in variants:
+            r = run_child(v, path)
+            runs[v].append(r)
+            workers = f" + workers {'+'.join(str(k // 1024) for k in r['workers_peak_kb'])}" \
+                if r["workers_peak_kb"] else ""
+            print(f"  round {i + 1} {v:<8} {r['seconds']:6.2f}s  {mb / r['seconds']:6.1f} MB/s  "
+                  f"peak RSS {r['rss_peak_kb'] // 1024}{workers} MiB", flush=True)
     med = {v: statistics.median(r["seconds"] for r in rs) for v, rs in runs.items()}
-    peak = {v: max(r["rss_peak_kb"] for r in rs) / 1024 for v, rs in runs.items()}
-    grow = {v: max(r["rss_peak_kb"] - r["rss_before_kb"] for r in rs) / 1024 for v, rs in runs.items()}
     spread = {v: (min(r["seconds"] for r in rs), max(r["seconds"] for r in rs)) for v, rs in runs.items()}
+    peak = {v: max(r["total_kb"] for r in rs) / 1024 for v, rs in runs.items()}
     print()
-    for v, label in (("exporter", "kcctl exporter (msgspec, streaming)"), ("json", "json.loads per line")):
-        print(f"{label:<38} median {med[v]:6.2f}s ({spread[v][0]:.2f}–{spread[v][1]:.2f})  "
-              f"{mb / med[v]:6.1f} MB/s  {lines / med[v] / 1e3:6.0f}k lines/s  peak RSS {peak[v]:.0f} MiB "
-              f"(+{grow[v]:.0f} MiB over start-up)")
-    print(f"ratio (exporter speed / json.loads speed): {med['json'] / med['exporter']:.2f}x")
-    print(f"minimal summaries identical: {same}")
+    for v in variants:
+        print(f"{LABELS[v]:<40} median {med[v]:6.2f}s ({spread[v][0]:.2f}–{spread[v][1]:.2f})  "
+              f"{mb / med[v]:6.1f} MB/s  {lines / med[v] / 1e3:6.0f}k lines/s  peak RSS {peak[v]:.0f} MiB")
+    for v in variants:
+        for base in ("floor", "original"):
+            if base in med and v not in ("floor", "original"):
+                print(f"{v} speed / {base} speed: {med[base] / med[v]:.2f}x")
+    same = None
+    if "original" in runs:
+        ref = runs["original"][0]["result"]
+        same = all(r["result"] == ref for v in ("parallel", "single") for r in runs.get(v, []))
+        print(f"calls/errors/html_errors per route identical to the original's exporter: {same}")
     print()
-    print("| file | lines | exporter MB/s | json.loads MB/s | ratio | exporter peak RSS | json.loads peak RSS |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    print(f"| {mb:.0f} MB | {lines / 1e6:.2f} M | {mb / med['exporter']:.1f} | {mb / med['json']:.1f} | "
-          f"{med['json'] / med['exporter']:.2f}x | {peak['exporter']:.0f} MiB | {peak['json']:.0f} MiB |")
-    if not same:
-        sys.exit("the two variants disagree on the minimal summary")
+    cells = " | ".join(f"{mb / med[v]:.1f} MB/s, {peak[v]:.0f} MiB" for v in variants)
+    print(f"| {a.shape} | {mb:.0f} MB | {lines / 1e6:.2f} M | {cells} |")
+    if same is False:
+        sys.exit("the exporter and the original's exporter disagree on the minimal summary")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ from click.testing import CliRunner
 
 from kcctl import export
 from kcctl.cli import main
+from kcctl.export import formats as export_formats
+from kcctl.export import read as export_read
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = datetime(2025, 10, 15, 2, 0, 0, tzinfo=timezone.utc)
@@ -194,7 +196,7 @@ def test_chunk_boundaries_do_not_change_the_result(telemetry: Path) -> None:
 
 
 def test_overlong_line_is_dropped_without_buffering(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(export, "MAX_LINE", 100)
+    monkeypatch.setattr(export_read, "MAX_LINE", 100)
     good = json.dumps({"event": "llm.attempt", "run_id": "r", "route": MINI, "latency_s": 1.0, "outcome": "ok"})
     path = tmp_path / "t.jsonl"
     path.write_text(good + "\n" + "x" * 1000 + "\n" + good + "\n" + "y" * 500)
@@ -240,22 +242,26 @@ def test_parse_ts() -> None:
         export.parse_ts("yesterday")
 
 
-def test_reservoir_keeps_percentiles_close_past_the_cap(tmp_path: Path) -> None:
+def test_percentiles_past_the_cap_are_within_the_histograms_bound(tmp_path: Path) -> None:
     import random
 
     rng = random.Random(7)
-    values = [i / 50_000 for i in range(1, 50_001)]
-    rng.shuffle(values)
+    values = [round(rng.lognormvariate(0.0, 1.0), 6) for _ in range(50_000)]
     path = tmp_path / "t.jsonl"
     path.write_text("".join(json.dumps({"event": "llm.attempt", "run_id": "r", "route": MINI, "latency_s": v,
                                         "outcome": "ok"}) + "\n" for v in values))
     agg = export.scan(path, sample_cap=2_000)
     r = agg.summary()["routes"][MINI]
-    assert r["latency_samples"] == 50_000 and len(agg.per_call[MINI].lat) == 2_000
-    # 2,000 samples: rank error sd = sqrt(q(1-q)/2000), 1.1 points at p50; allow about 4 sd.
-    assert abs(r["latency_p50"] - 0.5) < 0.045
-    assert abs(r["latency_p99"] - 0.99) < 0.01
-    assert sum(agg.per_call[MINI].buckets) == 50_000  # the histogram stays exact
+    series = agg.per_call[MINI].lat
+    assert r["latency_samples"] == 50_000 and series.exact is None  # a histogram now
+    ordered = sorted(values)
+    for q in (50, 95, 99):
+        true = export.nearest_rank(ordered, q)
+        assert abs(r[f"latency_p{q}"] - true) <= export.REL_ERROR * true + 1e-6, (q, r[f"latency_p{q}"], true)
+    assert r["latency_max"] == max(values)  # min and max stay exact
+    assert sum(agg.per_call[MINI].buckets) == 50_000  # the OTLP/Prometheus histogram stays exact
+    exact = export.scan(path).summary()["routes"][MINI]  # under the default cap: exact
+    assert [exact[f"latency_p{q}"] for q in (50, 95, 99)] == [export.nearest_rank(ordered, q) for q in (50, 95, 99)]
 
 
 # ---- formats --------------------------------------------------------------------------------
@@ -272,7 +278,7 @@ def _keys(obj: object) -> Iterator[str]:
 
 def test_otlp_json_structure(telemetry: Path) -> None:
     agg = export.scan(telemetry)
-    body = json.loads(export._document(agg, "otlp-json")[0])
+    body = json.loads(export.document(agg, "otlp-json")[0])
     assert all(re.fullmatch(r"[a-z][a-zA-Z]*", k) for k in _keys(body))  # lowerCamelCase
     (rm,) = body["resourceMetrics"]
     assert rm["resource"]["attributes"] == [{"key": "service.name", "value": {"stringValue": "kylecode"}}]
@@ -348,7 +354,7 @@ def test_prom_text_parses_and_matches_the_summary(telemetry: Path) -> None:
     assert types[h] == "histogram"
     assert samples[(f"{h}_bucket", frozenset({("route", MINI), ("le", "+Inf")}))] == 20
     assert samples[(f"{h}_count", frozenset({("route", MINI)}))] == 20
-    assert export._label('a"b\\c\nd') == 'a\\"b\\\\c\\nd'
+    assert export_formats._label('a"b\\c\nd') == 'a\\"b\\\\c\\nd'
 
 
 def test_jsonl_passes_filtered_events_through_byte_for_byte(telemetry: Path) -> None:
@@ -433,7 +439,7 @@ def test_read_failure_prints_no_summary(telemetry: Path, monkeypatch: pytest.Mon
         def __exit__(self, *exc):
             pass
 
-    monkeypatch.setattr(export, "open", lambda path, mode: Failing(), raising=False)
+    monkeypatch.setattr(export_read, "open", lambda path, mode: Failing(), raising=False)
     res = CliRunner().invoke(main, ["metrics", "export", str(telemetry), "--print-summary"])
     assert res.exit_code == 1 and res.stdout == ""
     assert res.stderr.strip() == f"[export-provider-metrics] cannot read {telemetry}: Input/output error"
