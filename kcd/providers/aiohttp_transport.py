@@ -24,20 +24,44 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import certifi
 import httpx
 from aiohttp.helpers import get_env_proxy_for_url
+from aiohttp.http_exceptions import ContentEncodingError
 from yarl import URL
 
 
 def _timeout(request: httpx.Request) -> aiohttp.ClientTimeout:
-    t = request.extensions.get("timeout") or {}
+    return client_timeout(request.extensions.get("timeout") or {})
+
+
+def client_timeout(t: dict[str, float | None]) -> aiohttp.ClientTimeout:
+    """httpx's timeout dict as aiohttp's: connect and pool bound the connection, read only if set."""
     connect = t.get("connect")
     pool = t.get("pool")
     return aiohttp.ClientTimeout(total=None, connect=pool if pool is not None else connect,
                                  sock_connect=connect, sock_read=t.get("read"))
+
+
+async def iter_body(response: aiohttp.ClientResponse,
+                    request: httpx.Request | None = None) -> AsyncIterator[bytes]:
+    """The body as it arrives, aiohttp's failures raised as httpx's."""
+    try:
+        async for chunk in response.content.iter_any():
+            yield chunk
+    except aiohttp.ClientPayloadError as exc:
+        if isinstance(exc.__cause__, ContentEncodingError) or "ContentEncodingError" in str(exc):
+            raise httpx.DecodingError(f"body could not be decoded: {exc}", request=request) from exc
+        raise httpx.RemoteProtocolError(f"response body incomplete: {exc}", request=request) from exc
+    except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        raise httpx.ReadTimeout(f"read timed out: {exc}", request=request) from exc
+    except aiohttp.ServerDisconnectedError as exc:
+        raise httpx.RemoteProtocolError(f"server disconnected: {exc}", request=request) from exc
+    except (aiohttp.ClientError, OSError) as exc:
+        raise httpx.ReadError(f"{type(exc).__name__}: {exc}", request=request) from exc
 
 
 class _Body(httpx.AsyncByteStream):
@@ -45,43 +69,36 @@ class _Body(httpx.AsyncByteStream):
         self._response = response
         self._request = request
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._response.content.iter_any():
-                yield chunk
-        except aiohttp.ClientPayloadError as exc:
-            raise httpx.RemoteProtocolError(f"response body incomplete: {exc}", request=self._request) from exc
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise httpx.ReadTimeout(f"read timed out: {exc}", request=self._request) from exc
-        except aiohttp.ServerDisconnectedError as exc:
-            raise httpx.RemoteProtocolError(f"server disconnected: {exc}", request=self._request) from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise httpx.ReadError(f"{type(exc).__name__}: {exc}", request=self._request) from exc
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return iter_body(self._response, self._request)
 
     async def aclose(self) -> None:
         self._response.release()  # back to the pool if read to the end, else the socket is closed
 
 
-class AiohttpTransport(httpx.AsyncBaseTransport):
-    """One aiohttp session (one connection pool) per transport; made on first use,
-    inside the running event loop."""
+class AiohttpSession:
+    """One aiohttp session (one connection pool), made on first use inside the running
+    event loop, and requests on it with aiohttp's failures raised as httpx's.
 
-    def __init__(self, limits: httpx.Limits, *, trust_env: bool = False):
+    `decompress`: whether aiohttp decodes `content-encoding` (off when httpx does it)."""
+
+    def __init__(self, limits: httpx.Limits, *, trust_env: bool = False, decompress: bool = False):
         self._limits = limits
         self._trust_env = trust_env
+        self._decompress = decompress
         self._session: aiohttp.ClientSession | None = None
         # (scheme, host) -> the proxy from the environment, looked up once: aiohttp's own
         # trust_env reads the environment and ~/.netrc on every request (~0.1 ms each).
         self._proxies: dict[tuple[str, str], tuple[URL | None, aiohttp.BasicAuth | None]] = {}
 
-    def _proxy_for(self, url: httpx.URL) -> tuple[URL | None, aiohttp.BasicAuth | None]:
+    def _proxy_for(self, url: URL) -> tuple[URL | None, aiohttp.BasicAuth | None]:
         if not self._trust_env:
             return None, None
-        key = (url.scheme, url.host)
+        key = (url.scheme, url.host or "")
         found = self._proxies.get(key)
         if found is None:
             try:
-                found = get_env_proxy_for_url(URL(str(url)))
+                found = get_env_proxy_for_url(url)
             except LookupError:
                 found = (None, None)
             self._proxies[key] = found
@@ -96,21 +113,20 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 ssl=ssl.create_default_context(cafile=certifi.where()),  # httpx's trust store
                 enable_cleanup_closed=False)
             self._session = aiohttp.ClientSession(
-                connector=connector, trust_env=False, auto_decompress=False,
+                connector=connector, trust_env=False, auto_decompress=self._decompress,
                 skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
                 timeout=aiohttp.ClientTimeout(total=None))
         return self._session
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    async def request(self, method: str, url: URL, body: bytes | None, headers: Any,
+                      timeout: aiohttp.ClientTimeout,
+                      request: httpx.Request | None = None) -> aiohttp.ClientResponse:
         session = self._get_session()
-        body = await request.aread()
-        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw
-                   if k.lower() not in (b"host", b"content-length", b"transfer-encoding")]
-        proxy, proxy_auth = self._proxy_for(request.url)
+        proxy, proxy_auth = self._proxy_for(url)
         try:
-            response = await session.request(
-                request.method, str(request.url), data=body or None, headers=headers, proxy=proxy,
-                proxy_auth=proxy_auth, allow_redirects=False, timeout=_timeout(request), compress=None)
+            return await session.request(
+                method, url, data=body or None, headers=headers, proxy=proxy,
+                proxy_auth=proxy_auth, allow_redirects=False, timeout=timeout, compress=None)
         except aiohttp.ConnectionTimeoutError as exc:
             raise httpx.ConnectTimeout(f"connect timed out: {exc}", request=request) from exc
         except aiohttp.ClientConnectorError as exc:
@@ -125,6 +141,25 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             raise httpx.ReadError(f"{type(exc).__name__}: {exc}", request=request) from exc
         except aiohttp.ClientError as exc:  # e.g. an invalid URL: nothing was sent
             raise httpx.ConnectError(f"{type(exc).__name__}: {exc}", request=request) from exc
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+class AiohttpTransport(httpx.AsyncBaseTransport):
+    """An `httpx.AsyncClient` transport on one `AiohttpSession`."""
+
+    def __init__(self, limits: httpx.Limits, *, trust_env: bool = False):
+        self._session = AiohttpSession(limits, trust_env=trust_env)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        body = await request.aread()
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw
+                   if k.lower() not in (b"host", b"content-length", b"transfer-encoding")]
+        response = await self._session.request(request.method, URL(str(request.url)), body, headers,
+                                               _timeout(request), request)
         return httpx.Response(
             response.status, headers=[(k, v) for k, v in response.raw_headers],
             stream=_Body(response, request), request=request,
@@ -132,6 +167,4 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                         "reason_phrase": (response.reason or "").encode("latin-1", "replace")})
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._session.aclose()

@@ -25,7 +25,7 @@ import msgspec
 from kcd.providers.breaker import BreakerBoard, TrialLease
 from kcd.providers.endpoints import Endpoint, resolve_endpoint
 from kcd.providers.errors import ProviderFailure
-from kcd.providers.openai_compat import Attempt, Timeouts, send_chat
+from kcd.providers.openai_compat import Attempt, Timeouts, UpstreamClient, send_chat
 from kcd.providers.retry import Decision, RetryPolicy, backoff_delay, decide, same_route_retries
 from kcd.providers.routes import Route
 from kcd.providers.types import ChatMessage, ChatRequest, ChatResponse, ToolSchema
@@ -146,7 +146,7 @@ class ProviderGateway:
         self.upstream_client = upstream_client  # "aiohttp" or "httpx": who sends the bytes
         self._redactor = redactor
         self._simulator_url = simulator_url
-        self._clients: dict[str, httpx.AsyncClient] = {}
+        self._clients: dict[str, UpstreamClient] = {}
         self.breakers = breakers or BreakerBoard()
         self._clock = clock
 
@@ -161,17 +161,16 @@ class ProviderGateway:
             sim = await self._simulator_url()
         return resolve_endpoint(route, self._env, base_url=base_url, simulator_url=sim)
 
-    def client_for(self, endpoint: Endpoint) -> httpx.AsyncClient:
+    def client_for(self, endpoint: Endpoint) -> UpstreamClient:
         client = self._clients.get(endpoint.key)
         if client is None:
             trust_env = endpoint.provider != "mock"  # loopback simulator traffic never goes via a proxy
-            transport = None
             if self.upstream_client == "aiohttp":
-                from kcd.providers.aiohttp_transport import AiohttpTransport
+                from kcd.providers.aiohttp_client import AiohttpClient
 
-                transport = AiohttpTransport(POOL_LIMITS, trust_env=trust_env)
-            client = httpx.AsyncClient(limits=POOL_LIMITS, timeout=httpx.Timeout(30.0), trust_env=trust_env,
-                                       transport=transport)
+                client = AiohttpClient(POOL_LIMITS, trust_env=trust_env)
+            else:
+                client = httpx.AsyncClient(limits=POOL_LIMITS, timeout=httpx.Timeout(30.0), trust_env=trust_env)
             self._clients[endpoint.key] = client
         return client
 

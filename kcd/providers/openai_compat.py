@@ -28,6 +28,7 @@ headers, which belongs to ttft (or total).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Union
 
 import anyio
 import httpx
@@ -43,7 +44,14 @@ from kcd.providers.routes import Route
 from kcd.providers.sse import SSEEvent, SSEParser
 from kcd.providers.types import ChatRequest
 
-__all__ = ["Attempt", "Timeouts", "build_body", "request_headers", "send_chat"]
+if TYPE_CHECKING:
+    from kcd.providers.aiohttp_client import AiohttpClient, UpstreamResponse
+
+__all__ = ["Attempt", "Timeouts", "UpstreamClient", "build_body", "request_headers", "send_chat"]
+
+# Who sends an attempt: httpx's client (tests, `upstream_client: httpx`) or the daemon's
+# default, which offers the same `stream()` on aiohttp without httpx's client layer.
+UpstreamClient = Union[httpx.AsyncClient, "AiohttpClient"]
 
 BODY_EXCERPT_CHARS = 2048
 DRAIN_GRACE_S = 2.0  # after [DONE]: how long to wait for the body to end before dropping it
@@ -149,7 +157,7 @@ class _Run:
 
     # the request -------------------------------------------------------
 
-    async def execute(self, client: httpx.AsyncClient, url: str, headers: dict[str, str],
+    async def execute(self, client: UpstreamClient, url: str, headers: dict[str, str],
                       payload: bytes) -> None:
         t, fail = self.t, self.asm.fail
         timeout = httpx.Timeout(connect=t.connect, write=t.write, read=None, pool=t.connect)
@@ -197,7 +205,7 @@ class _Run:
             return
         self.asm.fail(E.CONNECTION_RESET, f"{where} {how} ({_exc(exc)})")
 
-    async def _on_response(self, response: httpx.Response) -> None:
+    async def _on_response(self, response: httpx.Response | UpstreamResponse) -> None:
         a, ev = self.a, self.ev
         now = anyio.current_time()
         self.headers_at = now
@@ -216,7 +224,7 @@ class _Run:
         status = response.status_code
         self.asm.take_body(body, auth_hint=self._auth_hint() if status in (401, 403) else None)
 
-    async def _read_body(self, response: httpx.Response) -> bytes:
+    async def _read_body(self, response: httpx.Response | UpstreamResponse) -> bytes:
         parts: list[bytes] = []
         async for chunk in response.aiter_bytes():
             now = anyio.current_time()
@@ -227,7 +235,7 @@ class _Run:
 
     # streams -----------------------------------------------------------
 
-    async def _read_stream(self, response: httpx.Response) -> None:
+    async def _read_stream(self, response: httpx.Response | UpstreamResponse) -> None:
         a, asm, head = self.a, self.asm, self.ev.raw_head
         parser = SSEParser()
         sniffing = True
@@ -288,7 +296,7 @@ def _exc(exc: BaseException) -> str:
 
 
 async def send_chat(
-    client: httpx.AsyncClient,
+    client: UpstreamClient,
     endpoint: Endpoint,
     route: Route,
     request: ChatRequest,

@@ -34,13 +34,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
-import httpx
 import msgspec
 from anyio.abc import TaskStatus
 
 from kcd.providers.endpoints import Endpoint
 from kcd.providers.gateway import ChainEntry, ProviderGateway
-from kcd.providers.openai_compat import Attempt, Timeouts, send_chat
+from kcd.providers.openai_compat import Attempt, Timeouts, UpstreamClient, send_chat
 from kcd.providers.routes import Route, is_openai_reasoning
 from kcd.providers.types import ChatMessage, ChatRequest, ToolSchema
 
@@ -140,7 +139,7 @@ def _json_object(text: str) -> bool:
         return False
 
 
-async def _probe_stream(client: httpx.AsyncClient, endpoint: Endpoint, route: Route,
+async def _probe_stream(client: UpstreamClient, endpoint: Endpoint, route: Route,
                         timeouts: Timeouts) -> _Outcome:
     events = 0
 
@@ -163,7 +162,7 @@ async def _probe_stream(client: httpx.AsyncClient, endpoint: Endpoint, route: Ro
     return _Outcome(True, None, model, events)
 
 
-async def _probe_tool(client: httpx.AsyncClient, endpoint: Endpoint, route: Route,
+async def _probe_tool(client: UpstreamClient, endpoint: Endpoint, route: Route,
                       timeouts: Timeouts) -> _Outcome:
     tool = ToolSchema(name=NOOP_TOOL_NAME, description="Does nothing. Call it when asked to.",
                       parameters={"type": "object", "properties": {"echo": {"type": "string"}},
@@ -190,7 +189,7 @@ async def _probe_tool(client: httpx.AsyncClient, endpoint: Endpoint, route: Rout
     return _Outcome(True, None, resp.model)
 
 
-async def _probe_json(client: httpx.AsyncClient, endpoint: Endpoint, route: Route,
+async def _probe_json(client: UpstreamClient, endpoint: Endpoint, route: Route,
                       timeouts: Timeouts) -> _Outcome:
     request = ChatRequest(
         messages=_messages('Reply with the JSON object {"pong":"yes"} and nothing else.'),
@@ -205,7 +204,7 @@ async def _probe_json(client: httpx.AsyncClient, endpoint: Endpoint, route: Rout
     return _Outcome(True, None, attempt.response.model)
 
 
-_Probe = Callable[[httpx.AsyncClient, Endpoint, Route, Timeouts], Awaitable[_Outcome]]
+_Probe = Callable[[UpstreamClient, Endpoint, Route, Timeouts], Awaitable[_Outcome]]
 _PROBES: tuple[tuple[str, _Probe], ...] = (("stream", _probe_stream), ("tool", _probe_tool),
                                           ("json", _probe_json))
 

@@ -134,13 +134,22 @@ async def sim() -> AsyncIterator:
         tg.cancel_scope.cancel()
 
 
-@pytest.fixture(params=["httpx", "aiohttp"])
+@pytest.fixture(params=["httpx", "aiohttp", "aiohttp-client"])
 async def client(request) -> AsyncIterator[httpx.AsyncClient]:
-    """Both upstream transports (`upstream_client` in the daemon config) must behave alike:
-    every loopback test below runs on each."""
+    """Every upstream client must behave alike: httpx's own (`upstream_client: httpx`), httpx
+    on the aiohttp transport, and the daemon's default `AiohttpClient`; every loopback test
+    below runs on each."""
+    from kcd.providers.aiohttp_client import AiohttpClient
     from kcd.providers.aiohttp_transport import AiohttpTransport
     from kcd.providers.gateway import POOL_LIMITS
 
+    if request.param == "aiohttp-client":
+        direct = AiohttpClient(POOL_LIMITS)
+        try:
+            yield direct
+        finally:
+            await direct.aclose()
+        return
     transport = AiohttpTransport(POOL_LIMITS) if request.param == "aiohttp" else None
     async with httpx.AsyncClient(trust_env=False, transport=transport) as c:
         yield c
