@@ -12,6 +12,7 @@ flight or, between attempts, for the one that will now never be sent.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, TypeVar
 
@@ -44,25 +45,30 @@ async def until_disconnect(receive: Receive, work: Callable[[], Awaitable[T]]) -
     Call only once the request body has been read: from then on receive() returns
     only when the client disconnects (or the response is complete, which cannot
     happen before `work` returns). Exceptions of `work` propagate unwrapped.
+
+    The watch is a bare asyncio task beside `work` (the daemon runs anyio on asyncio),
+    not an anyio task group: a group's spawn, and its cancel scope's cancel (which
+    formats the task's repr into the cancel message), cost more CPU per request than
+    the rest of this module (docs/benchmarks.md §5). Stopping the watch is one
+    `Task.cancel()`; only a real disconnect cancels a scope.
     """
-    result: list[T] = []
-    error: list[Exception] = []
-    async with anyio.create_task_group() as tg:
-
-        async def watch() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass  # a stray empty body part: keep watching
-            tg.cancel_scope.cancel()
-
-        tg.start_soon(watch)
+    with anyio.CancelScope() as scope:
+        watcher = asyncio.get_running_loop().create_task(_watch(receive, scope))
         try:
-            result.append(await work())
-        except Exception as exc:  # raised after the group, not as an ExceptionGroup
-            error.append(exc)
-        tg.cancel_scope.cancel()
-    if error:
-        raise error[0]
-    return result[0] if result else DISCONNECTED
+            return await work()
+        finally:
+            if watcher.done():
+                if not watcher.cancelled():
+                    watcher.result()  # a failed receive() is not swallowed
+            else:
+                watcher.cancel()
+    return DISCONNECTED
+
+
+async def _watch(receive: Receive, scope: anyio.CancelScope) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass  # a stray empty body part: keep watching
+    scope.cancel()
 
 
 Kind = Literal["primary", "retry", "fallback"]
