@@ -18,11 +18,8 @@ import stat
 import tarfile
 import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import IO
-
-from kcd.api.tarcheck import ArchiveRefused, ArchiveTooBig, validate_tar
+from typing import IO, NamedTuple
 
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 DEFAULT_MAX_MEMBERS = 100_000
@@ -36,12 +33,11 @@ class ArchiveTooLarge(ValueError):
     pass
 
 
-@dataclass
-class Packed:
+class Packed(NamedTuple):  # not a dataclass: kcctl run imports this module, and every ms counts
     file: IO[bytes]  # positioned at 0; gzip'd tar
     size: int
-    manifest: dict[str, str] = field(default_factory=dict)  # relpath -> sha256 (regular files)
-    skipped: list[str] = field(default_factory=list)
+    manifest: dict[str, str]  # relpath -> sha256 (regular files)
+    skipped: list[str]
 
 
 def sha256_file(path: Path) -> str:
@@ -181,6 +177,8 @@ def check_archive(fileobj: IO[bytes], *, max_bytes: int = DEFAULT_MAX_BYTES,
                   max_members: int = DEFAULT_MAX_MEMBERS) -> int:
     """Validate every member without writing anything (one bounded streaming pass, see
     `tarcheck`); returns the member count."""
+    from kcd.api.tarcheck import ArchiveRefused, ArchiveTooBig, validate_tar  # the daemon's side only
+
     try:
         return validate_tar(fileobj, max_bytes=max_bytes, max_members=max_members)
     except ArchiveRefused as exc:
