@@ -10,9 +10,12 @@ same pre-encoded chat call either
 - **endpoint**: to kcd's `/v1/chat/completions` (model `bench` or
   `bench-passthrough`, bearer token), which makes the same call upstream,
 - **floor** (with `--floor`): to a bare proxy on the same stack as kcd (uvicorn
-  with kcd's `make_server`, one pooled `httpx.AsyncClient` with the gateway's
-  pool limits) that forwards a fixed body and returns the upstream's bytes:
-  what any gateway built on this server and client costs, before any logic,
+  with kcd's `make_server`, one pooled `AiohttpClient` with the gateway's pool
+  limits) that forwards a fixed body and returns the upstream's bytes: what any
+  gateway built on this server and client costs, before any logic; `--floors`
+  adds the same proxy on other stacks side by side (`FLOORS`: session 2's
+  httpx client on aiohttp, granian embedded on the proxy's own loop; granian is
+  not a kcd dependency: `pip install granian` to measure it),
 
 interleaved in rounds (direct, endpoint, direct, ...) at concurrency 1, 10 and
 64, non-streamed and streamed (buffer and passthrough modes). Last, the
@@ -24,7 +27,7 @@ retries). Prints p50/p99 of each path, the added latency, the spread of the
 per-round added p50, and CPU per call: the client's and the daemon's (from
 /proc). Not a test: it asserts nothing about time.
 
-    .venv/bin/python bench/bench_endpoint.py [--calls 400] [--rounds 4] [--floor]
+    .venv/bin/python bench/bench_endpoint.py [--calls 400] [--rounds 4] [--floor | --floors F ...]
 """
 
 from __future__ import annotations
@@ -52,9 +55,18 @@ MESSAGES = [{"role": "system", "content": "You are terse."},
             {"role": "user", "content": "Say hello in five words."}]
 
 
-def serve_floor(port: int, sim_base: str) -> None:
-    """The bare proxy (`--serve-floor`): kcd's server stack and HTTP client, no gateway logic."""
+FLOORS = {  # label -> (server, upstream client)
+    "floor": ("uvicorn", "aiohttp"),  # kcd's own stack since session 3
+    "floor, httpx client": ("uvicorn", "httpx-on-aiohttp"),  # session 2's stack (its floor)
+    "floor, granian": ("granian", "aiohttp"),  # a Rust-backed ASGI server on the same loop
+}
+
+
+def serve_floor(port: int, sim_base: str, server: str, client_kind: str) -> None:
+    """A bare proxy (`--serve-floor`): a server and an HTTP client, no gateway logic."""
     sys.path.insert(0, str(REPO))
+    from kcd.providers.aiohttp_client import AiohttpClient
+    from kcd.providers.aiohttp_transport import AiohttpTransport
     from kcd.providers.gateway import POOL_LIMITS
     from kcd.server.gateway_tcp import bind_tcp_socket
     from kcd.server.listener import loop_options, make_server
@@ -63,12 +75,12 @@ def serve_floor(port: int, sim_base: str) -> None:
                                            **({"stream": True, "stream_options": {"include_usage": True}}
                                               if stream else {})})
               for stream in (False, True)}
-    from kcd.providers.aiohttp_transport import AiohttpTransport
-
-    # The same upstream client as kcd's default (`upstream_client: aiohttp`).
-    client = httpx.AsyncClient(limits=POOL_LIMITS, trust_env=False, timeout=60,
-                               transport=AiohttpTransport(POOL_LIMITS))
+    # kcd's default upstream client (`AiohttpClient`), or session 2's (httpx on aiohttp).
+    client = (AiohttpClient(POOL_LIMITS) if client_kind == "aiohttp" else
+              httpx.AsyncClient(limits=POOL_LIMITS, trust_env=False, timeout=60,
+                                transport=AiohttpTransport(POOL_LIMITS)))
     url = f"{sim_base}/v1/chat/completions"
+    timeout = httpx.Timeout(60)
 
     async def app(scope, receive, send):  # noqa: ANN001
         if scope["type"] != "http":
@@ -81,13 +93,23 @@ def serve_floor(port: int, sim_base: str) -> None:
                 break
         stream = b'"stream":true' in body
         async with client.stream("POST", url, content=bodies[stream],
-                                 headers={"content-type": "application/json"}) as resp:
-            data = await resp.aread()
+                                 headers={"content-type": "application/json"}, timeout=timeout) as resp:
+            data = b"".join([chunk async for chunk in resp.aiter_bytes()])
         await send({"type": "http.response.start", "status": resp.status_code,
-                    "headers": [(b"content-type", resp.headers["content-type"].encode()),
+                    "headers": [(b"content-type", resp.headers.get("content-type").encode()),
                                 (b"content-length", str(len(data)).encode())]})
         await send({"type": "http.response.body", "body": data})
 
+    if server == "granian":  # embedded: served from this process's own event loop
+        from granian.constants import Interfaces
+        from granian.server.embed import Server
+
+        async def run() -> None:
+            await Server(app, address="127.0.0.1", port=port, interface=Interfaces.ASGI,
+                         log_enabled=False).serve()
+
+        anyio.run(run, backend_options=loop_options())
+        return
     sock = bind_tcp_socket("127.0.0.1", port)
     anyio.run(make_server(app).serve, [sock], backend_options=loop_options())
 
@@ -95,7 +117,7 @@ def serve_floor(port: int, sim_base: str) -> None:
 class Env:
     """The simulator and the daemon (and the floor proxy), started in their own processes."""
 
-    def __init__(self, floor: bool) -> None:
+    def __init__(self, floors: list[str]) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="kcbench-", dir="/tmp"))
         sim_port, self.port = free_port(), free_port()
         self.sim_base = f"http://127.0.0.1:{sim_port}"
@@ -119,18 +141,19 @@ class Env:
              "--state-dir", str(self.root / "state"), "--runs-root", str(self.root / "runs")],
             cwd=REPO, env=env, stdout=self.log, stderr=self.log)
         wait_http(f"http://127.0.0.1:{self.port}/v1/models", self.kcd, "kcd")
-        self.floor: subprocess.Popen | None = None
-        if floor:
-            self.floor_port = free_port()
-            self.floor = subprocess.Popen([sys.executable, __file__, "--serve-floor", str(self.floor_port),
-                                           self.sim_base], cwd=REPO)
-            wait_http(f"http://127.0.0.1:{self.floor_port}/", self.floor, "floor proxy")
+        self.floors: dict[str, tuple[subprocess.Popen, int]] = {}
+        for label in floors:
+            floor_port = free_port()
+            proc = subprocess.Popen([sys.executable, __file__, "--serve-floor", str(floor_port), self.sim_base,
+                                     *FLOORS[label]], cwd=REPO)
+            wait_http(f"http://127.0.0.1:{floor_port}/", proc, label)
+            self.floors[label] = (proc, floor_port)
 
     def sim_total(self) -> int:
         return httpx.get(f"{self.sim_base}/_sim/stats").json()["total"]
 
     def close(self) -> None:
-        for proc in (self.kcd, self.sim, *([self.floor] if self.floor else [])):
+        for proc in (self.kcd, self.sim, *(proc for proc, _ in self.floors.values())):
             proc.terminate()
             proc.wait(timeout=30)
         self.log.close()
@@ -179,16 +202,17 @@ async def bench(env: Env, calls: int, rounds: int, levels: tuple[int, ...] = (1,
             # drops them after 5 s): httpcore's per-request cost grows with the connections a
             # pool holds (httpx #3215), so a c=64 cell would otherwise tax the next c=1 cell.
             await anyio.sleep(6)
-            clients = [httpx.AsyncClient(limits=LIMITS, trust_env=False, timeout=60) for _ in range(3)]
+            clients = [httpx.AsyncClient(limits=LIMITS, trust_env=False, timeout=60) for _ in range(2)]
             direct = checked_call(clients[0], direct_url, msgspec.json.encode(
                 {"model": "echo", "messages": MESSAGES, **extra}), plain, stream)
             paths = [("endpoint", env.kcd.pid, checked_call(
                 clients[1], f"http://127.0.0.1:{env.port}/v1/chat/completions",
                 msgspec.json.encode({"model": model, "messages": MESSAGES, **extra}),
                 {"content-type": "application/json", "authorization": f"Bearer {env.token}"}, stream))]
-            if env.floor is not None and model == "bench":
-                paths.append(("floor", env.floor.pid, checked_call(
-                    clients[2], f"http://127.0.0.1:{env.floor_port}/v1/chat/completions",
+            for floor, (proc, floor_port) in (env.floors.items() if model == "bench" else ()):
+                clients.append(httpx.AsyncClient(limits=LIMITS, trust_env=False, timeout=60))
+                paths.append((floor, proc.pid, checked_call(
+                    clients[-1], f"http://127.0.0.1:{floor_port}/v1/chat/completions",
                     msgspec.json.encode({"model": "echo", "messages": MESSAGES, **extra}), plain, stream)))
             n = max(calls if conc == 1 else calls * 2, rounds * conc)
             warm = max(50, conc * 2)
@@ -215,7 +239,7 @@ async def bench(env: Env, calls: int, rounds: int, levels: tuple[int, ...] = (1,
                     results[name] = (b_lat, added, b_cpu + cpu, server_cpu)
             for name, _, _ in paths:
                 b_lat, added, b_cpu, server_cpu = results[name]
-                tag = label if name == "endpoint" else f"{label}, bare proxy (floor)"
+                tag = label if name == "endpoint" else f"{label}, bare proxy ({name})"
                 line = row(tag, conc, a_lat, b_lat, added, a_cpu, b_cpu, server_cpu)
                 print(line, flush=True)
                 lines.append(line)
@@ -251,8 +275,20 @@ async def handler_cost(calls: int = 20000) -> str:
     scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "query_string": b"",
              "headers": [(b"authorization", f"Bearer {token}".encode()), (b"content-type", b"application/json")]}
 
-    async def receive() -> dict:
-        return {"type": "http.request", "body": body, "more_body": False}
+    request = {"type": "http.request", "body": body, "more_body": False}
+
+    def receiver() -> Callable[[], Awaitable[dict]]:
+        """A request's body once, then (as a server does) nothing until the client leaves."""
+        sent = False
+
+        async def receive() -> dict:
+            nonlocal sent
+            if sent:
+                await anyio.sleep_forever()
+            sent = True
+            return request
+
+        return receive
 
     async def send(message: dict) -> None:
         pass
@@ -270,10 +306,10 @@ async def handler_cost(calls: int = 20000) -> str:
                     tokens=TokenTable({"bench": token}), env={}, max_body=1 << 20)
                 app = TCPGatewayApp(endpoint)
                 for _ in range(2000):
-                    await app(scope, receive, send)
+                    await app(scope, receiver(), send)
                 t0 = time.perf_counter()
                 for _ in range(calls):
-                    await app(scope, receive, send)
+                    await app(scope, receiver(), send)
                 out.append((time.perf_counter() - t0) / calls * 1e6)
                 await sink.aclose()
                 tg.cancel_scope.cancel()
@@ -287,14 +323,17 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=400, help="calls per path at c=1 (twice that at c=10, 64)")
     ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--floor", action="store_true", help="also measure a bare proxy on the same stack")
+    ap.add_argument("--floor", action="store_true", help="also measure a bare proxy on kcd's stack")
+    ap.add_argument("--floors", nargs="+", choices=list(FLOORS), metavar="FLOOR",
+                    help=f"bare proxies to measure (implies --floor): {', '.join(FLOORS)}")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 10, 64], metavar="N")
-    ap.add_argument("--serve-floor", nargs=2, metavar=("PORT", "SIM_BASE"), help=argparse.SUPPRESS)
+    ap.add_argument("--serve-floor", nargs=4, metavar=("PORT", "SIM_BASE", "SERVER", "CLIENT"),
+                    help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_floor:
-        serve_floor(int(args.serve_floor[0]), args.serve_floor[1])
+        serve_floor(int(args.serve_floor[0]), *args.serve_floor[1:])
         return
-    env = Env(args.floor)
+    env = Env(args.floors or (["floor"] if args.floor else []))
     try:
         print(f"# OpenAI endpoint overhead, {time.strftime('%Y-%m-%d')}, Python {platform.python_version()}, "
               f"{os.cpu_count()} cores, httpx {httpx.__version__}")
