@@ -10,6 +10,8 @@ line. Then, in fresh child processes interleaved over the rounds:
             --print-summary` does it: byte ranges on os.cpu_count() forked workers;
   single    the same in one process (`workers=1`);
   floor     a bare `msgspec.json.decode(line)` loop over the lines, computing nothing;
+  floor2    (optional) the same loop on every core, one byte range per CPU: what the
+            machine's cores can give any decode-per-line design, the parallel ceiling;
   original  the original's exporter, reimplemented from reference §6.4 (the code is not
             available): `json.loads` every line into a list, then sum `summary` and `routes`
             of every `provider_metrics` event (calls, errors, html_errors).
@@ -20,7 +22,7 @@ twice, so it overstates), ratios, whether the exporter's calls/errors/html_error
 equal the original's, and a Markdown row for docs/benchmarks.md §3.
 
     .venv/bin/python bench/bench_exporter.py [--shape original|mixed] [--size-mb 1024] [--rounds 3]
-        [--variants parallel,single,floor,original]
+        [--variants parallel,single,floor,original[,floor2]]
 """
 
 from __future__ import annotations
@@ -173,6 +175,42 @@ def floor(path: Path) -> dict:
     return {"decoded": n}
 
 
+def _floor_range(task: tuple[str, int, int]) -> tuple[int, int]:
+    """floor() over one byte range (it starts at a line start); returns lines and peak RSS."""
+    import msgspec
+
+    path, start, end = task
+    decode = msgspec.json.decode
+    n = 0
+    with open(path, "rb") as f:
+        f.seek(start)
+        pos = start
+        for line in f:
+            if pos >= end:
+                break
+            pos += len(line)
+            try:
+                decode(line)
+            except msgspec.DecodeError:
+                continue
+            n += 1
+    return n, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def floor_parallel(path: Path) -> tuple[dict, list[int]]:
+    """The floor on every core: one line-aligned byte range per CPU, in forked processes."""
+    import multiprocessing
+
+    from kcctl.export.parallel import line_starts
+
+    cpus = os.cpu_count() or 1
+    size = path.stat().st_size
+    bounds = line_starts(path, size, -(-size // cpus))
+    with multiprocessing.get_context("fork").Pool(cpus) as pool:
+        parts = pool.map(_floor_range, [(str(path), a, b) for a, b in zip(bounds, bounds[1:])])
+    return {"decoded": sum(n for n, _ in parts)}, [kb for _, kb in parts]
+
+
 def child(variant: str, path: Path) -> None:
     from kcctl.export import scan, summary_json  # every variant pays the import before the clock
 
@@ -187,6 +225,9 @@ def child(variant: str, path: Path) -> None:
                   "routes": {k: {f: v[f] for f in ("calls", "errors", "html_errors")} for k, v in s["routes"].items()}}
     elif variant == "floor":
         result = floor(path)
+    elif variant == "floor2":
+        result, worker_kb = floor_parallel(path)
+        workers = dict(enumerate(worker_kb))
     else:
         result = original(path)
     elapsed = time.perf_counter() - t
@@ -204,7 +245,8 @@ def run_child(variant: str, path: Path) -> dict:
 
 
 LABELS = {"parallel": "exporter, parallel", "single": "exporter, one process",
-          "floor": "bare msgspec.json.decode loop", "original": "original's exporter (json.loads, list)"}
+          "floor": "bare msgspec.json.decode loop", "floor2": "bare decode loop on every core",
+          "original": "original's exporter (json.loads, list)"}
 
 
 def main() -> None:
@@ -249,7 +291,7 @@ def main() -> None:
               f"{mb / med[v]:6.1f} MB/s  {lines / med[v] / 1e3:6.0f}k lines/s  peak RSS {peak[v]:.0f} MiB")
     for v in variants:
         for base in ("floor", "original"):
-            if base in med and v not in ("floor", "original"):
+            if base in med and v not in ("floor", "floor2", "original"):
                 print(f"{v} speed / {base} speed: {med[base] / med[v]:.2f}x")
     same = None
     if "original" in runs:

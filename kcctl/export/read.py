@@ -37,7 +37,7 @@ from kcctl.export.stats import SAMPLE_CAP
 
 CHUNK_SIZE = 4 << 20
 MAX_LINE = 64 << 20
-_BATCH = 1024  # lines decoded and added together
+_BATCH = 64  # lines decoded and added together (few, so they stay in cache)
 _decode = EVENT_DECODER.decode
 _ts = attrgetter("ts")
 _run = attrgetter("run_id")
