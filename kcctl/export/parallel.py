@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import resource
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -89,20 +90,22 @@ def _parallel(path: Path | str, bounds: list[int], filters: Filters, workers: in
     ctx = multiprocessing.get_context("fork")
     ranges = list(zip(bounds, bounds[1:]))
     with ProcessPoolExecutor(max_workers=min(workers, len(ranges)), mp_context=ctx) as pool:
-        futures = [pool.submit(_worker, str(path), start, end, filters, chunk_size, sample_cap)
-                   for start, end in ranges]
+        pending = deque(pool.submit(_worker, str(path), start, end, filters, chunk_size, sample_cap)
+                        for start, end in ranges)
         agg: Aggregate | None = None
         peaks: dict[int, int] = {}
         try:
-            for fut in futures:  # in file order, each merged as soon as it is its turn
-                part, pid, peak_kb = fut.result()
+            while pending:  # in file order, each merged as soon as it is its turn
+                # popped, so the merged partial is not kept alive by its future
+                part, pid, peak_kb = pending.popleft().result()
                 peaks[pid] = max(peaks.get(pid, 0), peak_kb)
                 if agg is None:
                     agg = part
                 else:
                     agg.merge(part)
+                del part
         except BaseException:
-            for fut in futures:
+            for fut in pending:
                 fut.cancel()
             raise
     assert agg is not None
