@@ -35,7 +35,7 @@ from kcctl.export.aggregate import Aggregate
 from kcctl.export.schema import AGGREGATED, ENVELOPE_DECODER, EVENT_DECODER, Envelope, aware
 from kcctl.export.stats import SAMPLE_CAP
 
-CHUNK_SIZE = 4 << 20
+CHUNK_SIZE = 1 << 20  # small: a worker holds one chunk and its lines, on every core
 MAX_LINE = 64 << 20
 _BATCH = 64  # lines decoded and added together (few, so they stay in cache)
 _decode = EVENT_DECODER.decode
