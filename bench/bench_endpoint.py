@@ -10,7 +10,7 @@ same pre-encoded chat call either
 - **endpoint**: to kcd's `/v1/chat/completions` (model `bench` or
   `bench-passthrough`, bearer token), which makes the same call upstream,
 - **floor** (with `--floor`): to a bare proxy on the same stack as kcd (uvicorn
-  with kcd's `make_server`, one pooled `AiohttpClient` with the gateway's pool
+  with kcd's `make_server`, one pooled `AiohttpClient` with the dispatcher's pool
   limits) that forwards a fixed body and returns the upstream's bytes: what any
   gateway built on this server and client costs, before any logic; `--floors`
   adds the same proxy on other stacks side by side (`FLOORS`: session 2's
@@ -19,8 +19,8 @@ same pre-encoded chat call either
 
 interleaved in rounds (direct, endpoint, direct, ...) at concurrency 1, 10 and
 64, non-streamed and streamed (buffer and passthrough modes). Last, the
-endpoint's own code alone: its ASGI app called in-process with a stub gateway
-that answers at once (what the handler adds on top of the gateway and server). Every answer is
+endpoint's own code alone: its ASGI app called in-process with a stub dispatcher
+that answers at once (what the handler adds on top of the dispatcher and server). Every answer is
 checked (status, content, `[DONE]` at the end of a stream) and the simulator's
 request count must grow by exactly one per call on both paths (no hidden
 retries). Prints p50/p99 of each path, the added latency, the spread of the
@@ -67,7 +67,7 @@ def serve_floor(port: int, sim_base: str, server: str, client_kind: str) -> None
     sys.path.insert(0, str(REPO))
     from kcd.providers.aiohttp_client import AiohttpClient
     from kcd.providers.aiohttp_transport import AiohttpTransport
-    from kcd.providers.gateway import POOL_LIMITS
+    from kcd.providers.dispatcher import POOL_LIMITS
     from kcd.server.gateway_tcp import bind_tcp_socket
     from kcd.server.listener import loop_options, make_server
 
@@ -249,7 +249,7 @@ async def bench(env: Env, calls: int, rounds: int, levels: tuple[int, ...] = (1,
 
 
 async def handler_cost(calls: int = 20000) -> str:
-    """µs per request of the endpoint's own code: ASGI app in-process, a stub gateway."""
+    """µs per request of the endpoint's own code: ASGI app in-process, a stub dispatcher."""
     sys.path.insert(0, str(REPO))
     from kcd.config.daemon import GatewayModel, GatewaySettings
     from kcd.gateway_api.access import TokenTable
@@ -257,11 +257,11 @@ async def handler_cost(calls: int = 20000) -> str:
     from kcd.observe.prometheus import DaemonMetrics
     from kcd.observe.telemetry import TelemetrySink
     from kcd.providers.attempt import Attempt
-    from kcd.providers.gateway import AttemptRecord, Served
+    from kcd.providers.dispatcher import AttemptRecord, Served
     from kcd.providers.types import ChatResponse, Usage
     from kcd.server.openai_api import OpenAIEndpoint, TCPGatewayApp
 
-    class StubGateway:
+    class StubDispatcher:
         async def complete(self, chain, messages, tools, *, observer, **_):  # noqa: ANN001, ANN003
             entry = chain[0]
             attempt = Attempt(route=entry.route.id, url="stub", stream_requested=False, latency_s=0.0,
@@ -301,7 +301,7 @@ async def handler_cost(calls: int = 20000) -> str:
             async with anyio.create_task_group() as tg:
                 await tg.start(sink.run)
                 endpoint = OpenAIEndpoint(
-                    StubGateway(), ModelMap(GatewaySettings(models={"bench": GatewayModel(route="openai/echo")})),
+                    StubDispatcher(), ModelMap(GatewaySettings(models={"bench": GatewayModel(route="openai/echo")})),
                     telemetry=sink if telemetry else None, metrics=DaemonMetrics(), probes=None,
                     tokens=TokenTable({"bench": token}), env={}, max_body=1 << 20)
                 app = TCPGatewayApp(endpoint)
@@ -315,7 +315,7 @@ async def handler_cost(calls: int = 20000) -> str:
                 tg.cancel_scope.cancel()
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    return (f"endpoint code alone (in-process, stub gateway, {calls} calls): {out[0]:.1f} µs per request; "
+    return (f"endpoint code alone (in-process, stub dispatcher, {calls} calls): {out[0]:.1f} µs per request; "
             f"with the telemetry event encoded and queued: {out[1]:.1f} µs")
 
 

@@ -1,7 +1,7 @@
 """kcd: wires the components together and owns their lifetimes and signals.
 
 Start-up order: state store → executor (Ray connects in the background) →
-gateway → run manager → control socket → READY. Shutdown (SIGTERM/SIGINT or
+dispatcher → run manager → control socket → READY. Shutdown (SIGTERM/SIGINT or
 `POST /v1/shutdown`): stop accepting, cancel runs and wait for their
 finalisation, stop the server, close pools and Ray, remove the socket.
 """
@@ -33,7 +33,7 @@ from kcd.observe.recovery import finish_interrupted
 from kcd.observe.redact import Redactor
 from kcd.observe.telemetry import Probe, TelemetrySink, circuit_event, default_central_path
 from kcd.providers.breaker import BreakerBoard, BreakerConfig, Transition
-from kcd.providers.gateway import ProviderGateway
+from kcd.providers.dispatcher import Dispatcher
 from kcd.providers.probes import ProbeManager, ProbeResult
 from kcd.runs import RunManager
 from kcd.sandbox.host import ToolHost
@@ -273,7 +273,7 @@ class Daemon:
         (log.warning if report.weaker else log.info)("tool isolation: %s (%s)", report.mode, report.guarantees)
         if not logging.getLogger().isEnabledFor(logging.DEBUG):
             # httpx logs every request at INFO: a record and a redaction pass per provider call
-            # cost more than the gateway's own work per call (docs/benchmarks.md §5).
+            # cost more than the dispatcher's own work per call (docs/benchmarks.md §5).
             logging.getLogger("httpx").setLevel(logging.WARNING)
         assert cfg.state_dir and cfg.runs_root and cfg.socket
         self.store = StateStore(cfg.state_dir / "state.db")
@@ -289,13 +289,13 @@ class Daemon:
         sock = sockets[0] if sockets else bind_unix_socket(cfg.socket, cfg.socket_mode)
         owns_socket_file = not sockets
         self.breakers = self._make_breakers()
-        gateway = ProviderGateway(self.env, breakers=self.breakers, simulator_url=self.simulator_url,
-                                  redactor=self.redactor, upstream_client=cfg.upstream_client)
-        self.probes = ProbeManager(gateway, self.store, redact=self.redactor.text, on_result=self._on_probe)
+        dispatcher = Dispatcher(self.env, breakers=self.breakers, simulator_url=self.simulator_url,
+                                redactor=self.redactor, upstream_client=cfg.upstream_client)
+        self.probes = ProbeManager(dispatcher, self.store, redact=self.redactor.text, on_result=self._on_probe)
         self.probes.restore()
-        # ---- OpenAI-compatible gateway endpoint: same gateway, breakers and probes as runs.
+        # ---- OpenAI-compatible gateway endpoint: same dispatcher, breakers and probes as runs.
         self.openai = OpenAIEndpoint(
-            gateway, ModelMap(gw), telemetry=self.telemetry, metrics=self.metrics, probes=self.probes,
+            dispatcher, ModelMap(gw), telemetry=self.telemetry, metrics=self.metrics, probes=self.probes,
             tokens=TokenTable(gw.tokens), env=self.env, max_body=gw.max_body_bytes,
             secrets=self.redactor.known_values, redact=self.redactor.bytes, log_exception=self.log_exception)
         tcp_server = None
@@ -316,7 +316,7 @@ class Daemon:
                     runs_root=cfg.runs_root, store=self.store, task_group=tg, uploads=self.uploads,
                     heartbeat_s=cfg.heartbeat_s, max_workspace_bytes=cfg.max_workspace_bytes,
                     redactor=self.redactor,
-                    services=RunServices(gateway=gateway, executor=self.executor,
+                    services=RunServices(dispatcher=dispatcher, executor=self.executor,
                                          tool_defaults=self._tool_defaults(report),
                                          allow_network=cfg.sandbox.allow_network, sandbox=self.sandbox,
                                          probes=self.probes, env=self.env,
@@ -359,7 +359,7 @@ class Daemon:
             with anyio.CancelScope(shield=True):
                 self.breakers.flush()  # failure windows and decay clocks persist too
                 await self.telemetry.aclose()
-                await gateway.aclose()
+                await dispatcher.aclose()
                 await self.executor.aclose()
             self.store.close()
             if tcp_sock is not None:

@@ -1,7 +1,7 @@
 """The agent loop: one LLM call per turn, then that turn's tool calls.
 
 Readable in one sitting on purpose. Provider calls go through the daemon's
-gateway; tool calls go to the executor (a Ray task or in-process); every turn
+dispatcher; tool calls go to the executor (a Ray task or in-process); every turn
 is recorded in the run directory and on the run's event stream.
 """
 
@@ -30,7 +30,7 @@ from kcd.observe.rundir import RunDir
 from kcd.observe.run_metrics import RunMetrics
 from kcd.observe.telemetry import TelemetrySink
 from kcd.providers.errors import ProviderFailure
-from kcd.providers.gateway import ProviderGateway
+from kcd.providers.dispatcher import Dispatcher
 from kcd.providers.probes import ProbeManager
 from kcd.providers.types import ChatMessage, ChatResponse, ToolCall
 
@@ -67,7 +67,7 @@ class RunSpec:
 
 @dataclass
 class RunServices:
-    gateway: ProviderGateway
+    dispatcher: Dispatcher
     executor: Executor
     tool_defaults: ToolSettings = field(default_factory=ToolSettings)  # the daemon's sandbox (kcd.sandbox)
     allow_network: bool = True  # whether a run's `tools.network: true` is honoured
@@ -216,7 +216,7 @@ class AgentRun:
                                                   "parameters": t.parameters}} for t in schemas])
         if per_turn and turn == 1:
             await self.conversation.section(conv.TOOLS_PROMPT, per_turn)
-        served = await self.services.gateway.complete(
+        served = await self.services.dispatcher.complete(
             self.chain, messages, schemas, policy=self.policy, turn_key=f"{self.spec.run_id}:{turn}",
             observer=self.observer, stream_off=self.stream_off)
         self.served_route = served.entry.route.id

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from kcd.config.agent_schema import AgentConfig
-from kcd.providers.gateway import ChainEntry
+from kcd.providers.dispatcher import ChainEntry
 from kcd.providers.probes import ProbeManager, ProbeResult, skipped_result
 
 TRUTHY = ("1", "true", "yes")

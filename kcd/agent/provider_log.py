@@ -19,7 +19,7 @@ from kcd.observe.rundir import RunDir
 from kcd.observe.prometheus import DaemonMetrics
 from kcd.observe.run_metrics import RunMetrics
 from kcd.observe.telemetry import BreakerSkip, Fallback, TelemetrySink, attempt_event
-from kcd.providers.gateway import AttemptRecord
+from kcd.providers.dispatcher import AttemptRecord
 
 
 class RunCallObserver:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import msgspec
 
 from kcd.config.agent_schema import AgentConfig
-from kcd.providers.gateway import ChainEntry
+from kcd.providers.dispatcher import ChainEntry
 from kcd.providers.openai_compat import Timeouts
 from kcd.providers.retry import RetryPolicy
 from kcd.providers.routes import Route, parse_route
@@ -21,7 +21,7 @@ def provider_native_default(route: Route) -> bool:
 
 
 def route_supports_native(cfg: AgentConfig, route: Route) -> bool:
-    """Whether the gateway may send this route a native-tool turn.
+    """Whether the dispatcher may send this route a native-tool turn.
 
     A route's own `native_tools` decides; without one, an explicit
     `provider_tools.use_native: true` is the user's word for every route (the

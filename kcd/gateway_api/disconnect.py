@@ -21,7 +21,7 @@ import anyio
 from kcd.gateway_api.metrics import EndpointMetrics
 from kcd.gateway_api.observer import SOURCE, RequestObserver
 from kcd.observe.telemetry import LlmAttempt, genai_provider_name
-from kcd.providers.gateway import AttemptTap, ChainEntry
+from kcd.providers.dispatcher import AttemptTap, ChainEntry
 
 __all__ = ["CLIENT_DISCONNECTED", "DISCONNECTED", "DisconnectWatch", "InFlight", "record_disconnect",
            "until_disconnect"]

@@ -19,7 +19,7 @@ import msgspec
 
 from kcd.config.daemon import GatewayModel, GatewaySettings, GatewayTimeouts
 from kcd.providers.attempt import Timeouts
-from kcd.providers.gateway import ChainEntry
+from kcd.providers.dispatcher import ChainEntry
 from kcd.providers.retry import RetryPolicy
 from kcd.providers.routes import RouteError, parse_route
 

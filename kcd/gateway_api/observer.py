@@ -1,6 +1,6 @@
 """What the gateway records about one OpenAI-endpoint request: every attempt.
 
-One `RequestObserver` per request (a `CallObserver` for `ProviderGateway.complete`).
+One `RequestObserver` per request (a `CallObserver` for `Dispatcher.complete`).
 Each attempt, primary, retry and fallback alike, becomes an `llm.attempt`
 telemetry event whose `run_id` is the request's id (the envelope has no other
 id field), with the client and the model name asked for in `attrs`
@@ -16,7 +16,7 @@ import re
 
 from kcd.observe.prometheus import DaemonMetrics
 from kcd.observe.telemetry import BreakerSkip, Fallback, TelemetrySink, attempt_event
-from kcd.providers.gateway import AttemptRecord
+from kcd.providers.dispatcher import AttemptRecord
 
 __all__ = ["RequestObserver", "SOURCE"]
 

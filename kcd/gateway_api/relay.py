@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import anyio
 
-from kcd.providers.gateway import ChainEntry, Served
+from kcd.providers.dispatcher import ChainEntry, Served
 
 __all__ = ["Relay"]
 

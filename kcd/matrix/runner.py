@@ -9,14 +9,14 @@ Offline scenarios run against the simulator, each in its own sandbox:
 
 * a simulator namespace (`simctl`), so parallel scenarios never share fault
   plans or counters;
-* a private provider layer: its own `ProviderGateway`, `BreakerBoard` (with
+* a private provider layer: its own `Dispatcher`, `BreakerBoard` (with
   the scenario's breaker settings) and probe cache, and an environment with
   dummy keys whose base URLs point at the namespace. Injected faults therefore
   never open the breakers, poison the probe cache or move the live metrics of
   the daemon's real routes, and no request can leave for a real provider.
 
 Live scenarios are ordinary runs through the daemon's own run manager and
-gateway, on real providers, and are skipped (clearly) when kcd lacks a key.
+dispatcher, on real providers, and are skipped (clearly) when kcd lacks a key.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ from kcd.observe.rundir import new_run_id
 from kcd.observe.telemetry import TelemetrySink
 from kcd.providers.breaker import BreakerBoard, BreakerConfig
 from kcd.providers.breaker import Transition as BreakerTransition
-from kcd.providers.gateway import ProviderGateway
+from kcd.providers.dispatcher import Dispatcher
 from kcd.providers.probes import ProbeManager
 from kcd.providers.routes import parse_route
 from kcd.runs import RunManager, RunRejected
@@ -276,11 +276,11 @@ class MatrixService:
         base = self._runs.services
         env = sandbox_env(base.env, ns.api_base, list(sc.routes.missing_keys))
         redactor = self._runs.redactor
-        gateway = ProviderGateway(env, breakers=sandbox.board, redactor=redactor,
-                                  upstream_client=base.gateway.upstream_client)
-        services = dataclasses.replace(base, gateway=gateway, env=env, metrics=None,
+        dispatcher = Dispatcher(env, breakers=sandbox.board, redactor=redactor,
+                                upstream_client=base.dispatcher.upstream_client)
+        services = dataclasses.replace(base, dispatcher=dispatcher, env=env, metrics=None,
                                        telemetry=await self._sandbox_telemetry(),
-                                       probes=ProbeManager(gateway, None, redact=redactor.text))
+                                       probes=ProbeManager(dispatcher, None, redact=redactor.text))
         runs = self._sibling(services)
         config = render_config(p, sim_base=ns.api_base, closed_url=f"http://127.0.0.1:{unused_port()}/v1")
         try:
@@ -288,7 +288,7 @@ class MatrixService:
         finally:
             with anyio.CancelScope(shield=True):
                 await runs.shutdown(END_GRACE_S)  # only a cancelled matrix leaves runs behind
-                await gateway.aclose()
+                await dispatcher.aclose()
                 try:
                     await ns.drop()
                 except SimulatorError:

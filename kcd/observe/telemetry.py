@@ -242,7 +242,7 @@ class TelemetrySink:
         """A few lines and nothing slow pending: append them on the event loop.
 
         At request rates below the disk's, each wake-up finds one or two lines; handing those
-        to a worker thread cost more CPU than the gateway's own work per call (benchmarks §5),
+        to a worker thread cost more CPU than kcd's own work per call (benchmarks §5),
         while an O_APPEND write of a few hundred bytes to the page cache takes microseconds
         (the run's event log does the same). Opening or reopening the central file, the
         rotation check and the fsync behind a run's close stay in the thread."""

@@ -28,7 +28,7 @@ import msgspec
 
 if TYPE_CHECKING:  # only for annotations: keeps this module free of provider imports
     from kcd.providers.breaker import Transition
-    from kcd.providers.gateway import AttemptRecord
+    from kcd.providers.dispatcher import AttemptRecord
 
 SCHEMA_VERSION = 1
 
@@ -185,7 +185,7 @@ def event_name(event: msgspec.Struct) -> str:
 
 def attempt_event(record: AttemptRecord, *, run_id: str | None, turn: int | None,
                   peer_uid: int | None = None) -> LlmAttempt:
-    """`llm.attempt` from the gateway's `AttemptRecord` (call in `CallObserver.attempt`)."""
+    """`llm.attempt` from the dispatcher's `AttemptRecord` (call in `CallObserver.attempt`)."""
     route = record.entry.route
     a = record.attempt
     failure = a.failure

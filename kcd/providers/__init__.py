@@ -1,1 +1,1 @@
-"""Provider layer: route ids, wire adapters, SSE parsing and the gateway."""
+"""Provider layer: route ids, wire adapters, SSE parsing and the dispatcher."""

@@ -99,7 +99,7 @@ class _Stream:
 
 
 class AiohttpClient:
-    """One connection pool per upstream endpoint (`ProviderGateway.client_for`)."""
+    """One connection pool per upstream endpoint (`Dispatcher.client_for`)."""
 
     def __init__(self, limits: httpx.Limits, *, trust_env: bool = False):
         self._session = AiohttpSession(limits, trust_env=trust_env, decompress=True)

@@ -14,7 +14,7 @@ checks for and takes a half-open permit in one call, so no other request can
 slip in between. Time-driven changes (cooldown over, k decay, stale trials)
 are applied lazily when a route is next touched; nothing runs on a timer.
 
-Tuned for a gateway, not one agent: the window counts logical requests (a run's
+Tuned for a shared daemon, not one agent: the window counts logical requests (a run's
 turn, or an endpoint request with its client's immediate retries, which share a
 key), the latest `window_size` of them within `window_s`, and opens on a failure
 *rate* once it has `min_calls` of them and at least `threshold` failures, as

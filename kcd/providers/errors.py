@@ -48,7 +48,7 @@ STREAM_ERROR = "stream_error"
 STREAM_TRUNCATED = "stream_truncated"
 STREAM_MALFORMED = "stream_malformed"
 EMPTY_RESPONSE = "empty_response"
-# Raised by the gateway before any request is made.
+# Raised by the dispatcher before any request is made.
 CONFIG_ERROR = "config_error"
 MISSING_API_KEY = "missing_api_key"
 

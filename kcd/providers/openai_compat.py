@@ -4,7 +4,7 @@
 fault: the outcome, good or bad, is an `Attempt` carrying either a
 `ChatResponse` or a typed `ProviderFailure`, plus the evidence the attempt
 records need (status, sanitised headers, request id, timings, excerpts).
-Retries, fallback, breakers and stream policy belong to the gateway.
+Retries, fallback, breakers and stream policy belong to the dispatcher.
 
 This module owns the I/O and the deadlines. The wire format is in
 `openai_wire`; judging the body or the stream (resilience reference §4) in

@@ -9,7 +9,7 @@ Per route, three tiny requests run in parallel, each under its own timeout:
 
 A 400, an HTML page, a timeout or a wrong answer is a failure with its reason;
 nothing unknown passes. Probes call `send_chat` directly (one attempt each),
-never `ProviderGateway.complete`, so they move no breaker, metric or retry
+never `Dispatcher.complete`, so they move no breaker, metric or retry
 budget of real traffic. Only portable parameters are sent (no reasoning or
 other provider-specific switches), with small `max_tokens` and temperature 0,
 except that OpenAI's reasoning models, which refuse temperature 0 and think
@@ -38,7 +38,7 @@ import msgspec
 from anyio.abc import TaskStatus
 
 from kcd.providers.endpoints import Endpoint
-from kcd.providers.gateway import ChainEntry, ProviderGateway
+from kcd.providers.dispatcher import ChainEntry, Dispatcher
 from kcd.providers.openai_compat import Attempt, Timeouts, UpstreamClient, send_chat
 from kcd.providers.routes import Route, is_openai_reasoning
 from kcd.providers.types import ChatMessage, ChatRequest, ToolSchema
@@ -223,7 +223,7 @@ class _Flight:
 class ProbeManager:
     def __init__(
         self,
-        gateway: ProviderGateway,
+        dispatcher: Dispatcher,
         store: StateStore | None,
         *,
         ttl_s: float = 3600,
@@ -236,7 +236,7 @@ class ProbeManager:
         on_result: Callable[[ProbeResult, Mapping[str, bool | None]], None] | None = None,
         redact: Callable[[str], str] | None = None,
     ) -> None:
-        self._gateway = gateway
+        self._dispatcher = dispatcher
         self._db = store
         self.ttl_s = ttl_s
         self.failure_ttl_s = min(failure_ttl_s, ttl_s)
@@ -329,8 +329,8 @@ class ProbeManager:
         started = self._clock()
         try:
             with anyio.fail_after(self.timeout_s):  # a mock route may wait for the simulator to start
-                endpoint = await self._gateway.endpoint_for(entry.route, entry.base_url)
-            client = self._gateway.client_for(endpoint)
+                endpoint = await self._dispatcher.endpoint_for(entry.route, entry.base_url)
+            client = self._dispatcher.client_for(endpoint)
         except Exception as exc:  # ProviderFailure, EndpointError, TimeoutError, ...
             return skipped_result(route, "client_init_failed", checked_at=self._wall(),
                                   error=self._redact(f"{type(exc).__name__}: {exc}"))

@@ -4,12 +4,12 @@
 given a typed `ProviderFailure` it says whether the same route may be tried
 again, whether the turn may move down the chain, and how the breaker should
 treat the outcome. It is pure: budgets (attempts, turn deadline, inline waits)
-are applied by the gateway, which owns the one retry loop.
+are applied by the dispatcher, which owns the one retry loop.
 
 Breaker treatment, per outcome:
 - ``counted``: a failure toward the trip count (transient, provider-side);
 - ``ignored``: neither success nor failure (request faults: context length,
-  content policy, other 400/422) — the gateway calls ``record_ignored``;
+  content policy, other 400/422) — the dispatcher calls ``record_ignored``;
 - neither: a failure the breaker records but never trips on (auth, billing,
   unknown model, our own config) — ``record_failure(counted=False)``.
 """
@@ -204,7 +204,7 @@ def _by_status(failure: ProviderFailure, status: int | None, key_env: str | None
             return _context_length()
         if _is_content_policy(failure, record):
             return _content_policy()
-        # The same request fails the same way elsewhere; the gateway logs it (a repeat
+        # The same request fails the same way elsewhere; the dispatcher logs it (a repeat
         # across turns is a capability flag, reference §2.2).
         return _d(retry=False, fall_over=False, counted=False, ignored=True, reason=reason,
                   hint=f"the provider rejected the request as invalid (HTTP {status})")

@@ -222,7 +222,7 @@ class ControlAPI:
         return json_response({"probes": [self._probe_view(r) for r in results]})
 
     async def refresh_probes(self, req: Request) -> Response:
-        from kcd.providers.gateway import ChainEntry
+        from kcd.providers.dispatcher import ChainEntry
         from kcd.providers.routes import RouteError, parse_route
 
         self.access.require_operator(self.access.caller(req.peer), "refresh capability probes")

@@ -3,7 +3,7 @@
 Served on the control socket (attributed to the peer's uid) and, when
 configured, on a loopback TCP listener that requires a bearer token
 (attributed to the token's name). Every request is one turn of the daemon's
-own `ProviderGateway`: the same fallbacks, retries, breakers (one shared
+own `Dispatcher`: the same fallbacks, retries, breakers (one shared
 `BreakerBoard`: what a run sees, a client sees), probes, failure detection,
 metrics and telemetry as agent runs.
 
@@ -49,7 +49,7 @@ from kcd.gateway_api.wire import ChunkWriter, ParsedRequest, completion_body, pa
 from kcd.observe.prometheus import DaemonMetrics
 from kcd.observe.telemetry import TelemetrySink
 from kcd.providers.errors import ProviderFailure
-from kcd.providers.gateway import AttemptTap, ChainEntry, ProviderGateway, Served
+from kcd.providers.dispatcher import AttemptTap, ChainEntry, Dispatcher, Served
 from kcd.providers.probes import ProbeManager
 from kcd.server.http import BodyTooLarge, Request, Response, json_response
 from kcd.server.openai_stream import SSE_HEADERS, PassthroughResponse, VerbatimResponse
@@ -155,13 +155,13 @@ class _Call:
 
 
 class OpenAIEndpoint:
-    def __init__(self, gateway: ProviderGateway, models: ModelMap, *, telemetry: TelemetrySink | None,
+    def __init__(self, dispatcher: Dispatcher, models: ModelMap, *, telemetry: TelemetrySink | None,
                  metrics: DaemonMetrics | None, probes: ProbeManager | None, tokens: TokenTable,
                  env: Mapping[str, str], max_body: int, secrets: tuple[str, ...] = (),
                  redact: Callable[[bytes], bytes] | None = None,
                  log_exception: Callable[[BaseException], None] | None = None,
                  clock: Callable[[], float] = time.monotonic):
-        self.gateway = gateway
+        self.dispatcher = dispatcher
         self.models = models
         self.telemetry = telemetry
         self.live = metrics
@@ -291,7 +291,7 @@ class OpenAIEndpoint:
 
     async def _complete(self, call: _Call, relay: Relay | None, tap: AttemptTap) -> Served:
         plan = call.plan
-        served = await self.gateway.complete(
+        served = await self.dispatcher.complete(
             call.chain, call.parsed.messages, call.parsed.tools, policy=plan.policy,
             # The breaker counts at most one failure per turn key: our own id, shared only by a
             # client's repeats of one request (LogicalRequests), never the client's x-request-id.

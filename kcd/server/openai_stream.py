@@ -24,7 +24,7 @@ import anyio
 from kcd.gateway_api.errors import OpenAIError
 from kcd.gateway_api.relay import Relay
 from kcd.gateway_api.wire import ChunkWriter
-from kcd.providers.gateway import Served
+from kcd.providers.dispatcher import Served
 from kcd.server.http import Response
 
 __all__ = ["PassthroughResponse", "StreamCall", "VerbatimResponse", "SSE_HEADERS"]

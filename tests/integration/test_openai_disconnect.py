@@ -3,7 +3,7 @@
 A real daemon (TCP listener and control socket) in front of a standalone simulator
 whose faults would keep the turn busy for many seconds: an upstream that never
 answers (each attempt runs to its 3 s deadline, then the fallback is tried), or
-one answering 429 with Retry-After: 3 (the gateway waits inline and retries, on
+one answering 429 with Retry-After: 3 (the dispatcher waits inline and retries, on
 both routes: 10+ s). The client leaves after 1 s. The simulator's request log must
 show no request started after the disconnect (plus 100 ms), and the request's
 telemetry must name the disconnect.

@@ -32,8 +32,8 @@ class Clock:
         self.wall_t += dt
 
 
-# The mechanics below are checked on long, round timings (the defaults are a gateway's
-# short ones; `test_defaults_*` check those).
+# The mechanics below are checked on long, round timings (the defaults are a shared
+# daemon's short ones; `test_defaults_*` check those).
 MECHANICS = {"window_s": 600.0, "window_size": 100, "cooldown_s": 900.0, "cap_s": 3600.0}
 
 
@@ -606,7 +606,7 @@ def test_config_decides_disabled_on_restore_unless_an_operator_did(tmp_path):
     assert state(b2, R)["state"] == "disabled" and state(b2, R2)["state"] == "forced_open"
 
 
-# ------------------------------------------------------------------ a gateway's breaker
+# ------------------------------------------------------------ a shared daemon's breaker
 
 
 def ok(b: BreakerBoard, key: str, route: str = R) -> None:
@@ -651,7 +651,7 @@ def test_min_calls_holds_a_route_until_there_is_enough_evidence():
     assert state(b)["state"] == "open"  # 4 of 5
 
 
-def test_defaults_are_a_gateways_short_growing_lockouts():
+def test_defaults_are_a_shared_daemons_short_growing_lockouts():
     clock = Clock()
     b = BreakerBoard(clock=clock, wall=clock.wall, rng=lambda: 0.0)
     lockouts = []

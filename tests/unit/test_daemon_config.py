@@ -80,7 +80,7 @@ def test_breaker_defaults_and_field_names():
     from kcd.config.daemon import DaemonConfig
 
     cfg = load_daemon_config(REPO / "configs" / "kcd.yaml", {}, {})
-    # The gateway builds its BreakerConfig from these names (msgspec.structs.asdict).
+    # The dispatcher builds its BreakerConfig from these names (msgspec.structs.asdict).
     assert msgspec.structs.asdict(cfg.breaker) == BREAKER_DEFAULTS
     assert cfg.breaker_overrides == {}
     assert msgspec.structs.asdict(DaemonConfig().breaker) == BREAKER_DEFAULTS

@@ -243,7 +243,7 @@ def test_route_ids_as_names():
 
 
 def test_text_commits_an_attempt_only_once_taken():
-    from kcd.providers.gateway import ChainEntry
+    from kcd.providers.dispatcher import ChainEntry
     from kcd.providers.routes import parse_route
 
     relay = Relay(lambda: 0.0)

@@ -1,4 +1,4 @@
-"""The endpoint in-process: ASGI calls into `TCPGatewayApp`, a real `ProviderGateway`,
+"""The endpoint in-process: ASGI calls into `TCPGatewayApp`, a real `Dispatcher`,
 and the provider simulator on loopback. Streaming semantics: what a passthrough
 or buffered stream shows the client when the upstream breaks before or after
 its first text, and that a truncated answer is never presented as complete."""
@@ -14,7 +14,7 @@ from kcd.gateway_api.access import TokenTable
 from kcd.gateway_api.models import ModelMap
 from kcd.observe.prometheus import DaemonMetrics
 from kcd.providers.breaker import BreakerBoard
-from kcd.providers.gateway import ProviderGateway
+from kcd.providers.dispatcher import Dispatcher
 from kcd.providers.probes import ProbeManager
 from kcd.server.openai_api import OpenAIEndpoint, TCPGatewayApp
 from kcd.simulator.behaviours import default_behaviours
@@ -86,14 +86,14 @@ async def harness():
     async with anyio.create_task_group() as tg:
         handle = await tg.start(lambda task_status: serve_simulator(scripts={"backup": default_behaviours()["echo"]},
                                                                     task_status=task_status))
-        gateway = ProviderGateway({"OPENAI_BASE_URL": handle.base_url, "OPENAI_API_KEY": "sk-unit"},
-                                  breakers=BreakerBoard())
+        dispatcher = Dispatcher({"OPENAI_BASE_URL": handle.base_url, "OPENAI_API_KEY": "sk-unit"},
+                                breakers=BreakerBoard())
         metrics = DaemonMetrics()
-        probes = ProbeManager(gateway, None, timeout_s=3)
-        endpoint = OpenAIEndpoint(gateway, ModelMap(settings), telemetry=None, metrics=metrics, probes=probes,
+        probes = ProbeManager(dispatcher, None, timeout_s=3)
+        endpoint = OpenAIEndpoint(dispatcher, ModelMap(settings), telemetry=None, metrics=metrics, probes=probes,
                                   tokens=TokenTable({"unit": TOKEN}), env={}, max_body=1 << 20)
         yield Harness(TCPGatewayApp(endpoint), handle.state, metrics, endpoint)
-        await gateway.aclose()
+        await dispatcher.aclose()
         tg.cancel_scope.cancel()
 
 

@@ -141,7 +141,7 @@ async def client(request) -> AsyncIterator[httpx.AsyncClient]:
     below runs on each."""
     from kcd.providers.aiohttp_client import AiohttpClient
     from kcd.providers.aiohttp_transport import AiohttpTransport
-    from kcd.providers.gateway import POOL_LIMITS
+    from kcd.providers.dispatcher import POOL_LIMITS
 
     if request.param == "aiohttp-client":
         direct = AiohttpClient(POOL_LIMITS)

@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 import pytest
 
-from kcd.providers.gateway import ChainEntry, ProviderGateway
+from kcd.providers.dispatcher import ChainEntry, Dispatcher
 from kcd.providers.probes import NOOP_TOOL_NAME, PROBE_SYSTEM, ProbeManager, ProbeResult, skipped_result
 from kcd.providers.routes import parse_route
 from kcd.simulator.behaviours import Reply
@@ -50,18 +50,18 @@ async def sim() -> AsyncIterator[SimulatorHandle]:
         tg.cancel_scope.cancel()
 
 
-def make_gateway(sim: SimulatorHandle, env: Mapping[str, str] | None = None) -> ProviderGateway:
+def make_dispatcher(sim: SimulatorHandle, env: Mapping[str, str] | None = None) -> Dispatcher:
     async def sim_url() -> str:
         return sim.base_url
 
-    return ProviderGateway({"OPENAI_API_KEY": "sk-test"} if env is None else env, simulator_url=sim_url)
+    return Dispatcher({"OPENAI_API_KEY": "sk-test"} if env is None else env, simulator_url=sim_url)
 
 
 @pytest.fixture
-async def gateway(sim: SimulatorHandle) -> AsyncIterator[ProviderGateway]:
-    gw = make_gateway(sim)
-    yield gw
-    await gw.aclose()
+async def dispatcher(sim: SimulatorHandle) -> AsyncIterator[Dispatcher]:
+    disp = make_dispatcher(sim)
+    yield disp
+    await disp.aclose()
 
 
 def mock(model: str = "dev") -> ChainEntry:
@@ -77,17 +77,17 @@ def requests(sim: SimulatorHandle) -> int:
     return sim.state.chat_total
 
 
-def manager(gateway: ProviderGateway, store: StateStore | None = None, **kw: Any) -> ProbeManager:
-    return ProbeManager(gateway, store, **kw)
+def manager(dispatcher: Dispatcher, store: StateStore | None = None, **kw: Any) -> ProbeManager:
+    return ProbeManager(dispatcher, store, **kw)
 
 
 # ------------------------------------------------------------------ outcomes
 
 
 @pytest.mark.parametrize("which", ["mock", "openai"])
-async def test_healthy_route_passes_all_three(sim, gateway, which):
+async def test_healthy_route_passes_all_three(sim, dispatcher, which):
     seen: list[tuple[ProbeResult, dict]] = []
-    probes = manager(gateway, on_result=lambda r, s: seen.append((r, dict(s))))
+    probes = manager(dispatcher, on_result=lambda r, s: seen.append((r, dict(s))))
     entry = mock() if which == "mock" else openai(sim)
     result = await probes.get(entry)
 
@@ -113,14 +113,14 @@ async def test_healthy_route_passes_all_three(sim, gateway, which):
     assert bodies["json"]["response_format"] == {"type": "json_object"}
     assert "response_format" not in bodies["stream"] and "tools" not in bodies["stream"]
     # Probes are not real traffic: no breaker was touched.
-    assert gateway.breakers.routes() == []
+    assert dispatcher.breakers.routes() == []
 
 
-async def test_openai_reasoning_models_are_probed_with_max_completion_tokens(sim, gateway):
+async def test_openai_reasoning_models_are_probed_with_max_completion_tokens(sim, dispatcher):
     # o-series and gpt-5 reject max_tokens and temperature 0 with a 400, which would fail
     # every probe and wrongly switch streaming and native tools off for them.
     entry = ChainEntry(route=parse_route("openai/o4-mini"), base_url=sim.base_url)
-    result = await manager(gateway).get(entry)
+    result = await manager(dispatcher).get(entry)
     assert result.attempted
     assert sim.state is not None
     bodies = [e["body"] for e in sim.state.requests]
@@ -135,61 +135,61 @@ async def test_openai_reasoning_models_are_probed_with_max_completion_tokens(sim
     assert probe_params(parse_route("openai/gpt-4o-mini"), 16) == {"max_tokens": 16, "temperature": 0}
 
 
-async def test_stream_cut_fails_the_stream_probe_with_its_reason(gateway):
-    result = await manager(gateway).get(mock("dev+stream_cut"))
+async def test_stream_cut_fails_the_stream_probe_with_its_reason(dispatcher):
+    result = await manager(dispatcher).get(mock("dev+stream_cut"))
     assert result.attempted and result.stream_success is False
     assert result.errors["stream"].startswith("stream_truncated")
 
 
-async def test_html_502_fails_every_probe_with_its_reason(sim, gateway):
+async def test_html_502_fails_every_probe_with_its_reason(sim, dispatcher):
     assert sim.state is not None
     sim.state.plans.add("dev", resolve("html_502"), None)  # the plan API, in process
-    result = await manager(gateway).get(mock())
+    result = await manager(dispatcher).get(mock())
     assert result.summary() == {"stream": False, "tool": False, "json": False}
     for probe in ("stream", "tool", "json"):
         assert result.errors[probe].startswith("upstream_html (HTTP 502)"), result.errors
     assert result.error == result.errors["json"]  # the last one, as in the original
 
 
-async def test_tool_stripping_fails_only_the_tool_probe(gateway):
-    result = await manager(gateway).get(mock("dev+tool_stripping"))
+async def test_tool_stripping_fails_only_the_tool_probe(dispatcher):
+    result = await manager(dispatcher).get(mock("dev+tool_stripping"))
     assert result.summary() == {"stream": True, "tool": False, "json": True}
     assert "no structured tool call" in result.errors["tool"]
     assert f"I would now use {NOOP_TOOL_NAME}" in result.errors["tool"]
 
 
-async def test_json_probe_fails_when_the_content_is_not_json(gateway):
-    result = await manager(gateway).get(mock("prose"))  # ignores JSON mode (and tools)
+async def test_json_probe_fails_when_the_content_is_not_json(dispatcher):
+    result = await manager(dispatcher).get(mock("prose"))  # ignores JSON mode (and tools)
     assert result.summary() == {"stream": True, "tool": False, "json": False}
     assert result.errors["json"] == "content is not a JSON object: 'Sure! pong: yes'"
 
 
-async def test_a_broken_json_body_fails_the_json_probe(gateway):
-    result = await manager(gateway).get(mock("dev+malformed_chunk"))
+async def test_a_broken_json_body_fails_the_json_probe(dispatcher):
+    result = await manager(dispatcher).get(mock("dev+malformed_chunk"))
     assert result.json_mode_success is False and result.errors["json"]
 
 
-async def test_a_timeout_is_a_failure_never_unknown(gateway):
-    result = await manager(gateway, timeout_s=0.5).get(mock("dev+no_response"))
+async def test_a_timeout_is_a_failure_never_unknown(dispatcher):
+    result = await manager(dispatcher, timeout_s=0.5).get(mock("dev+no_response"))
     assert result.summary() == {"stream": False, "tool": False, "json": False}
     assert all(e.startswith("timeout.") for e in result.errors.values()), result.errors
     assert result.elapsed < 5
 
 
 async def test_missing_key_is_skipped_without_a_request(sim):
-    gw = make_gateway(sim, env={})
+    disp = make_dispatcher(sim, env={})
     try:
-        result = await manager(gw).get(openai(sim))
+        result = await manager(disp).get(openai(sim))
     finally:
-        await gw.aclose()
+        await disp.aclose()
     assert not result.attempted and result.skipped_reason == "missing_api_key"
     assert result.summary() == {"stream": None, "tool": None, "json": None}
     assert "OPENAI_API_KEY" in (result.error or "") and requests(sim) == 0
 
 
 async def test_unresolvable_endpoint_is_client_init_failed():
-    gw = ProviderGateway({})  # no simulator: mock routes cannot resolve
-    result = await manager(gw).get(mock())
+    disp = Dispatcher({})  # no simulator: mock routes cannot resolve
+    result = await manager(disp).get(mock())
     assert not result.attempted and result.skipped_reason == "client_init_failed"
     assert "simulator" in (result.error or "")
 
@@ -205,9 +205,9 @@ def test_skipped_result_for_disabled_probes_has_the_original_fields():
 # ------------------------------------------------------------------ the cache
 
 
-async def test_fresh_cache_sends_nothing_and_ttl_expiry_probes_again(sim, gateway):
+async def test_fresh_cache_sends_nothing_and_ttl_expiry_probes_again(sim, dispatcher):
     wall = Clock()
-    probes = manager(gateway, wall=wall, ttl_s=100)
+    probes = manager(dispatcher, wall=wall, ttl_s=100)
     first = await probes.get(mock())
     assert requests(sim) == 3
     wall.now += 99
@@ -221,17 +221,17 @@ async def test_fresh_cache_sends_nothing_and_ttl_expiry_probes_again(sim, gatewa
     assert requests(sim) == 9
 
 
-async def test_failed_results_expire_sooner(sim, gateway):
+async def test_failed_results_expire_sooner(sim, dispatcher):
     wall = Clock()
-    probes = manager(gateway, wall=wall, ttl_s=3600, failure_ttl_s=60)
+    probes = manager(dispatcher, wall=wall, ttl_s=3600, failure_ttl_s=60)
     failed = await probes.get(mock("dev+tool_stripping"))
     assert probes.ttl_for(failed) == 60
     wall.now += 61
     assert not probes.is_fresh(failed)
 
 
-async def test_single_flight(sim, gateway):
-    probes = manager(gateway)
+async def test_single_flight(sim, dispatcher):
+    probes = manager(dispatcher)
     results: list[ProbeResult] = []
 
     async def get() -> None:
@@ -244,8 +244,8 @@ async def test_single_flight(sim, gateway):
     assert requests(sim) == 3
 
 
-async def test_a_cancelled_leader_hands_the_run_to_a_waiter(sim, gateway):
-    probes = manager(gateway)
+async def test_a_cancelled_leader_hands_the_run_to_a_waiter(sim, dispatcher):
+    probes = manager(dispatcher)
     entry = mock("dev+slow_ttft;delay=0.3")
     got: list[ProbeResult] = []
 
@@ -269,8 +269,8 @@ async def test_a_cancelled_leader_hands_the_run_to_a_waiter(sim, gateway):
     assert requests(sim) == 6  # the cancelled run's three, then the waiter's own
 
 
-async def test_a_model_swap_makes_the_result_stale(sim, gateway):
-    probes = manager(gateway)
+async def test_a_model_swap_makes_the_result_stale(sim, dispatcher):
+    probes = manager(dispatcher)
     entry = mock()
     first = await probes.get(entry)
     probes.note_used("mock/dev", entry, model_reported="dev")  # same model: still fresh
@@ -281,16 +281,16 @@ async def test_a_model_swap_makes_the_result_stale(sim, gateway):
     assert second is not first and probes.is_fresh(second) and requests(sim) == 6
 
 
-async def test_results_persist_across_a_restart(sim, gateway, tmp_path: Path):
+async def test_results_persist_across_a_restart(sim, dispatcher, tmp_path: Path):
     wall = Clock()
     store = StateStore(tmp_path / "state.db")
-    before = await manager(gateway, store, wall=wall).get(mock("dev+tool_stripping"))
+    before = await manager(dispatcher, store, wall=wall).get(mock("dev+tool_stripping"))
     store.close()
 
     wall.now += 10
     store = StateStore(tmp_path / "state.db")  # the daemon restarts
     try:
-        probes = manager(gateway, store, wall=wall)
+        probes = manager(dispatcher, store, wall=wall)
         assert probes.restore() == 1
         restored = probes.cached("mock/dev+tool_stripping")
         assert restored == before and probes.is_fresh(restored) and probes.age_s(restored) == 10
@@ -304,9 +304,9 @@ async def test_results_persist_across_a_restart(sim, gateway, tmp_path: Path):
 # ------------------------------------------------------------------ refresher
 
 
-async def test_refresher_reprobes_a_used_route_about_to_expire(sim, gateway):
+async def test_refresher_reprobes_a_used_route_about_to_expire(sim, dispatcher):
     wall = Clock()
-    probes = manager(gateway, wall=wall, ttl_s=100, refresh_before_s=30)
+    probes = manager(dispatcher, wall=wall, ttl_s=100, refresh_before_s=30)
     used, idle = mock(), mock("echo")
     await probes.get(used)
     await probes.get(idle)
@@ -322,9 +322,9 @@ async def test_refresher_reprobes_a_used_route_about_to_expire(sim, gateway):
     assert await probes.refresh_due() == []  # not used since that probe
 
 
-async def test_refresher_loop_runs_in_the_background(sim, gateway):
+async def test_refresher_loop_runs_in_the_background(sim, dispatcher):
     wall = Clock()
-    probes = manager(gateway, wall=wall, ttl_s=100, refresh_before_s=30, refresh_every_s=0.01)
+    probes = manager(dispatcher, wall=wall, ttl_s=100, refresh_before_s=30, refresh_every_s=0.01)
     entry = mock()
     await probes.get(entry)
     wall.now += 80
@@ -338,8 +338,8 @@ async def test_refresher_loop_runs_in_the_background(sim, gateway):
     assert probes.is_fresh(probes.cached("mock/dev"))
 
 
-async def test_refresher_survives_a_failing_pass(gateway, caplog):
-    probes = manager(gateway, refresh_every_s=0.01)
+async def test_refresher_survives_a_failing_pass(dispatcher, caplog):
+    probes = manager(dispatcher, refresh_every_s=0.01)
     calls: list[int] = []
 
     async def broken() -> list[str]:

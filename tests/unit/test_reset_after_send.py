@@ -15,7 +15,7 @@ import pytest
 
 from kcd.providers import errors as E
 from kcd.providers.attempt import Timeouts
-from kcd.providers.gateway import AttemptRecord, ChainEntry, NullObserver, ProviderGateway
+from kcd.providers.dispatcher import AttemptRecord, ChainEntry, NullObserver, Dispatcher
 from kcd.providers.openai_compat import send_chat
 from kcd.providers.retry import RetryPolicy, decide
 from kcd.providers.routes import parse_route
@@ -53,10 +53,10 @@ async def control(sim) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture(params=TRANSPORTS)
-async def gateway(request) -> AsyncIterator[ProviderGateway]:
-    gw = ProviderGateway(ENV, upstream_client=request.param)
-    yield gw
-    await gw.aclose()
+async def dispatcher(request) -> AsyncIterator[Dispatcher]:
+    disp = Dispatcher(ENV, upstream_client=request.param)
+    yield disp
+    await disp.aclose()
 
 
 async def reset_route(control: httpx.AsyncClient, route: str, count: int | None = None) -> None:
@@ -73,14 +73,14 @@ class Recorder(NullObserver):
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_reset_after_send_is_connection_reset(sim, control, gateway, stream):
+async def test_reset_after_send_is_connection_reset(sim, control, dispatcher, stream):
     await reset_route(control, PRIMARY)
     route = parse_route(PRIMARY)
-    endpoint = await gateway.endpoint_for(route, sim.base_url)
-    attempt = await send_chat(gateway.client_for(endpoint), endpoint, route,
+    endpoint = await dispatcher.endpoint_for(route, sim.base_url)
+    attempt = await send_chat(dispatcher.client_for(endpoint), endpoint, route,
                               ChatRequest(messages=MESSAGES, stream=stream), timeouts=FAST)
     f = attempt.failure
-    assert f is not None and f.classification == E.CONNECTION_RESET, (gateway.upstream_client, f)
+    assert f is not None and f.classification == E.CONNECTION_RESET, (dispatcher.upstream_client, f)
     assert "reset after the request was sent" in f.message
     assert PRIMARY in f.message and sim.base_url in f.message  # names the route and where it went
     assert "cannot connect" not in f.message
@@ -92,12 +92,12 @@ async def test_reset_after_send_is_connection_reset(sim, control, gateway, strea
     assert entry["fault"] == "tcp_reset" and entry["status"] is None and entry["stream"] is stream
 
 
-async def test_reset_is_retried_once_then_falls_over(sim, control, gateway):
+async def test_reset_is_retried_once_then_falls_over(sim, control, dispatcher):
     await reset_route(control, PRIMARY)  # every request to the primary
     chain = [ChainEntry(parse_route(PRIMARY), base_url=sim.base_url, timeouts=FAST),
              ChainEntry(parse_route(FALLBACK), base_url=sim.base_url, timeouts=FAST)]
     obs = Recorder()
-    served = await gateway.complete(chain, MESSAGES, [], policy=POLICY, turn_key="t1", observer=obs)
+    served = await dispatcher.complete(chain, MESSAGES, [], policy=POLICY, turn_key="t1", observer=obs)
     assert served.entry.route.id == FALLBACK and served.attempts == 3
     seen = [(r.kind, r.entry.route.id, r.attempt.failure.classification if r.attempt.failure else "ok")
             for r in obs.records]
@@ -107,19 +107,19 @@ async def test_reset_is_retried_once_then_falls_over(sim, control, gateway):
     assert stats["by_model"] == {"x-ai/grok-4-fast": 2, "gpt-4o-mini": 1}
 
 
-async def test_reset_once_is_served_by_the_retry(sim, control, gateway):
+async def test_reset_once_is_served_by_the_retry(sim, control, dispatcher):
     await reset_route(control, PRIMARY, count=1)
     chain = [ChainEntry(parse_route(PRIMARY), base_url=sim.base_url, timeouts=FAST)]
     obs = Recorder()
-    served = await gateway.complete(chain, MESSAGES, [], policy=POLICY, turn_key="t2", observer=obs)
+    served = await dispatcher.complete(chain, MESSAGES, [], policy=POLICY, turn_key="t2", observer=obs)
     assert served.entry.route.id == PRIMARY and served.attempts == 2
     assert [r.kind for r in obs.records] == ["primary", "retry"]
 
 
-async def test_refused_connection_stays_connect_error(gateway):
+async def test_refused_connection_stays_connect_error(dispatcher):
     route = parse_route(PRIMARY)
-    endpoint = await gateway.endpoint_for(route, f"http://127.0.0.1:{unused_port()}/v1")
-    attempt = await send_chat(gateway.client_for(endpoint), endpoint, route, ChatRequest(messages=MESSAGES),
+    endpoint = await dispatcher.endpoint_for(route, f"http://127.0.0.1:{unused_port()}/v1")
+    attempt = await send_chat(dispatcher.client_for(endpoint), endpoint, route, ChatRequest(messages=MESSAGES),
                               timeouts=FAST)
     f = attempt.failure
     assert f is not None and f.classification == E.CONNECT_ERROR and "cannot connect" in f.message

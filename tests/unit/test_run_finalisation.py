@@ -57,7 +57,7 @@ def _manager(tmp_path: Path, tg) -> RunManager:
 
     executor = SimpleNamespace(mode="in-process", state="ready", release=release)
     return RunManager(runs_root=tmp_path / "runs", store=StateStore(tmp_path / "state.db"),
-                      services=RunServices(gateway=None, executor=executor),  # type: ignore[arg-type]
+                      services=RunServices(dispatcher=None, executor=executor),  # type: ignore[arg-type]
                       task_group=tg, uploads=UploadStore(tmp_path / "uploads", max_workspace_bytes=1 << 20))
 
 

@@ -1,7 +1,7 @@
-"""The gateway's added latency per call, and how many calls a dead route wastes.
+"""The dispatcher's added latency per call, and how many calls a dead route wastes.
 
 1. Overhead: the same chat call to the same simulator endpoint, (A) as a plain
-   httpx POST and (B) through `ProviderGateway.complete` (breaker admission,
+   httpx POST and (B) through `Dispatcher.complete` (breaker admission,
    retry decision, attempt record, response assembly), interleaved A/B in
    rounds on one event loop and one pool size, at concurrency 1 and 64,
    non-streamed and streamed. Prints p50/p99 of each, the added latency, and
@@ -10,7 +10,7 @@
    (sequentially, then 8 at a time). We count the upstream calls the dead
    route receives before its breaker opens and turns stop reaching it.
 
-    .venv/bin/python bench/bench_gateway.py [--calls 400] [--rounds 4]
+    .venv/bin/python bench/bench_dispatcher.py [--calls 400] [--rounds 4]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from _common import measure, pct, start_simulator
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kcd.providers.breaker import BreakerBoard, BreakerConfig  # noqa: E402
-from kcd.providers.gateway import ChainEntry, ProviderGateway  # noqa: E402
+from kcd.providers.dispatcher import ChainEntry, Dispatcher  # noqa: E402
 from kcd.providers.openai_compat import build_body  # noqa: E402
 from kcd.providers.retry import RetryPolicy  # noqa: E402
 from kcd.providers.routes import parse_route  # noqa: E402
@@ -55,10 +55,10 @@ async def overhead(base: str, calls: int, rounds: int) -> list[str]:
     import msgspec
 
     route = parse_route("openai/echo")
-    # httpx's own transport, like the direct path: this measures the gateway's logic, not the
+    # httpx's own transport, like the direct path: this measures the dispatcher's logic, not the
     # HTTP client (the aiohttp transport is compared in bench_endpoint.py, docs/benchmarks.md §5).
-    gateway = ProviderGateway({"OPENAI_API_KEY": "mock"}, breakers=BreakerBoard(BreakerConfig()),
-                              upstream_client="httpx")
+    dispatcher = Dispatcher({"OPENAI_API_KEY": "mock"}, breakers=BreakerBoard(BreakerConfig()),
+                            upstream_client="httpx")
     url = f"{base}/v1/chat/completions"
     lines = []
     limits = httpx.Limits(max_connections=128, max_keepalive_connections=64, keepalive_expiry=30)
@@ -68,11 +68,11 @@ async def overhead(base: str, calls: int, rounds: int) -> list[str]:
         body = msgspec.json.encode(build_body(route, ChatRequest(messages=MESSAGES, stream=stream)))
         turn = 0
 
-        async def via_gateway() -> None:
+        async def via_dispatcher() -> None:
             nonlocal turn
             turn += 1
-            served = await gateway.complete([entry], MESSAGES, [], policy=RetryPolicy(),
-                                            turn_key=f"bench:{turn}")
+            served = await dispatcher.complete([entry], MESSAGES, [], policy=RetryPolicy(),
+                                               turn_key=f"bench:{turn}")
             assert served.response.content
 
         async def direct() -> None:
@@ -81,13 +81,13 @@ async def overhead(base: str, calls: int, rounds: int) -> list[str]:
         for conc in (1, 64):
             n = calls if conc == 1 else calls * 4
             await measure(conc, 50, direct)  # warm both pools
-            await measure(conc, 50, via_gateway)
+            await measure(conc, 50, via_dispatcher)
             a_lat, b_lat, a_cpu, b_cpu = [], [], 0.0, 0.0
             for _ in range(rounds):  # interleaved A/B rounds
                 lat, cpu = await measure(conc, n // rounds, direct)
                 a_lat += lat
                 a_cpu += cpu
-                lat, cpu = await measure(conc, n // rounds, via_gateway)
+                lat, cpu = await measure(conc, n // rounds, via_dispatcher)
                 b_lat += lat
                 b_cpu += cpu
             a50, a99, b50, b99 = (pct(a_lat, 50), pct(a_lat, 99), pct(b_lat, 50), pct(b_lat, 99))
@@ -97,7 +97,7 @@ async def overhead(base: str, calls: int, rounds: int) -> list[str]:
             print(line, flush=True)
             lines.append(line)
     await direct_client.aclose()
-    await gateway.aclose()
+    await dispatcher.aclose()
     return lines
 
 
@@ -108,29 +108,29 @@ async def wasted_calls(base: str) -> list[str]:
     for parallel in (1, 8):
         httpx.delete(f"{base}/_sim/faults")
         httpx.post(f"{base}/_sim/faults", json={"model": primary.model, "fault": "unavailable_persistent"})
-        gateway = ProviderGateway({"OPENAI_API_KEY": "k", "OPENROUTER_API_KEY": "k"},
-                                  breakers=BreakerBoard(BreakerConfig()))
+        dispatcher = Dispatcher({"OPENAI_API_KEY": "k", "OPENROUTER_API_KEY": "k"},
+                                breakers=BreakerBoard(BreakerConfig()))
         policy = RetryPolicy(backoff_base_s=0.01, backoff_cap_s=0.05)
         chain = [ChainEntry(route=primary, base_url=f"{base}/v1"),
                  ChainEntry(route=fallback, base_url=f"{base}/v1")]
         turns = 0
-        while gateway.breakers.state(primary.id) != "open":
+        while dispatcher.breakers.state(primary.id) != "open":
             async with anyio.create_task_group() as tg:
                 for i in range(parallel):
                     turns += 1
-                    tg.start_soon(lambda k=turns: gateway.complete(chain, MESSAGES, [], policy=policy,
-                                                                   turn_key=f"t{k}"))
+                    tg.start_soon(lambda k=turns: dispatcher.complete(chain, MESSAGES, [], policy=policy,
+                                                                      turn_key=f"t{k}"))
         stats = httpx.get(f"{base}/_sim/stats").json()["by_model"]
         wasted = stats.get(primary.model, 0)
         # Turns after the open make no call to the dead route.
         for k in range(5):
-            await gateway.complete(chain, MESSAGES, [], policy=policy, turn_key=f"after{k}")
+            await dispatcher.complete(chain, MESSAGES, [], policy=policy, turn_key=f"after{k}")
         after = httpx.get(f"{base}/_sim/stats").json()["by_model"].get(primary.model, 0)
         line = (f"| {parallel} | {turns} | {wasted} | {after - wasted} | threshold 3, 1 failure counted "
                 f"per turn, 2 same-route retries per turn |")
         print(line, flush=True)
         lines.append(line)
-        await gateway.aclose()
+        await dispatcher.aclose()
     return lines
 
 
@@ -141,10 +141,10 @@ def main() -> None:
     args = ap.parse_args()
     proc, base = start_simulator()
     try:
-        print(f"# gateway overhead, {time.strftime('%Y-%m-%d')}, Python {platform.python_version()}, "
+        print(f"# dispatcher overhead, {time.strftime('%Y-%m-%d')}, Python {platform.python_version()}, "
               f"{os.cpu_count()} cores")
-        print("| mode | concurrency | direct httpx p50 / p99 ms | gateway p50 / p99 ms | added p50 / p99 ms "
-              "| CPU per call direct / gateway ms | calls |")
+        print("| mode | concurrency | direct httpx p50 / p99 ms | dispatcher p50 / p99 ms | added p50 / p99 ms "
+              "| CPU per call direct / dispatcher ms | calls |")
         print("| --- | --- | --- | --- | --- | --- | --- |")
         anyio.run(overhead, base, args.calls, args.rounds)
         print("\n# route down -> breaker open")

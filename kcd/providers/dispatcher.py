@@ -1,4 +1,4 @@
-"""ProviderGateway: the single path for every LLM call the daemon makes.
+"""Dispatcher: the single path for every LLM call the daemon makes.
 
 One turn = one `complete()` call over an ordered chain of routes (the primary,
 then its fallbacks). For each route: the shared circuit breaker admits or
@@ -137,7 +137,7 @@ class _Turn:
         return self.deadline - self.clock()
 
 
-class ProviderGateway:
+class Dispatcher:
     def __init__(self, env: Mapping[str, str], *, breakers: BreakerBoard | None = None,
                  simulator_url: Callable[[], Awaitable[str]] | None = None,
                  clock: Callable[[], float] = time.monotonic, redactor: Redactor | None = None,
@@ -190,7 +190,7 @@ class ProviderGateway:
         """Serve one turn from the first route of `chain` that can, or raise.
 
         `stream_off` holds the routes this run no longer streams on; the
-        gateway adds to it when a stream breaks. Raises `ProviderFailure`:
+        dispatcher adds to it when a stream breaks. Raises `ProviderFailure`:
         the route's own failure when it must not be retried anywhere (a bad
         request), else an aggregate naming every attempt. With a `tap`, a failed
         attempt whose output the tap says was already delivered is raised as is.
