@@ -35,6 +35,7 @@ from kcd.observe.telemetry import Probe, TelemetrySink, circuit_event, default_c
 from kcd.providers.breaker import BreakerBoard, BreakerConfig, Transition
 from kcd.providers.dispatcher import Dispatcher
 from kcd.providers.probes import ProbeManager, ProbeResult
+from kcd.retention import prune_uploads_forever
 from kcd.runs import RunManager
 from kcd.sandbox.host import ToolHost
 from kcd.sandbox.modes import IsolationReport, IsolationUnavailable, probe_isolation
@@ -312,6 +313,7 @@ class Daemon:
                 await self.executor.start(tg)  # Ray connects in the background
                 self.uploads = UploadStore(cfg.state_dir / "uploads",
                                            max_workspace_bytes=cfg.max_workspace_bytes)
+                tg.start_soon(prune_uploads_forever, self.uploads)  # stale ones, while running too
                 self.runs = RunManager(
                     runs_root=cfg.runs_root, store=self.store, task_group=tg, uploads=self.uploads,
                     heartbeat_s=cfg.heartbeat_s, max_workspace_bytes=cfg.max_workspace_bytes,

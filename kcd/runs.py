@@ -35,6 +35,7 @@ from kcd.observe.finalise import LAUNCH, Launch, result_document
 from kcd.observe.rundir import RunDir, create_run_dir, new_run_id
 from kcd.observe.redact import Redactor
 from kcd.peer_files import peer_reader
+from kcd.retention import RunRetention
 from kcd.observe.run_metrics import RunMetrics
 from kcd.observe.telemetry import RunEnd, RunStart, provider_metrics_event
 from kcd.state import StateStore
@@ -188,6 +189,7 @@ class RunManager:
         self._accepting = True
         self._limiters: dict[str, anyio.CapacityLimiter] = {}
         self.configs = ConfigCache()
+        self.retention = RunRetention(runs_root, store, self._active)
         self._queue: list[_Admission] = []
         self._admitting = False
 
@@ -372,6 +374,10 @@ class RunManager:
                 except Exception as exc:
                     log.exception("run %s: finalisation failed; ending it as failed", active.info.id)
                     self._end_abruptly(active, spec, f"finalisation failed: {type(exc).__name__}: {exc}", elapsed)
+                max_runs = spec.loaded.config.logging.retention.max_runs
+                if max_runs > 0:  # older finished runs of this user and config (kcd/retention.py)
+                    self._tg.start_soon(self.retention.after_run, active.info, max_runs,
+                                        name=f"retention-{active.info.id}")
 
     async def _execute(self, active: ActiveRun, spec: RunSpec, seed: Path | None, rundir: RunDir) -> None:
         """The run's work in its own cancel scope; leaves the outcome in `active.result`

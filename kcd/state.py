@@ -96,6 +96,18 @@ class StateStore:
         rows = self._db.execute(f"SELECT info FROM runs {clause}ORDER BY created_at DESC LIMIT ?", (*args, limit))
         return [msgspec.json.decode(r[0], type=RunInfo) for r in rows]
 
+    def finished_in_scope(self, owner: int | None, config_path: str | None) -> list[RunInfo]:
+        """Ended, unpruned runs of one retention scope (kcd/retention.py), newest first;
+        interrupted runs count only once recovery has finished them (exit_reason set)."""
+        rows = self._db.execute(
+            "SELECT info FROM runs WHERE status IN ('completed','failed','cancelled','interrupted') "
+            "AND json_extract(CAST(info AS TEXT), '$.exit_reason') IS NOT NULL "
+            "AND json_extract(CAST(info AS TEXT), '$.pruned_at') IS NULL "
+            "AND json_extract(CAST(info AS TEXT), '$.peer_uid') IS ? "
+            "AND json_extract(CAST(info AS TEXT), '$.config_path') IS ? "
+            "ORDER BY created_at DESC, id DESC", (owner, config_path))
+        return [msgspec.json.decode(r[0], type=RunInfo) for r in rows]
+
     def mark_interrupted(self) -> list[str]:
         """On start: runs a previous daemon left running did not finish."""
         stale = [msgspec.json.decode(r[0], type=RunInfo)

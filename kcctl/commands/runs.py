@@ -41,7 +41,7 @@ def runs_list(client: Client, limit: int, status_: str | None, as_json: bool) ->
     for r in rows:
         click.echo(f"{r['id']:<13} {r['status']:<11} {r.get('exit_reason') or '-':<20} "
                    f"{r.get('steps') if r.get('steps') is not None else '-':>5}  {r.get('route') or '-':<28} "
-                   f"{r['created_at']}")
+                   f"{r['created_at']}{'  (pruned)' if r.get('pruned_at') else ''}")
 
 
 @runs.command("show")
@@ -49,7 +49,11 @@ def runs_list(client: Client, limit: int, status_: str | None, as_json: bool) ->
 @with_client
 def runs_show(client: Client, run_id: str) -> None:
     """Show one run."""
-    print_json(client.call("GET", f"/v1/runs/{run_id}"))
+    info = client.call("GET", f"/v1/runs/{run_id}")
+    print_json(info)
+    if info.get("pruned_at"):  # the JSON stays parseable on stdout
+        click.echo(f"note: run directory {info['run_dir']} was deleted at {info['pruned_at']} by "
+                   "logging.retention.max_runs; its events, workspace and artifacts are gone", err=True)
 
 
 @runs.command("events")

@@ -111,6 +111,9 @@ class RunInfo(msgspec.Struct, omit_defaults=True):
     peer_pid: int | None = None
     error: str | None = None
     warnings: list[str] = []
+    # Set when `logging.retention.max_runs` deleted the run directory (kcd/retention.py);
+    # the row stays so `kcctl runs show` can say so.
+    pruned_at: str | None = None
 
 
 class RunList(msgspec.Struct):

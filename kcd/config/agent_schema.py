@@ -115,10 +115,11 @@ class AnthropicOptions(_Cfg, kw_only=True, forbid_unknown_fields=True):
 
 
 class ProviderTools(_Cfg, kw_only=True, forbid_unknown_fields=True):
+    # suppress_prompts: nothing ever read it (tests/unit/test_config_keys_read.py).
+    ignored_keys: ClassVar[frozenset[str]] = frozenset({"suppress_prompts"})
     pending_keys: ClassVar[frozenset[str]] = frozenset({"api_variant", "openai", "anthropic"})
 
     use_native: bool | None = None  # None: the provider's default
-    suppress_prompts: bool = False
     api_variant: Literal["chat", "responses"] | None = None
     openai: OpenAIToolOptions | None = None
     anthropic: AnthropicOptions | None = None
@@ -265,10 +266,12 @@ class SequenceStep(_Cfg, kw_only=True, forbid_unknown_fields=True):
 
 
 class TurnStrategy(_Cfg, kw_only=True, forbid_unknown_fields=True):
-    ignored_keys: ClassVar[frozenset[str]] = frozenset({"tool_result_injection", "allow_multiple_per_turn"})
+    """Accepted for the original's configs; kcd acts on none of its keys. Tool results are
+    always relayed as `tool` messages (native) or a user message (text tools), whatever
+    `relay` says, and `flow` never had a second value; both were typed but unread."""
 
-    relay: Literal["tool_role", "user_message"] = "tool_role"
-    flow: str = "assistant_continuation"
+    ignored_keys: ClassVar[frozenset[str]] = frozenset(
+        {"tool_result_injection", "allow_multiple_per_turn", "relay", "flow"})
 
 
 class Loop(_Cfg, kw_only=True, forbid_unknown_fields=True):
@@ -294,10 +297,11 @@ class Concurrency(_Cfg, kw_only=True, forbid_unknown_fields=True):
 
 
 class Completion(_Cfg, kw_only=True, forbid_unknown_fields=True):
-    ignored_keys: ClassVar[frozenset[str]] = frozenset({"primary", "tool_finish", "provider_signals", "natural_finish"})
+    # confidence_threshold: the detector has no confidence score; the key was never read.
+    ignored_keys: ClassVar[frozenset[str]] = frozenset(
+        {"primary", "tool_finish", "provider_signals", "natural_finish", "confidence_threshold"})
 
     text_sentinels: list[str] = []  # unioned with the built-in sentinels by the detector
-    confidence_threshold: Annotated[float, Meta(ge=0, le=1)] = 0.6
 
 
 ValidationRule = Literal[
@@ -353,16 +357,20 @@ class Workspace(_Cfg, kw_only=True, forbid_unknown_fields=True):
 
 
 class Retention(_Cfg, kw_only=True, forbid_unknown_fields=True):
+    # Above 0: after each run of this config ends, only the newest max_runs finished run
+    # directories of the same user and config file are kept (kcd/retention.py).
     max_runs: Annotated[int, Meta(ge=0)] = 0  # 0: keep every run
 
 
 class LoggingConfig(_Cfg, kw_only=True, forbid_unknown_fields=True):
-    enabled: bool = True
-    root_dir: str | None = None  # None: the daemon's default
-    redact: bool = True
-    include_raw: bool = True
-    include_events: bool = True
-    include_structured_requests: bool = True
+    """Only `retention` acts. Every run has a run directory under the daemon's runs root,
+    with its raw records, events and structured requests, always redacted; the original's
+    switches for these were typed here once but nothing read them, so they are accepted
+    with a warning instead."""
+
+    ignored_keys: ClassVar[frozenset[str]] = frozenset(
+        {"enabled", "root_dir", "redact", "include_raw", "include_events", "include_structured_requests"})
+
     retention: Retention = field(default_factory=Retention)
 
 

@@ -185,7 +185,7 @@ def test_merge_rules(tmp_path: Path) -> None:
             ],
         },
         tools={"registry": {"include": ["a", "b"]}, "aliases": {"x": "a"}, "enabled": {"a": True}},
-        completion={"text_sentinels": ["ONE", "TWO"], "confidence_threshold": 0.5},
+        completion={"text_sentinels": ["ONE", "TWO"]},
     )
     write(tmp_path, "base.yaml", base)
     child = {
@@ -203,7 +203,6 @@ def test_merge_rules(tmp_path: Path) -> None:
     assert cfg.tools.aliases == {"x": "a"}  # an empty child map keeps the base map
     assert cfg.tools.enabled == {"a": True}
     assert cfg.completion.text_sentinels == ["THREE"]
-    assert cfg.completion.confidence_threshold == 0.5
     assert loaded.merged["tools"] == {"registry": {"include": ["c"]}, "aliases": {"x": "a"}, "enabled": {"a": True}}
 
 
@@ -339,7 +338,6 @@ def test_empty_required_collections(tmp_path: Path, doc: dict[str, Any], expecte
         ({"tools": {"registry": {"include": "list_dir"}}}, "$.tools.registry.include", "Expected `array`"),
         ({"prompts": {"tool_prompt_mode": "sometimes"}}, "$.prompts.tool_prompt_mode", "Invalid enum value"),
         ({"prompts": {"packs": {"base": {"system": 5}}}}, "$.prompts.packs.base.system", "Expected `str`"),
-        ({"completion": {"confidence_threshold": 1.5}}, "$.completion.confidence_threshold", "<= 1.0"),
         ({"logging": {"retention": {"max_runs": -2}}}, "$.logging.retention.max_runs", ">= 0"),
         (
             {"concurrency": {"groups": [{"name": "g", "max_parallel": 0}]}},
@@ -591,18 +589,18 @@ def test_yaml_anchors_and_merge_keys_work(tmp_path: Path) -> None:
     text = yaml.safe_dump(minimal()) + (
         "defaults: &d {disable_stream_on_probe_failure: false}\n"
         "x-extra: 1\n"
-        "completion: {<<: {confidence_threshold: 0.2}, text_sentinels: [A]}\n"
+        "concurrency: {<<: {at_most_one_of: [run_shell]}, nonblocking_tools: [read_file]}\n"
     )
     loaded = load_doc(tmp_path, text)
-    assert loaded.config.completion.confidence_threshold == 0.2
+    assert loaded.config.concurrency.at_most_one_of == ["run_shell"]
     assert len(loaded.warnings) == 2  # `defaults` and `x-extra` are unknown
 
 
 def test_null_values_mean_default(tmp_path: Path) -> None:
-    text = yaml.safe_dump(minimal()) + "features:\nlogging:\n  root_dir:\n  redact: false\n"
+    text = yaml.safe_dump(minimal()) + "features:\nlogging:\n  retention:\n"
     cfg = load_doc(tmp_path, text).config
     assert cfg.features == {}
-    assert (cfg.logging.root_dir, cfg.logging.redact, cfg.logging.enabled) == (None, False, True)
+    assert cfg.logging.retention.max_runs == 0
 
 
 # -- prompt packs --------------------------------------------------------------
@@ -814,23 +812,14 @@ def test_request_params_only_set_values(tmp_path: Path) -> None:
 
 
 def test_defaults_and_normalisation(tmp_path: Path) -> None:
-    cfg = _cfg(tmp_path, loop={"sequence": [{"mode": "build"}], "turn_strategy": {"relay": "user_message"}})
-    assert cfg.turn_strategy is not None and cfg.turn_strategy.relay == "user_message"
+    cfg = _cfg(tmp_path, loop={"sequence": [{"mode": "build"}]})
     assert (cfg.max_iterations, cfg.tool_timeout) == (12, 30.0)
-    assert (cfg.completion.text_sentinels, cfg.completion.confidence_threshold) == ([], 0.6)
+    assert cfg.completion.text_sentinels == []
     assert cfg.prompts.tool_prompt_mode == "system_once"
-    assert (cfg.provider_tools.use_native, cfg.provider_tools.suppress_prompts) == (None, False)
+    assert cfg.provider_tools.use_native is None
     assert cfg.tools.mark_task_complete is True and cfg.tools.defs_dir is None
     assert cfg.concurrency.groups == [] and "read_file" in cfg.concurrency.nonblocking_tools
-    log = cfg.logging
-    assert (log.enabled, log.root_dir, log.redact, log.include_raw, log.include_events) == (
-        True,
-        None,
-        True,
-        True,
-        True,
-    )
-    assert (log.include_structured_requests, log.retention.max_runs) == (True, 0)
+    assert cfg.logging.retention.max_runs == 0
 
 
 def test_digest_is_stable_and_tracks_content(tmp_path: Path) -> None:
