@@ -17,6 +17,8 @@ import random
 import time
 from dataclasses import dataclass
 
+from kcd.api.backoff import full_jitter, retry_after_from_headers, retryable_status
+
 BATCH_MAX_BYTES = 4 << 20
 
 
@@ -32,25 +34,6 @@ class RetryPolicy:
     backoff: float = 0.5  # seconds: the first retry waits up to this, doubling each time
     backoff_max: float = 30.0  # cap on any wait, Retry-After included
     timeout: float = 10.0
-
-
-def _retryable(status: int) -> bool:
-    return status in (408, 429) or (status >= 500 and status != 501)
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        from email.utils import parsedate_to_datetime
-
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
 
 
 class Poster:
@@ -91,13 +74,13 @@ class Poster:
                 excerpt = " ".join(resp.text[:200].split())
                 if excerpt:
                     cause += f": {excerpt}"
-                if not _retryable(resp.status_code):
+                if not retryable_status(resp.status_code):
                     raise DeliveryFailed(attempt, cause + " (permanent, not retried)")
-                wait = _retry_after(resp.headers.get("retry-after"))
+                wait = retry_after_from_headers(resp.headers)
             if attempt > p.retries:
                 raise DeliveryFailed(attempt, cause)
-            if wait is None:  # full jitter: uniform over [0, min(cap, base * 2^k)]
-                wait = self._rng.uniform(0.0, min(p.backoff_max, p.backoff * 2 ** (attempt - 1)))
+            if wait is None:
+                wait = full_jitter(p.backoff, p.backoff_max, attempt - 1, self._rng.random)
             time.sleep(min(wait, p.backoff_max))
 
 

@@ -10,11 +10,11 @@ credential headers are dropped before anything is stored.
 from __future__ import annotations
 
 import base64
-import email.utils
 import re
-import time
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+from kcd.api.backoff import parse_retry_after
 
 __all__ = [
     "CLASSIFICATIONS",
@@ -208,24 +208,6 @@ def find_request_id(headers: Mapping[str, str]) -> str | None:
         if value:
             return value
     return None
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Retry-After as seconds (delta-seconds or HTTP-date); None if absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def looks_like_html(body: bytes, content_type: str) -> bool:

@@ -23,8 +23,9 @@ from typing import Any
 
 import msgspec
 
+from kcd.api.backoff import full_jitter, retry_after_from_headers
 from kcd.providers import errors as E
-from kcd.providers.errors import ProviderFailure, parse_retry_after
+from kcd.providers.errors import ProviderFailure
 
 __all__ = [
     "Decision",
@@ -70,12 +71,7 @@ def backoff_delay(policy: RetryPolicy, retry_index: int,
                   rng: Callable[[], float] = random.random) -> float:
     """Full-jitter exponential backoff before same-route retry number `retry_index` (0-based):
     U(0, min(cap, base·2^i)). Full jitter keeps concurrent runs from retrying in lockstep."""
-    if retry_index < 0:
-        raise ValueError("retry_index must be >= 0")
-    ceiling = policy.backoff_cap_s
-    if retry_index < 64:  # beyond that base·2^i is past any sane cap (and overflows floats)
-        ceiling = min(ceiling, policy.backoff_base_s * (2 ** retry_index))
-    return rng() * ceiling
+    return full_jitter(policy.backoff_base_s, policy.backoff_cap_s, retry_index, rng)
 
 
 def same_route_retries(policy: RetryPolicy, decision: Decision) -> int:
@@ -103,7 +99,6 @@ _CONTEXT_RE = re.compile(
 _POLICY_CODE_RE = re.compile(r"content[ _-]?(filter|policy)|moderation", re.IGNORECASE)
 _POLICY_MSG_RE = re.compile(
     r"moderation|flagged|content[ _-]?(management )?(filter|policy)|safety system", re.IGNORECASE)
-_RETRY_AFTER_MS_HEADERS = ("retry-after-ms", "x-ms-retry-after-ms")
 
 _BASE_URL_HINT = ("a successful HTML page usually means the base URL points at a web page, "
                   "login or captive portal instead of the API; check the route's base_url")
@@ -118,20 +113,10 @@ def _d(*, retry: bool, fall_over: bool, counted: bool, reason: str, ignored: boo
 
 def _retry_after(failure: ProviderFailure) -> float | None:
     """Retry-After in seconds from the attempt's evidence (`retry-after`, `-ms` variants)."""
-    details = failure.details
-    value = details.get("retry_after_s")
+    value = failure.details.get("retry_after_s")
     if isinstance(value, (int, float)):
         return max(0.0, float(value))
-    headers = details.get("response_headers") or {}
-    for name in _RETRY_AFTER_MS_HEADERS:
-        raw = headers.get(name)
-        if raw:
-            try:
-                return max(0.0, float(raw) / 1000.0)
-            except ValueError:
-                pass
-    return parse_retry_after(headers.get("retry-after"))
-
+    return retry_after_from_headers(failure.details.get("response_headers") or {})
 
 def _provider_error(failure: ProviderFailure) -> dict[str, Any]:
     record = failure.details.get("provider_error")
