@@ -65,10 +65,10 @@ FLOORS = {  # label -> (server, upstream client)
 def serve_floor(port: int, sim_base: str, server: str, client_kind: str) -> None:
     """A bare proxy (`--serve-floor`): a server and an HTTP client, no gateway logic."""
     sys.path.insert(0, str(REPO))
+    from kcd.gateway.listener import bind_tcp_socket
     from kcd.providers.aiohttp_client import AiohttpClient
     from kcd.providers.aiohttp_transport import AiohttpTransport
     from kcd.providers.dispatcher import POOL_LIMITS
-    from kcd.server.gateway_tcp import bind_tcp_socket
     from kcd.server.listener import loop_options, make_server
 
     bodies = {stream: msgspec.json.encode({"model": "echo", "messages": MESSAGES,
@@ -252,14 +252,15 @@ async def handler_cost(calls: int = 20000) -> str:
     """µs per request of the endpoint's own code: ASGI app in-process, a stub dispatcher."""
     sys.path.insert(0, str(REPO))
     from kcd.config.daemon import GatewayModel, GatewaySettings
-    from kcd.gateway_api.access import TokenTable
-    from kcd.gateway_api.models import ModelMap
+    from kcd.gateway.access import TokenTable
+    from kcd.gateway.handlers import OpenAIEndpoint
+    from kcd.gateway.listener import TCPGatewayApp
+    from kcd.gateway.models import ModelMap
     from kcd.observe.prometheus import DaemonMetrics
     from kcd.observe.telemetry import TelemetrySink
     from kcd.providers.attempt import Attempt
     from kcd.providers.dispatcher import AttemptRecord, Served
     from kcd.providers.types import ChatResponse, Usage
-    from kcd.server.openai_api import OpenAIEndpoint, TCPGatewayApp
 
     class StubDispatcher:
         async def complete(self, chain, messages, tools, *, observer, **_):  # noqa: ANN001, ANN003

@@ -26,8 +26,10 @@ from kcd.api.paths import private_runtime_dir, user_runtime_dir
 from kcd.agent.loop import RunServices
 from kcd.config.daemon import DaemonConfig
 from kcd.execution.base import Executor
-from kcd.gateway_api.access import TokenTable
-from kcd.gateway_api.models import ModelMap
+from kcd.gateway.access import TokenTable
+from kcd.gateway.handlers import OpenAIEndpoint
+from kcd.gateway.listener import TCPGatewayApp, bind_tcp_socket
+from kcd.gateway.models import ModelMap
 from kcd.observe.prometheus import DaemonMetrics
 from kcd.observe.recovery import finish_interrupted
 from kcd.observe.redact import Redactor
@@ -41,9 +43,7 @@ from kcd.sandbox.host import ToolHost
 from kcd.sandbox.modes import IsolationReport, IsolationUnavailable, probe_isolation
 from kcd.sdnotify import activated_sockets, notify
 from kcd.server.app import ControlAPI
-from kcd.server.gateway_tcp import bind_tcp_socket
 from kcd.server.listener import bind_unix_socket, make_server, raise_descriptor_limit
-from kcd.server.openai_api import OpenAIEndpoint, TCPGatewayApp
 from kcd.state import StateStore
 from kcd.workspaces import UploadStore
 

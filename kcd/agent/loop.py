@@ -29,8 +29,8 @@ from kcd.observe.prometheus import DaemonMetrics
 from kcd.observe.rundir import RunDir
 from kcd.observe.run_metrics import RunMetrics
 from kcd.observe.telemetry import TelemetrySink
-from kcd.providers.errors import ProviderFailure
 from kcd.providers.dispatcher import Dispatcher
+from kcd.providers.errors import ProviderFailure
 from kcd.providers.probes import ProbeManager
 from kcd.providers.types import ChatMessage, ChatResponse, ToolCall
 

@@ -9,7 +9,7 @@ state is shared by every run: `breaker` applies to every route, and
 file each override is layered over `breaker`, so it only needs the keys that
 differ; keys are normalised to canonical route ids.
 
-`gateway` configures the OpenAI-compatible endpoint (`kcd.server.openai_api`):
+`gateway` configures the OpenAI-compatible endpoint (`kcd.gateway`):
 model names and their route chains, the optional loopback TCP listener and its
 bearer tokens (plus `KYLECODE_GATEWAY_TOKEN`, named "env").
 """

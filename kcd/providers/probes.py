@@ -37,8 +37,8 @@ import anyio
 import msgspec
 from anyio.abc import TaskStatus
 
-from kcd.providers.endpoints import Endpoint
 from kcd.providers.dispatcher import ChainEntry, Dispatcher
+from kcd.providers.endpoints import Endpoint
 from kcd.providers.openai_compat import Attempt, Timeouts, UpstreamClient, send_chat
 from kcd.providers.routes import Route, is_openai_reasoning
 from kcd.providers.types import ChatMessage, ChatRequest, ToolSchema

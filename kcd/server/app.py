@@ -73,7 +73,7 @@ class ControlAPI:
         r.add("POST", "/v1/routes/reset", self.reset_route)
         r.add("POST", "/v1/shutdown", self.shutdown)
         r.add("POST", "/v1/reload", self.reload)
-        # ---- OpenAI-compatible gateway (kcd.server.openai_api; the caller is the peer's uid) ----
+        # ---- OpenAI-compatible gateway (kcd.gateway.handlers; the caller is the peer's uid) ----
         r.add("POST", "/v1/chat/completions", self.daemon.openai.chat_completions)
         r.add("GET", "/v1/models", self.daemon.openai.list_models)
         # ---- end of the OpenAI-compatible gateway block ----

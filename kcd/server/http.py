@@ -34,6 +34,10 @@ class BodyTooLarge(HTTPError):
         super().__init__(413, "body_too_large", f"request body exceeds the limit of {limit} bytes")
 
 
+class SocketInUse(RuntimeError):
+    """A listening address (the control socket, the gateway's TCP port) is taken."""
+
+
 class Request:
     __slots__ = ("scope", "receive", "path_params", "_body", "max_body")
 

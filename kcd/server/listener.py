@@ -11,11 +11,8 @@ from pathlib import Path
 
 import uvicorn
 
+from kcd.server.http import SocketInUse
 from kcd.server.peercred import http_protocol_class
-
-
-class SocketInUse(RuntimeError):
-    pass
 
 
 def _answers(path: Path) -> bool:

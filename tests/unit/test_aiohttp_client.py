@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from kcd.providers.aiohttp_client import AiohttpClient
-from kcd.providers.endpoints import resolve_endpoint
 from kcd.providers.dispatcher import POOL_LIMITS
+from kcd.providers.endpoints import resolve_endpoint
 from kcd.providers.openai_compat import send_chat
 from kcd.providers.routes import parse_route
 from kcd.providers.types import ChatMessage, ChatRequest

@@ -30,8 +30,8 @@ from kcd.observe.telemetry import (
 )
 from kcd.providers.attempt import Attempt
 from kcd.providers.breaker import Transition
-from kcd.providers.errors import ProviderFailure
 from kcd.providers.dispatcher import AttemptRecord, ChainEntry
+from kcd.providers.errors import ProviderFailure
 from kcd.providers.retry import Decision
 from kcd.providers.routes import Route
 from kcd.providers.types import ChatResponse, Usage

@@ -1,7 +1,7 @@
 """A client that hangs up stops the turn it started, and the record says so.
 
 A buffered answer (JSON, or `buffer`-mode SSE) sends nothing until the turn
-ends, so nothing would notice a client that left: the gateway would go on
+ends, so nothing would notice a client that left: the dispatcher would go on
 retrying and falling back for the whole turn deadline, spending upstream calls
 on an answer nobody reads. `until_disconnect` runs the turn beside a watch on
 the ASGI receive channel and cancels it (one cancel scope) the moment
@@ -18,8 +18,8 @@ from typing import Any, Literal, TypeVar
 
 import anyio
 
-from kcd.gateway_api.metrics import EndpointMetrics
-from kcd.gateway_api.observer import SOURCE, RequestObserver
+from kcd.gateway.metrics import EndpointMetrics
+from kcd.gateway.observer import SOURCE, RequestObserver
 from kcd.observe.telemetry import LlmAttempt, genai_provider_name
 from kcd.providers.dispatcher import AttemptTap, ChainEntry
 
@@ -82,7 +82,7 @@ class InFlight:
     __slots__ = ("primary", "entry", "number", "kind", "started_at", "_clock", "_inner")
 
     def __init__(self, primary: str, clock: Callable[[], float], inner: AttemptTap | None = None) -> None:
-        self.primary = primary  # the chain's first route: the gateway's "primary" kind
+        self.primary = primary  # the chain's first route: the dispatcher's "primary" kind
         self.entry: ChainEntry | None = None
         self.number = 0
         self.kind: Kind = "primary"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from kcd.gateway_api.disconnect import DISCONNECTED, until_disconnect
+from kcd.gateway.disconnect import DISCONNECTED, until_disconnect
 
 pytestmark = pytest.mark.anyio
 

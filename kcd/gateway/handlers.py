@@ -1,9 +1,9 @@
-"""The OpenAI-compatible endpoint: `POST /v1/chat/completions` and `GET /v1/models`.
+"""The endpoint's HTTP handlers: `POST /v1/chat/completions` and `GET /v1/models`.
 
 Served on the control socket (attributed to the peer's uid) and, when
 configured, on a loopback TCP listener that requires a bearer token
-(attributed to the token's name). Every request is one turn of the daemon's
-own `Dispatcher`: the same fallbacks, retries, breakers (one shared
+(`listener`, attributed to the token's name). Every request is one turn of the
+daemon's own `Dispatcher`: the same fallbacks, retries, breakers (one shared
 `BreakerBoard`: what a run sees, a client sees), probes, failure detection,
 metrics and telemetry as agent runs.
 
@@ -11,12 +11,12 @@ Streaming (`stream: true`) per model name (`gateway.models.<name>.stream_mode`):
 - `buffer` (default): the answer is collected (streamed upstream when the
   route streams) and only a complete, validated answer is sent, as SSE chunks.
   Any failure falls back transparently; the cost is time to first token.
-- `passthrough`: text deltas go out as they arrive (`openai_stream`). A failure
+- `passthrough`: text deltas go out as they arrive (`streaming`). A failure
   before the first byte falls back transparently; after it, the stream ends
   with an in-band error event. Tool calls are sent once complete.
 
 A client that disconnects cancels its turn in both modes (passthrough watches in
-`openai_stream`, buffered answers, JSON and `buffer`, in `gateway_api.disconnect`),
+`streaming`, buffered answers, JSON and `buffer`, in `disconnect`),
 and the cut-short attempt is recorded as `client_disconnected`.
 
 Every answer names the model that actually answered and carries its usage;
@@ -36,25 +36,25 @@ from typing import Any
 
 import anyio
 
-from kcd.gateway_api.access import Client, TokenTable, socket_client
-from kcd.gateway_api.disconnect import (DISCONNECTED, DisconnectWatch, InFlight, record_disconnect,
-                                        until_disconnect)
-from kcd.gateway_api.errors import OpenAIError, from_failure
-from kcd.gateway_api.logical import LogicalRequests
-from kcd.gateway_api.metrics import EndpointMetrics
-from kcd.gateway_api.models import ModelMap, ModelPlan
-from kcd.gateway_api.observer import RequestObserver
-from kcd.gateway_api.relay import Relay
-from kcd.gateway_api.wire import ChunkWriter, ParsedRequest, completion_body, parse_request
+from kcd.gateway.access import Client, TokenTable, socket_client
+from kcd.gateway.disconnect import (DISCONNECTED, DisconnectWatch, InFlight, record_disconnect,
+                                    until_disconnect)
+from kcd.gateway.errors import OpenAIError, from_failure
+from kcd.gateway.logical import LogicalRequests
+from kcd.gateway.metrics import EndpointMetrics
+from kcd.gateway.models import ModelMap, ModelPlan
+from kcd.gateway.observer import RequestObserver
+from kcd.gateway.responses import SSE_HEADERS, NoAnswer, VerbatimResponse, error_response
+from kcd.gateway.streaming import PassthroughResponse, Relay
+from kcd.gateway.wire import ChunkWriter, ParsedRequest, completion_body, parse_request
 from kcd.observe.prometheus import DaemonMetrics
 from kcd.observe.telemetry import TelemetrySink
-from kcd.providers.errors import ProviderFailure
 from kcd.providers.dispatcher import AttemptTap, ChainEntry, Dispatcher, Served
+from kcd.providers.errors import ProviderFailure
 from kcd.providers.probes import ProbeManager
 from kcd.server.http import BodyTooLarge, Request, Response, json_response
-from kcd.server.openai_stream import SSE_HEADERS, PassthroughResponse, VerbatimResponse
 
-__all__ = ["OpenAIEndpoint", "TCPGatewayApp"]
+__all__ = ["OpenAIEndpoint"]
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")  # an incoming id we are willing to log and echo
 _TRUTHY = ("1", "true", "yes")
@@ -62,15 +62,6 @@ _TRUTHY = ("1", "true", "yes")
 
 def _ms(seconds: float) -> str:
     return f"{max(seconds, 0.0) * 1000:.3f}"
-
-
-def error_response(err: OpenAIError, request_id: str | None = None,
-                   redact: Callable[[bytes], bytes] | None = None) -> VerbatimResponse:
-    headers = dict(err.headers)
-    if request_id:
-        headers["x-request-id"] = request_id
-    body = err.body()
-    return VerbatimResponse(redact(body) if redact is not None else body, err.status, headers=headers)
 
 
 class _Call:
@@ -118,7 +109,7 @@ class _Call:
         return self.headers(served.entry.route.id, served.attempts, overhead, served.fallback_from,
                             served.upstream_s)
 
-    # ---- passthrough streams (openai_stream.StreamCall) -------------------------
+    # ---- passthrough streams (streaming.StreamCall) -----------------------------
 
     @property
     def mode(self) -> str:
@@ -263,7 +254,7 @@ class OpenAIEndpoint:
             return error_response(err, request_id, self.redact)
         if served is DISCONNECTED:
             record_disconnect(observer, inflight, chain, self.metrics, call.mode, self.clock())
-            return _NoAnswer()
+            return NoAnswer()
         assert isinstance(served, Served)
         resp = served.response
         model = resp.model or served.entry.route.model
@@ -353,48 +344,3 @@ class OpenAIEndpoint:
 
     def redact(self, data: bytes) -> bytes:
         return self._redact(data) if self._redact is not None else self.scrub(data)
-
-
-class _NoAnswer(Response):
-    """The client has gone: there is no one to send a response to."""
-
-    async def send(self, send: Callable) -> None:
-        pass
-
-
-class TCPGatewayApp:
-    """The TCP listener's ASGI app: only the OpenAI routes, each behind a bearer token.
-
-    Errors of every kind (401, 404, 405, 500) keep OpenAI's shape here, since only
-    OpenAI clients talk to this port.
-    """
-
-    def __init__(self, endpoint: OpenAIEndpoint):
-        self.endpoint = endpoint
-
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http":  # lifespan is off; websockets are not served
-            return
-        endpoint = self.endpoint
-        request = Request(scope, receive, endpoint.max_body)
-        path = scope["path"].rstrip("/")
-        client = endpoint.tokens.identify(request.header("authorization"))
-        if client is None:  # before anything else: no route list, no body read for strangers
-            response: Response = error_response(OpenAIError(
-                401, "missing or invalid bearer token (Authorization: Bearer <token>)",
-                code="invalid_api_key", headers={"www-authenticate": "Bearer"}))
-        elif path == "/v1/chat/completions":
-            response = await endpoint.serve_chat(request, client) if scope["method"] == "POST" else \
-                _method_not_allowed("POST")
-        elif path == "/v1/models":
-            response = await endpoint.list_models(request) if scope["method"] == "GET" else \
-                _method_not_allowed("GET")
-        else:
-            response = error_response(OpenAIError(404, f"no such endpoint: {scope['method']} {scope['path']}",
-                                                  code="not_found"))
-        await response.send(send)
-
-
-def _method_not_allowed(allowed: str) -> Response:
-    return error_response(OpenAIError(405, f"use {allowed}", code="method_not_allowed",
-                                      headers={"allow": allowed}))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kcd.gateway_api.logical import LogicalRequests
+from kcd.gateway.logical import LogicalRequests
 
 
 class Clock:

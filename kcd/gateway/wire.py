@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 
 from kcd.api.typeinfo import prepare_types
-from kcd.gateway_api.errors import OpenAIError
+from kcd.gateway.errors import OpenAIError
 from kcd.providers.openai_wire import arguments_text
 from kcd.providers.types import ChatMessage, ChatResponse, ToolCall, ToolSchema, Usage
 

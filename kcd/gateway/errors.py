@@ -1,4 +1,4 @@
-"""OpenAI's error shape, and what each gateway failure becomes for the client.
+"""OpenAI's error shape, and what each failed turn becomes for the client.
 
 `{"error": {"message", "type", "param", "code"}}` with the status OpenAI clients
 expect: 400 for a bad request (malformed or too large body, context length,
@@ -64,7 +64,7 @@ def _retry_after(failure: ProviderFailure) -> dict[str, str]:
 
 
 def from_failure(failure: ProviderFailure) -> OpenAIError:
-    """The client's view of a turn the gateway could not serve."""
+    """The client's view of a turn the dispatcher could not serve."""
     c = failure.classification
     if c == "all_routes_open":
         return OpenAIError(503, failure.message, type="service_unavailable", code=c,

@@ -7,11 +7,11 @@ import msgspec
 import pytest
 
 from kcd.config.daemon import DaemonConfigError, GatewayModel, GatewaySettings, load_daemon_config
-from kcd.gateway_api.access import TokenTable, socket_client
-from kcd.gateway_api.errors import OpenAIError, from_failure
-from kcd.gateway_api.models import ModelMap
-from kcd.gateway_api.relay import Relay
-from kcd.gateway_api.wire import ChunkWriter, completion_body, parse_request
+from kcd.gateway.access import TokenTable, socket_client
+from kcd.gateway.errors import OpenAIError, from_failure
+from kcd.gateway.models import ModelMap
+from kcd.gateway.streaming import Relay
+from kcd.gateway.wire import ChunkWriter, completion_body, parse_request
 from kcd.providers.errors import ProviderFailure
 from kcd.providers.types import ChatMessage, ChatResponse, ToolCall, Usage
 

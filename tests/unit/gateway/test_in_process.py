@@ -10,13 +10,14 @@ import pytest
 import anyio
 
 from kcd.config.daemon import GatewayModel, GatewaySettings
-from kcd.gateway_api.access import TokenTable
-from kcd.gateway_api.models import ModelMap
+from kcd.gateway.access import TokenTable
+from kcd.gateway.handlers import OpenAIEndpoint
+from kcd.gateway.listener import TCPGatewayApp
+from kcd.gateway.models import ModelMap
 from kcd.observe.prometheus import DaemonMetrics
 from kcd.providers.breaker import BreakerBoard
 from kcd.providers.dispatcher import Dispatcher
 from kcd.providers.probes import ProbeManager
-from kcd.server.openai_api import OpenAIEndpoint, TCPGatewayApp
 from kcd.simulator.behaviours import default_behaviours
 from kcd.simulator.faults import resolve
 from kcd.simulator.server import serve_simulator

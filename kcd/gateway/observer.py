@@ -7,7 +7,7 @@ id field), with the client and the model name asked for in `attrs`
 (`kylecode.request_id`, `kylecode.client`, `kylecode.model`, `kylecode.source`),
 and a sample in the daemon's live metrics, exactly as runs record theirs. It
 also adds up the retry waits, so the overhead the client is told excludes
-time the gateway deliberately slept.
+time the dispatcher deliberately slept.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from kcd.providers.dispatcher import AttemptRecord
 
 __all__ = ["RequestObserver", "SOURCE"]
 
-SOURCE = "openai_api"
+SOURCE = "openai_api"  # `kylecode.source` of endpoint attempts: a telemetry value, kept as it was
 _ALL_OPEN_WAIT = re.compile(r"All routes are open; waiting ([0-9.]+)s ")
 
 
@@ -71,8 +71,8 @@ class RequestObserver:
 
     async def marker(self, prefix: str, text: str) -> None:
         if prefix == "circuit-open":
-            # The gateway sleeps until a route half-opens: not our own overhead either.
-            # (The marker is the only report of that wait; its text is the gateway's.)
+            # The dispatcher sleeps until a route half-opens: not our own overhead either.
+            # (The marker is the only report of that wait; its text is the dispatcher's.)
             m = _ALL_OPEN_WAIT.match(text)
             if m:
                 self.waited_s += float(m.group(1))

@@ -1,17 +1,24 @@
-"""Responses of the OpenAI endpoint that the control API's generic ones cannot express.
+"""Passthrough streams: text deltas go to the client as the turn produces them.
 
-`VerbatimResponse`: a body the App's pattern scrubber must not touch. Answers
-are model output the client asked for (code full of `api_key=` and `sk-`
-examples); the endpoint removes the daemon's own secrets by exact value
-before it builds one.
+`Relay` is the hand-over between the turn in flight and the stream's writer.
+The dispatcher's task feeds it (`chunk` for every text delta, `finish`/`fail`
+at the end) and, as its `AttemptTap`, tells it when each attempt starts. The
+writer takes text out (`take`) and sends it. The moment the writer takes text
+of an attempt, that attempt is *committed*: its bytes are on their way to the
+client, so if it fails the dispatcher must stop there (no retry or fallback
+can be spliced onto text the client already has). Text the writer has not
+taken when its attempt fails is dropped when the next attempt starts: a
+failure before the first byte reaches the client falls back transparently.
+Both sides run on one event loop; every method is synchronous, so the commit
+check and the take can never interleave.
 
-`PassthroughResponse`: SSE whose status and headers wait for the first text.
-The turn runs in a task; until some of its text is sent, any failure falls
-back transparently, and a turn that fails everywhere still gets a real HTTP
-error status. After text has been sent, a failure ends the stream with one
-in-band error event (an `error` object and `finish_reason: "error"`) and no
-`[DONE]`, so no client can take a truncated answer for a complete one. A
-client that disconnects cancels the turn.
+`PassthroughResponse` is the writer: SSE whose status and headers wait for the
+first text. The turn runs in a task; until some of its text is sent, any
+failure falls back transparently, and a turn that fails everywhere still gets
+a real HTTP error status. After text has been sent, a failure ends the stream
+with one in-band error event (an `error` object and `finish_reason: "error"`)
+and no `[DONE]`, so no client can take a truncated answer for a complete one.
+A client that disconnects cancels the turn.
 """
 
 from __future__ import annotations
@@ -21,38 +28,74 @@ from typing import Protocol
 
 import anyio
 
-from kcd.gateway_api.errors import OpenAIError
-from kcd.gateway_api.relay import Relay
-from kcd.gateway_api.wire import ChunkWriter
-from kcd.providers.dispatcher import Served
+from kcd.gateway.errors import OpenAIError
+from kcd.gateway.responses import SSE_HEADERS, start_message
+from kcd.gateway.wire import ChunkWriter
+from kcd.providers.dispatcher import ChainEntry, Served
 from kcd.server.http import Response
 
-__all__ = ["PassthroughResponse", "StreamCall", "VerbatimResponse", "SSE_HEADERS"]
-
-SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+__all__ = ["PassthroughResponse", "Relay", "StreamCall"]
 
 
-def _start(status: int, content_type: str, headers: dict[str, str], length: int | None = None) -> dict:
-    raw = [(b"content-type", content_type.encode("latin-1"))]
-    raw.extend((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items())
-    if length is not None:
-        raw.append((b"content-length", str(length).encode()))
-    return {"type": "http.response.start", "status": status, "headers": raw}
+class Relay:
+    __slots__ = ("pending", "entry", "number", "started_at", "first_chunk_at", "served", "failure",
+                 "_committed", "_wake", "_clock")
 
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.pending: list[str] = []
+        self.entry: ChainEntry | None = None  # the attempt in flight
+        self.number = 0
+        self.started_at = 0.0
+        self.first_chunk_at: float | None = None
+        self.served: Served | None = None
+        self.failure: BaseException | None = None
+        self._committed = False
+        self._wake = anyio.Event()
+        self._clock = clock
 
-class VerbatimResponse(Response):
-    __slots__ = ("payload",)
+    # ---- the dispatcher's side (AttemptTap and on_chunk) -------------------------
 
-    def __init__(self, payload: bytes, status: int = 200, content_type: str = "application/json",
-                 headers: dict[str, str] | None = None):
-        super().__init__(b"", status, content_type, headers)
-        self.payload = payload
+    def started(self, entry: ChainEntry, number: int) -> None:
+        self.entry, self.number = entry, number
+        self.started_at = self._clock()
+        self.first_chunk_at = None
+        self.pending.clear()  # a failed attempt nobody saw: forget its text
 
-    async def send(self, send: Callable) -> None:
-        headers = dict(self.headers)
-        content_type = headers.pop("content-type")
-        await send(_start(self.status, content_type, headers, len(self.payload)))
-        await send({"type": "http.response.body", "body": self.payload})
+    def committed(self) -> bool:
+        return self._committed
+
+    def chunk(self, text: str) -> None:
+        if self.first_chunk_at is None:
+            self.first_chunk_at = self._clock()
+        self.pending.append(text)
+        self._wake.set()
+
+    def finish(self, served: Served) -> None:
+        self.served = served
+        self._wake.set()
+
+    def fail(self, exc: BaseException) -> None:
+        self.failure = exc
+        self._wake.set()
+
+    # ---- the writer's side -----------------------------------------------------
+
+    async def wait(self) -> None:
+        await self._wake.wait()
+        self._wake = anyio.Event()
+
+    def take(self) -> list[str]:
+        """Text to send now; taking any commits the attempt in flight."""
+        texts = self.pending
+        if not texts:
+            return texts
+        self.pending = []
+        self._committed = True
+        return texts
+
+    @property
+    def streamed(self) -> bool:
+        return self._committed
 
 
 class StreamCall(Protocol):
@@ -111,7 +154,7 @@ class PassthroughResponse(Response):
                 data = b"".join(map(writer.content, texts))
                 if not self.started:
                     headers = {**SSE_HEADERS, **call.first_byte_headers(relay)}
-                    await send(_start(200, "text/event-stream", headers))
+                    await send(start_message(200, "text/event-stream", headers))
                     self.started = True
                     data = writer.role() + data
                 await send({"type": "http.response.body", "body": call.scrub(data), "more_body": True})
@@ -125,7 +168,7 @@ class PassthroughResponse(Response):
                     await send({"type": "http.response.body", "body": event})
                 else:
                     payload = call.redact(error.body())
-                    await send(_start(error.status, "application/json", error.headers, len(payload)))
+                    await send(start_message(error.status, "application/json", error.headers, len(payload)))
                     await send({"type": "http.response.body", "body": payload})
                 return
 
@@ -139,6 +182,6 @@ class PassthroughResponse(Response):
             return
         # Nothing was streamed (the serving attempt was not, or had no text): all at once.
         payload = call.scrub(final.answer(served.response, include_usage=call.include_usage))
-        await send(_start(200, "text/event-stream", {**SSE_HEADERS, **call.served_headers(served)},
-                          len(payload)))
+        await send(start_message(200, "text/event-stream", {**SSE_HEADERS, **call.served_headers(served)},
+                                 len(payload)))
         await send({"type": "http.response.body", "body": payload})

@@ -87,7 +87,7 @@ def _plan(name: str, model: GatewayModel, configured: bool = True) -> ModelPlan:
     for raw, base_url, t, native, window in specs:
         route = parse_route(raw)
         if route.id in seen:
-            continue  # the gateway would skip it anyway
+            continue  # the dispatcher would skip it anyway
         seen.add(route.id)
         # Tools are the client's choice here (there is no text mode to fall back to):
         # every route takes native tools unless the config says otherwise.
