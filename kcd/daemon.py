@@ -45,7 +45,7 @@ from kcd.sdnotify import activated_sockets, notify
 from kcd.server.app import ControlAPI
 from kcd.server.listener import bind_unix_socket, make_server, raise_descriptor_limit
 from kcd.state import StateStore
-from kcd.workspaces import UploadStore
+from kcd.workspaces.uploads import UploadStore
 
 if TYPE_CHECKING:
     from kcd.matrix.runner import MatrixService

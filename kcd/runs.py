@@ -39,17 +39,10 @@ from kcd.retention import RunRetention
 from kcd.observe.run_metrics import RunMetrics
 from kcd.observe.telemetry import RunEnd, RunStart, provider_metrics_event
 from kcd.state import StateStore
-from kcd.workspaces import (
-    SEED_ARCHIVE,
-    SEED_MANIFEST,
-    UploadError,
-    UploadStore,
-    compute_changes,
-    diff_against_seed,
-    seed_from_archive,
-    seed_from_directory,
-    unreadable_for,
-)
+from kcd.workspaces.changes import compute_changes
+from kcd.workspaces.diff import diff_against_seed
+from kcd.workspaces.seed import SEED_ARCHIVE, SEED_MANIFEST, seed_from_archive, seed_from_directory, unreadable_for
+from kcd.workspaces.uploads import UploadError, UploadStore
 
 
 log = logging.getLogger("kcd.runs")

@@ -83,7 +83,7 @@ def run(obj: Ctx, config: Path, task: str, workspace: Path | None, include_git: 
 
 
 def _upload(client: Client, workspace: Path, include_git: bool) -> tuple[str, dict[str, str]]:
-    from kcd.api.archive import ArchiveTooLarge, pack_workspace
+    from kcd.workspaces.archive import ArchiveTooLarge, pack_workspace
 
     try:
         packed = pack_workspace(workspace, include_git=include_git)
@@ -102,7 +102,7 @@ def _apply_changes(client: Client, run_id: str, workspace: Path, manifest: dict[
     import base64
     import os
 
-    from kcd.api.archive import sha256_file, workspace_manifest
+    from kcd.workspaces.archive import sha256_file, workspace_manifest
 
     now = workspace_manifest(workspace, include_git=include_git)
     if now != manifest:

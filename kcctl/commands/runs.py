@@ -89,7 +89,7 @@ def runs_fetch(obj: Ctx, run_id: str, out: Path) -> None:
     """Write a run's final workspace into a directory."""
     import tempfile
 
-    from kcd.api.archive import UnsafeArchive, safe_extract
+    from kcd.workspaces.archive import UnsafeArchive, safe_extract
 
     if out.exists() and any(out.iterdir()):
         raise click.UsageError(f"{out} exists and is not empty")

@@ -17,7 +17,7 @@ import msgspec
 from kcd.observe.eventlog import append_event, read_events
 from kcd.observe.finalise import read_launch, result_document
 from kcd.observe.rundir import RunDir, Scrub
-from kcd.workspaces import diff_against_seed
+from kcd.workspaces.diff import diff_against_seed
 
 INTERRUPTED_ERROR = "the daemon stopped before the run ended"
 

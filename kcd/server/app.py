@@ -150,7 +150,7 @@ class ControlAPI:
 
     async def upload_workspace(self, req: Request) -> Response:
         """A gzip'd tar of the caller's workspace; checked member by member."""
-        from kcd.workspaces import UploadError
+        from kcd.workspaces.uploads import UploadError
 
         uploads = self.daemon.uploads
         upload_id, path = uploads.new_path()
@@ -180,7 +180,7 @@ class ControlAPI:
 
     async def run_workspace(self, req: Request) -> Response:
         """The run's final workspace as a gzip'd tar."""
-        from kcd.api.archive import pack_all
+        from kcd.workspaces.archive import pack_all
 
         info = self._run_or_404(req.path_params["run_id"], req, "download the workspace of")
         workspace = Path(info.run_dir) / "workspace"

@@ -177,7 +177,7 @@ def check_archive(fileobj: IO[bytes], *, max_bytes: int = DEFAULT_MAX_BYTES,
                   max_members: int = DEFAULT_MAX_MEMBERS) -> int:
     """Validate every member without writing anything (one bounded streaming pass, see
     `tarcheck`); returns the member count."""
-    from kcd.api.tarcheck import ArchiveRefused, ArchiveTooBig, validate_tar  # the daemon's side only
+    from kcd.workspaces.tarcheck import ArchiveRefused, ArchiveTooBig, validate_tar  # the daemon's side only
 
     try:
         return validate_tar(fileobj, max_bytes=max_bytes, max_members=max_members)

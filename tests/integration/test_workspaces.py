@@ -252,5 +252,5 @@ def test_kcctl_apply_needs_workspace(kcd):
 
 
 def test_pack_module_does_not_import_ray():
-    code = "import sys, kcd.api.archive; assert 'ray' not in sys.modules"
+    code = "import sys, kcd.workspaces.archive; assert 'ray' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=60)

@@ -26,7 +26,7 @@ from kcd.observe.rundir import RunDir
 from kcd.observe.run_metrics import RunMetrics
 from kcd.runs import RunManager
 from kcd.state import StateStore
-from kcd.workspaces import UploadStore
+from kcd.workspaces.uploads import UploadStore
 
 pytestmark = pytest.mark.anyio
 SHELL_CONFIG = Path(__file__).resolve().parents[1] / "integration" / "configs" / "shell.yaml"

@@ -8,7 +8,7 @@ import tarfile
 
 import pytest
 
-from kcd.api.tarcheck import MAX_EXTENDED_HEADER, ArchiveRefused, ArchiveTooBig, validate_tar
+from kcd.workspaces.tarcheck import MAX_EXTENDED_HEADER, ArchiveRefused, ArchiveTooBig, validate_tar
 
 
 def build(members, fmt=tarfile.PAX_FORMAT, compress=True) -> io.BytesIO:

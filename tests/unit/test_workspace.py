@@ -6,13 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from kcd.agent.workspace import (
-    WorkspaceEscape,
-    prepare_workspace,
-    relative_to_workspace,
-    resolve_in_workspace,
-    workspace_diff,
-)
+from kcd.workspaces.confine import WorkspaceEscape, relative_to_workspace, resolve_in_workspace
+from kcd.workspaces.diff import workspace_diff
+from kcd.workspaces.seed import prepare_workspace
 
 
 @pytest.fixture
@@ -239,6 +235,95 @@ def test_diff_empty_seed_and_symlinks(tmp_path: Path) -> None:
     assert "root:" not in diff  # the link was not followed
 
 
+def _seed_run(tmp_path: Path, build) -> tuple[Path, Path]:  # type: ignore[no-untyped-def]
+    """A run dir whose `meta/seed.tar.gz` packs the tree `build(seed)` makes, and its workspace
+    seeded from that archive as a run's is."""
+    from kcd.workspaces.archive import pack_all
+    from kcd.workspaces.seed import SEED_ARCHIVE, seed_from_archive
+
+    seed = tmp_path / "seed"
+    seed.mkdir()
+    build(seed)
+    run_dir = tmp_path / "run"
+    (run_dir / "meta").mkdir(parents=True)
+    packed = pack_all(seed)
+    (run_dir / SEED_ARCHIVE).write_bytes(packed.file.read())
+    workspace = run_dir / "workspace"
+    seed_from_archive(run_dir / SEED_ARCHIVE, workspace, 1 << 30)
+    return run_dir, workspace
+
+
+def _extracted_diff(run_dir: Path, workspace: Path) -> str:
+    """Today's way, kept as the fallback: extract the seed archive, then diff two trees."""
+    from kcd.workspaces.seed import SEED_ARCHIVE, seed_from_archive
+
+    seed = run_dir.parent / "extracted"
+    seed_from_archive(run_dir / SEED_ARCHIVE, seed, 1 << 30)
+    return workspace_diff(seed, workspace)
+
+
+def test_diff_read_from_the_seed_archive_matches_the_extracted_seed(tmp_path: Path) -> None:
+    import kcd.workspaces.diff as wdiff
+
+    def build(seed: Path) -> None:
+        (seed / "src" / "deep").mkdir(parents=True)
+        (seed / "same.txt").write_text("unchanged\n")
+        (seed / "mod.txt").write_text("one\ntwo\nthree\n")
+        (seed / "noeol.txt").write_text("no newline")
+        (seed / "gone.txt").write_text("deleted later\n")
+        (seed / "run.sh").write_text("#!/bin/sh\necho hi\n")
+        (seed / "exec_then_not.sh").write_text("#!/bin/sh\n")
+        os.chmod(seed / "exec_then_not.sh", 0o755)
+        (seed / "bin.dat").write_bytes(b"\x00\x01\x02" * 100)
+        (seed / "latin1.txt").write_bytes(b"caf\xe9\n")
+        (seed / "big.bin").write_bytes(b"x" * (2 * 1024 * 1024 + 1))  # over the diff's per-file cap
+        (seed / "src" / "deep" / "m.py").write_text("x = 1\n")
+        (seed / ".git").mkdir()
+        (seed / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+        os.symlink("same.txt", seed / "link")
+        os.symlink("src", seed / "dirlink")
+        os.symlink("missing", seed / "dangling")
+
+    run_dir, ws = _seed_run(tmp_path, build)
+    (ws / "mod.txt").write_text("one\n2\nthree\nfour\n")
+    (ws / "noeol.txt").write_text("no newline, still")
+    (ws / "gone.txt").unlink()
+    (ws / "added.txt").write_text("new\n")
+    os.chmod(ws / "run.sh", 0o755)
+    os.chmod(ws / "exec_then_not.sh", 0o644)
+    (ws / "bin.dat").write_bytes(b"\x00\x09" * 100)
+    (ws / "latin1.txt").write_bytes(b"caf\xe9s\n")
+    (ws / "src" / "deep" / "m.py").write_text("x = 2\n")
+    (ws / ".git" / "HEAD").write_text("ref: refs/heads/other\n")
+    (ws / "link").unlink()
+    os.symlink("mod.txt", ws / "link")
+    os.link(ws / "same.txt", tmp_path / "hardlink")  # the final copy now has two names
+
+    expected = _extracted_diff(run_dir, ws)
+    for part in ("a/mod.txt", "a/gone.txt", "b/added.txt", "old mode 100644\nnew mode 100755",
+                 "old mode 100755\nnew mode 100644", "Binary files a/bin.dat", "a/big.bin and b/big.bin",
+                 "-same.txt\n\\ No newline at end of file\n+mod.txt", "\\ No newline at end of file", "a/src/deep/m.py", "a/same.txt"):
+        assert part in expected, part
+    assert ".git" not in expected
+    fast = wdiff._diff_from_archive(run_dir / "meta" / "seed.tar.gz", ws, 1 << 30)
+    assert fast == expected
+    assert wdiff.diff_against_seed(run_dir, None, ws, 1 << 30) == expected
+
+
+def test_diff_from_an_unusual_seed_archive_falls_back_to_extracting(tmp_path: Path) -> None:
+    import kcd.workspaces.diff as wdiff
+
+    def build(seed: Path) -> None:
+        (seed / "real").mkdir()
+        (seed / "real" / "f.txt").write_text("f\n")
+        os.symlink("real", seed / ".git")  # a link named like a skipped directory
+
+    run_dir, ws = _seed_run(tmp_path, build)
+    (ws / "real" / "f.txt").write_text("g\n")
+    assert wdiff._diff_from_archive(run_dir / "meta" / "seed.tar.gz", ws, 1 << 30) is None
+    assert wdiff.diff_against_seed(run_dir, None, ws, 1 << 30) == _extracted_diff(run_dir, ws)
+
+
 @pytest.fixture
 def open_tmp():
     """A temp dir whose ancestors others may search (pytest's own base is 0700)."""
@@ -252,7 +337,7 @@ def open_tmp():
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to chown files to another uid")
 def test_another_user_may_seed_only_from_what_it_could_read(open_tmp):
-    from kcd.workspaces import unreadable_for
+    from kcd.workspaces.seed import unreadable_for
 
     tmp_path = open_tmp
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from kcd.agent.workspace import WorkspaceEscape, relative_to_workspace, resolve_tool_path, write_file_atomic
+from kcd.workspaces.confine import WorkspaceEscape, relative_to_workspace, resolve_tool_path, write_file_atomic
 
 Action = Literal["added", "modified", "deleted", "moved"]
 

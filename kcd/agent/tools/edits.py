@@ -15,7 +15,7 @@ from kcd.agent.patching import PatchReport, apply_begin_patch, apply_unified_dif
 from kcd.agent.tools.paths import resolve
 from kcd.agent.tools.results import Result, ToolError
 from kcd.agent.tools.writing import existing_mode, patch_result, replace_file
-from kcd.agent.workspace import write_file_atomic
+from kcd.workspaces.confine import write_file_atomic
 
 __all__ = ["apply_search_replace", "apply_unified_patch", "edit", "patch"]
 

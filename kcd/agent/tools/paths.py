@@ -14,7 +14,7 @@ from pathlib import Path
 from threading import Event
 
 from kcd.agent.tools.results import ToolError
-from kcd.agent.workspace import relative_to_workspace, resolve_tool_path
+from kcd.workspaces.confine import relative_to_workspace, resolve_tool_path
 
 __all__ = ["VCS_DIRS", "compile_glob", "inside", "resolve", "walk_files"]
 

@@ -8,7 +8,7 @@ from threading import Event
 from typing import Any, NamedTuple
 
 from kcd.agent.calls import ToolSettings
-from kcd.agent.workspace import relative_to_workspace
+from kcd.workspaces.confine import relative_to_workspace
 
 __all__ = ["Handler", "Result", "ToolError", "attr", "shown_path", "tool_error", "tool_output"]
 

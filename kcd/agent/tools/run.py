@@ -20,7 +20,7 @@ from kcd.agent.tools.handlers import HANDLERS
 from kcd.agent.tools.policy import can_run_parallel, group_matches, policy_error, run_order
 from kcd.agent.tools.results import Handler, Result, ToolError, shown_path, tool_error
 from kcd.agent.tools.spec import check_args
-from kcd.agent.workspace import WorkspaceEscape
+from kcd.workspaces.confine import WorkspaceEscape
 from kcd.sandbox.host import ToolHost
 
 __all__ = ["execute_calls"]

@@ -15,7 +15,7 @@ from typing import Any
 from kcd.agent.calls import ToolSettings
 from kcd.agent.tools.paths import resolve
 from kcd.agent.tools.results import Result, ToolError, attr
-from kcd.agent.workspace import write_file_atomic
+from kcd.workspaces.confine import write_file_atomic
 
 __all__ = ["create_file", "create_file_from_block", "patch_result", "replace_file", "write"]
 
