@@ -68,7 +68,7 @@ class BundleFailed(Exception):
 
 def get_bundle(obj: Ctx, run: str, matrix_files: tuple[Path, ...] = ()) -> tuple[str, bytes, dict]:
     """Fetch and check a bundle: (file name, bytes, manifest)."""
-    from kcd.api.bundle_check import verify_bundle
+    from kcd.bundles.check import verify_bundle
 
     try:
         with obj.client() as client:

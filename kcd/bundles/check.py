@@ -1,6 +1,6 @@
 """Checking a vendor bundle against its MANIFEST.json, on either side of the socket.
 
-kcd builds bundles (`kcd.observe.bundle`); kcctl verifies what it received before it
+kcd builds bundles (`kcd.bundles.build`); kcctl verifies what it received before it
 writes it anywhere. Standard library only, so kcctl can import it.
 """
 

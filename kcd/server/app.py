@@ -276,29 +276,32 @@ class ControlAPI:
     async def create_bundle(self, req: Request) -> Response:
         import re
 
-        from kcd.observe import bundle as vb
+        from kcd.bundles.build import build_bundle
+        from kcd.bundles.runref import local_identities, resolve_run_dir, run_facts
+        from kcd.bundles.scrub import make_scrubber
+        from kcd.bundles.types import BundleError, BundleRequest
 
-        body = await req.json(vb.BundleRequest)
+        body = await req.json(BundleRequest)
         d = self.daemon
         runs_root = d.config.runs_root
         assert runs_root is not None
         by_id = d.runs.get(body.run) if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", body.run) else None
         try:
-            run_dir = await anyio.to_thread.run_sync(vb.resolve_run_dir, runs_root,
+            run_dir = await anyio.to_thread.run_sync(resolve_run_dir, runs_root,
                                                      by_id.run_dir if by_id else body.run)
-            facts = await anyio.to_thread.run_sync(vb.run_facts, run_dir)
+            facts = await anyio.to_thread.run_sync(run_facts, run_dir)
             info = by_id or (d.runs.get(facts.run_id) if facts.run_id else None)
             owner = info.peer_uid if info is not None else facts.peer_uid
             self.access.require_owner(self.access.caller(req.peer), owner, f"run {facts.run_id or body.run}",
                                       "bundle")
-            users, homes = vb.local_identities([req.peer.uid if req.peer else None, facts.peer_uid],
-                                               d.env.get("HOME"))
-            scrubber = vb.make_scrubber(d.redactor, run_dir, runs_root=runs_root, state_dir=d.config.state_dir,
-                                        homes=homes, users=users, config_path=facts.config_path)
-            built = await anyio.to_thread.run_sync(lambda: vb.build_bundle(
+            users, homes = local_identities([req.peer.uid if req.peer else None, facts.peer_uid],
+                                            d.env.get("HOME"))
+            scrubber = make_scrubber(d.redactor, run_dir, runs_root=runs_root, state_dir=d.config.state_dir,
+                                     homes=homes, users=users, config_path=facts.config_path)
+            built = await anyio.to_thread.run_sync(lambda: build_bundle(
                 run_dir, scrubber, run_id=facts.run_id or (info.id if info else None),
                 run_status=info.status if info else None, attachments=body.matrix))
-        except vb.BundleError as exc:
+        except BundleError as exc:
             raise HTTPError(exc.status, exc.code, exc.message) from None
         run_id = built.manifest["run_id"] or ""
         return Response(built.data, content_type="application/zip",

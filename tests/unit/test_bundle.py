@@ -13,20 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from kcd.api.bundle_check import verify_bundle
-from kcd.observe.bundle import (
-    MANIFEST,
-    SUMMARY,
-    BundleAttachment,
-    BundleError,
-    Caps,
-    Scrubber,
-    build_bundle,
-    check_entry_name,
-    make_scrubber,
-    resolve_run_dir,
-    run_facts,
-)
+from kcd.bundles.build import build_bundle
+from kcd.bundles.caps import Caps
+from kcd.bundles.check import MANIFEST, verify_bundle
+from kcd.bundles.runref import resolve_run_dir, run_facts
+from kcd.bundles.scrub import Scrubber, make_scrubber
+from kcd.bundles.selection import check_entry_name
+from kcd.bundles.summary import SUMMARY
+from kcd.bundles.types import BundleAttachment, BundleError
 from kcd.observe.redact import MASK, Redactor
 
 CANARY = "kc-canary-secret-7f3a9b2c1d"  # not sk-shaped: only the known-value path can catch it
