@@ -13,10 +13,7 @@ from kcd.api.types import RunInfo
 from kcd.retention import RunRetention, delete_run_dir, prune_uploads_forever
 from kcd.state import StateStore
 
-try:
-    from kcd.workspaces.uploads import UPLOAD_TTL_S, UploadStore
-except ImportError:  # the module's older home
-    from kcd.workspaces import UPLOAD_TTL_S, UploadStore  # type: ignore[no-redef]
+from kcd.workspaces.uploads import UPLOAD_TTL_S, UploadStore
 
 
 def _runs(tmp_path: Path, store: StateStore, n: int, *, uid: int = 1000, config: str = "/c/a.yaml") -> list[RunInfo]:
