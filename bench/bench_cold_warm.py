@@ -16,7 +16,7 @@ one `--help`, one `status`, one warm `run`, repeated.
 
     .venv/bin/python bench/bench_cold_warm.py [--samples 21] [--cold 3] [--executor ray|in-process]
 
-Prints medians, the added time over `pass`, the targets of issue 14, and Markdown rows for
+Prints medians, the added time over `pass`, the start-up targets (`TARGETS`), and Markdown rows for
 docs/benchmarks.md §1.
 """
 
@@ -40,7 +40,7 @@ KCCTL = str(Path(sys.executable).with_name("kcctl"))
 RUN = ("run", str(REPO / "configs" / "demo.yaml"), "--task",
        "@" + str(REPO / "configs" / "tasks" / "enumerate_workspace.md"),
        "--workspace", str(REPO / "configs" / "workspaces" / "c_project"))
-ORIGINAL_RAY_RUN_S = 9.1  # ../shared/reference/performance-notes.md: a 4-step run, Ray mode
+ORIGINAL_RAY_RUN_S = 9.1  # the original KyleCode, a 4-step mock run in Ray mode (docs/benchmarks.md §1)
 TARGETS = {"help": ("added", 0.060), "status": ("added", 0.080), "run": ("wall", 0.200)}
 
 

@@ -13,7 +13,7 @@ same pre-encoded chat call either
   with kcd's `make_server`, one pooled `AiohttpClient` with the dispatcher's pool
   limits) that forwards a fixed body and returns the upstream's bytes: what any
   gateway built on this server and client costs, before any logic; `--floors`
-  adds the same proxy on other stacks side by side (`FLOORS`: session 2's
+  adds the same proxy on other stacks side by side (`FLOORS`: kcd's earlier
   httpx client on aiohttp, granian embedded on the proxy's own loop; granian is
   not a kcd dependency: `pip install granian` to measure it),
 
@@ -56,8 +56,8 @@ MESSAGES = [{"role": "system", "content": "You are terse."},
 
 
 FLOORS = {  # label -> (server, upstream client)
-    "floor": ("uvicorn", "aiohttp"),  # kcd's own stack since session 3
-    "floor, httpx client": ("uvicorn", "httpx-on-aiohttp"),  # session 2's stack (its floor)
+    "floor": ("uvicorn", "aiohttp"),  # kcd's own stack
+    "floor, httpx client": ("uvicorn", "httpx-on-aiohttp"),  # kcd's earlier stack (its floor)
     "floor, granian": ("granian", "aiohttp"),  # a Rust-backed ASGI server on the same loop
 }
 
@@ -75,7 +75,7 @@ def serve_floor(port: int, sim_base: str, server: str, client_kind: str) -> None
                                            **({"stream": True, "stream_options": {"include_usage": True}}
                                               if stream else {})})
               for stream in (False, True)}
-    # kcd's default upstream client (`AiohttpClient`), or session 2's (httpx on aiohttp).
+    # kcd's default upstream client (`AiohttpClient`), or its earlier one (httpx on aiohttp).
     client = (AiohttpClient(POOL_LIMITS) if client_kind == "aiohttp" else
               httpx.AsyncClient(limits=POOL_LIMITS, trust_env=False, timeout=60,
                                 transport=AiohttpTransport(POOL_LIMITS)))

@@ -2,7 +2,7 @@
 
 Generates a telemetry JSONL of the given size and shape in /tmp (reused when present):
 `original` holds only the original's bare `provider_metrics` lines (one per run, no ts, no
-run id; reference §6.1/§6.3); `mixed` holds kcd's events (run.start, llm.attempt, fallback,
+run id: its only telemetry event); `mixed` holds kcd's events (run.start, llm.attempt, fallback,
 circuit.*, probe, run.end and provider_metrics per run) with every tenth run the original's
 line. Then, in fresh child processes interleaved over the rounds:
 
@@ -12,8 +12,8 @@ line. Then, in fresh child processes interleaved over the rounds:
   floor     a bare `msgspec.json.decode(line)` loop over the lines, computing nothing;
   floor2    (optional) the same loop on every core, one byte range per CPU: what the
             machine's cores can give any decode-per-line design, the parallel ceiling;
-  original  the original's exporter, reimplemented from reference §6.4 (the code is not
-            available): `json.loads` every line into a list, then sum `summary` and `routes`
+  original  the original's exporter (`scripts/export_provider_metrics.py`), reimplemented from
+            its documented behaviour (the code is not available): `json.loads` every line into a list, then sum `summary` and `routes`
             of every `provider_metrics` event (calls, errors, html_errors).
 
 Prints each variant's median MB/s and spread, its peak RSS (for `parallel`: the parent's

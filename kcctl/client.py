@@ -70,6 +70,8 @@ def _encode(body: Any) -> bytes:
 
 
 class Client:
+    """A kcd control-API client: one HTTP/1.1 request per call over the Unix socket."""
+
     def __init__(self, socket_path: Path, timeout: float = 30.0):
         self.socket_path = socket_path
         self.timeout = timeout

@@ -38,6 +38,8 @@ CREATE TABLE IF NOT EXISTS probes (
 
 
 class StateStore:
+    """The daemon's SQLite state: runs index, breaker state and probe results."""
+
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         # Runs of every user are in it: the daemon's user's alone. SQLite gives the -wal and

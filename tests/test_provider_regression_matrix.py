@@ -1,4 +1,4 @@
-"""The provider regression matrix, whole and offline, through a real daemon (runbook §4).
+"""The provider regression matrix, whole and offline, through a real daemon (docs/runbook.md §9).
 
 `python scripts/run_regression_matrix.py` runs the same catalogue (configs/matrix/) against
 the user's daemon; this test runs it against a private one and asserts every scenario passes.

@@ -35,6 +35,7 @@ class Ctx:
 
 
 def fail(message: str, code: int) -> None:
+    """Print `kcctl: <message>` to stderr and exit with `code`."""
     click.echo(f"kcctl: {message}", err=True)
     sys.exit(code)
 

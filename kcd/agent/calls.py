@@ -32,6 +32,8 @@ Isolation = Literal["bwrap", "namespaces", "process"]
 
 
 class ToolInvocation(msgspec.Struct, omit_defaults=True):
+    """One tool call for an executor: id, canonical name, arguments, native or text."""
+
     call_id: str  # native: the provider's tool_call id; text: "text_<turn>_<i>"
     name: str  # canonical tool name
     args: dict[str, Any] = {}
@@ -39,6 +41,8 @@ class ToolInvocation(msgspec.Struct, omit_defaults=True):
 
 
 class ToolOutcome(msgspec.Struct, omit_defaults=True):
+    """What one tool call returned: the text the model sees, success, and artifacts."""
+
     call_id: str
     name: str
     ok: bool
@@ -53,7 +57,7 @@ class GroupRule(msgspec.Struct, frozen=True, omit_defaults=True):
 
     `match_tools` entries are tool names or fnmatch patterns ("*" = every tool). A
     matching group with max_parallel <= 1, or `barrier_after` naming a tool of the
-    reply, makes the whole reply run sequentially (reference 4.3).
+    reply, makes the whole reply run sequentially.
     """
 
     name: str
@@ -75,7 +79,7 @@ class ToolSettings(msgspec.Struct, frozen=True, omit_defaults=True):
     shell_timeout_s: float = 30.0
     output_limit_bytes: int = 64 * 1024
     read_limit_lines: int = 2000
-    # -- per-reply policy (reference 4.3); the loop fills these from `concurrency` and the defs
+    # -- per-reply policy (see `tools.policy`); the loop fills these from `concurrency` and the defs
     nonblocking_tools: tuple[str, ...] = DEFAULT_NONBLOCKING_TOOLS
     groups: tuple[GroupRule, ...] = ()
     at_most_one_of: tuple[str, ...] = ()

@@ -36,12 +36,15 @@ from kcd.providers.types import ChatMessage, ChatResponse, ToolCall
 
 EXCERPT = 400
 
-# Sentinels every config gets (reference §4.9); matched on word boundaries.
+# Sentinels every config gets (the original's built-in set); matched on word boundaries,
+# so a sentinel inside a longer word does not end the run.
 DEFAULT_SENTINELS = (">>>>>> END RESPONSE", "TASK COMPLETE", "ALL TESTS PASSED",
                      "IMPLEMENTATION COMPLETE")
 
 
 class RunResult(msgspec.Struct, omit_defaults=True):
+    """How a run ended: exit reason, completion, steps taken and the final text."""
+
     exit_reason: str
     completed: bool
     steps: int
@@ -56,6 +59,8 @@ class RunResult(msgspec.Struct, omit_defaults=True):
 
 @dataclass
 class RunSpec:
+    """What to run: the loaded config, task, workspace, step limit and streaming."""
+
     run_id: str
     loaded: LoadedConfig
     task: str
@@ -67,6 +72,8 @@ class RunSpec:
 
 @dataclass
 class RunServices:
+    """The daemon-wide services a run uses: dispatcher, executor, probes, tool defaults."""
+
     dispatcher: Dispatcher
     executor: Executor
     tool_defaults: ToolSettings = field(default_factory=ToolSettings)  # the daemon's sandbox (kcd.sandbox)
@@ -105,6 +112,8 @@ def sentinel_hit(text: str, sentinels: list[str]) -> str | None:
 
 
 class AgentRun:
+    """One run of the agent loop: drives its turns and writes its artifacts and events."""
+
     def __init__(self, spec: RunSpec, services: RunServices, rundir: RunDir, events: EventLog):
         self.spec = spec
         self.services = services

@@ -53,7 +53,7 @@ class ToolSet:
         return name
 
 
-# The original's dialect ids (reference 4.4) -> the parser's formats.
+# The original's dialect ids (config `tools.dialects`) -> the parser's formats.
 DIALECT_FORMATS: Mapping[str, tuple[str, ...]] = {
     "pythonic02": ("pythonic02",),
     "bash_block": ("bash_block",),

@@ -26,6 +26,7 @@ RETRY_AFTER_MS_HEADERS = ("retry-after-ms", "x-ms-retry-after-ms")
 
 
 def full_jitter(base: float, cap: float, index: int, rng: Callable[[], float]) -> float:
+    """Seconds to wait before retry `index` (0-based): uniform over [0, min(cap, base·2^index)]."""
     if index < 0:
         raise ValueError("retry index must be >= 0")
     ceiling = cap
@@ -35,6 +36,7 @@ def full_jitter(base: float, cap: float, index: int, rng: Callable[[], float]) -
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """A Retry-After value (delta-seconds or HTTP-date) as seconds from now; None if unreadable."""
     if not value:
         return None
     value = value.strip()
@@ -54,6 +56,7 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
 
 
 def retry_after_from_headers(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
+    """Retry-After from lower-cased headers, the millisecond variants first."""
     for name in RETRY_AFTER_MS_HEADERS:
         raw = headers.get(name)
         if raw:
@@ -65,4 +68,5 @@ def retry_after_from_headers(headers: Mapping[str, str], *, now: float | None = 
 
 
 def retryable_status(status: int) -> bool:
+    """Whether an HTTP status is worth another attempt when nothing else is known."""
     return status in (408, 429) or (status >= 500 and status != 501)

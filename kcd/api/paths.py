@@ -18,10 +18,11 @@ MAX_SUN_PATH = 107  # AF_UNIX sun_path is 108 bytes including the NUL
 
 
 class SocketPathError(ValueError):
-    pass
+    """A control socket or runtime directory that cannot be used safely, or a malformed KYLECODE_HOST."""
 
 
 def user_runtime_dir(env: os._Environ[str] | dict[str, str] | None = None) -> Path:
+    """The user-mode runtime directory: `$XDG_RUNTIME_DIR/kylecode`, else `/tmp/kylecode-<uid>`."""
     env = os.environ if env is None else env
     xdg = env.get("XDG_RUNTIME_DIR")
     if xdg:
@@ -56,10 +57,12 @@ def private_runtime_dir(path: Path) -> Path:
 
 
 def user_socket(env=None) -> Path:
+    """The user-mode control socket path."""
     return user_runtime_dir(env) / "kcd.sock"
 
 
 def user_state_dir(env=None) -> Path:
+    """The user-mode state directory: `$XDG_STATE_HOME/kylecode`, else `~/.local/state/kylecode`."""
     env = os.environ if env is None else env
     base = env.get("XDG_STATE_HOME") or str(Path(env.get("HOME", "~")).expanduser() / ".local" / "state")
     return Path(base) / "kylecode"

@@ -53,6 +53,8 @@ _TEXT_SOURCE = "<config>"  # the file name shown for text given without a path
 
 @dataclass(frozen=True, slots=True)
 class LoadedConfig:
+    """A loaded agent config: the typed config plus warnings, digest, files and pack texts."""
+
     config: AgentConfig
     warnings: list[str]  # "<file>: <key path>: <message>", one per ignored/unknown key path
     digest: str  # "sha256:<hex>" of `merged` as canonical JSON (sorted keys)
@@ -69,6 +71,7 @@ class LoadedConfig:
 
 
 def load_agent_config(path: str | Path) -> LoadedConfig:
+    """Read, merge and check the agent config at `path`; raises ConfigError."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:

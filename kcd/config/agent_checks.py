@@ -34,7 +34,7 @@ def check_config(cfg: AgentConfig, prov: Provenance) -> list[str]:
 def tool_dirs(cfg: AgentConfig, prov: Provenance, explicit_defs_dir: bool, warnings: list[str]) -> list[str]:
     """Tool definition directories, resolved against their declaring files.
 
-    `tools.defs_dir`, when written, replaces registry.paths[0] (reference §2.3).
+    `tools.defs_dir`, when written, replaces registry.paths[0] (the original's meaning).
     Missing directories only warn: the registry skips them (their tools are not offered).
     """
     entries: list[tuple[Path_, str]] = [

@@ -39,7 +39,7 @@ class RouteTimeouts(_Layer, kw_only=True, forbid_unknown_fields=True):
 
 
 class RouteRetry(_Layer, kw_only=True, forbid_unknown_fields=True):
-    """Retry and fallback budgets (resilience reference §3.2)."""
+    """Retry and fallback budgets: same-route retries, attempts per turn, backoff, deadlines."""
 
     retries_per_route: Annotated[int, Meta(ge=0)] | None = None
     max_attempts_per_turn: Annotated[int, Meta(ge=1)] | None = None

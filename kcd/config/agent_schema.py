@@ -1,4 +1,4 @@
-"""Schema V2 agent config as typed msgspec Structs (reference §2.3).
+"""Schema V2 agent config (the original KyleCode's YAML format) as typed msgspec Structs.
 
 Only keys kcd honours are fields. Keys the original had but kcd ignores are
 listed per Struct in `ignored_keys` (the loader warns once per key path);
@@ -216,7 +216,7 @@ class ToolsConfig(_Cfg, kw_only=True, forbid_unknown_fields=True):
     pending_keys: ClassVar[frozenset[str]] = frozenset({"overlays", "dialects"})
 
     registry: ToolRegistry = field(default_factory=ToolRegistry)
-    defs_dir: str | None = None  # defaults to registry.paths[0] (reference §2.1)
+    defs_dir: str | None = None  # defaults to registry.paths[0], as in the original
     enabled: dict[str, bool] = {}  # legacy selection, used when registry.include is empty
     aliases: dict[str, str] = {}  # call name -> canonical name; chains are followed
     mark_task_complete: bool = True
@@ -233,6 +233,8 @@ class ToolsConfig(_Cfg, kw_only=True, forbid_unknown_fields=True):
 
 
 class Mode(_Cfg, kw_only=True, forbid_unknown_fields=True):
+    """One `modes[]` entry: its prompt and the tools it enables or disables."""
+
     ignored_keys: ClassVar[frozenset[str]] = frozenset({"triggers", "outputs", "exit", "subagents"})
 
     name: str
@@ -378,6 +380,8 @@ class LoggingConfig(_Cfg, kw_only=True, forbid_unknown_fields=True):
 
 
 class AgentConfig(_Cfg, kw_only=True, forbid_unknown_fields=True):
+    """A whole Schema V2 agent config document."""
+
     ignored_keys: ClassVar[frozenset[str]] = frozenset(
         {"profile", "hpo", "rl_and_evolution", "telemetry", "model", "prompt", "limits", "output"}
     )

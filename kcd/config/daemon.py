@@ -3,7 +3,7 @@
 Precedence: command-line flags, then environment, then the optional YAML file
 (`--config`), then defaults for the mode (user or system).
 
-Circuit breakers (resilience reference §2) are daemon settings because their
+Circuit breakers (`kcd.providers.breaker`) are daemon settings because their
 state is shared by every run: `breaker` applies to every route, and
 `breaker_overrides` (keyed by route id) replaces it for one route. In a YAML
 file each override is layered over `breaker`, so it only needs the keys that
@@ -33,7 +33,7 @@ TRUTHY = ("1", "true", "yes", "on")
 
 
 class DaemonConfigError(ValueError):
-    pass
+    """The daemon config cannot be read or is invalid."""
 
 
 Seconds = Annotated[float, Meta(gt=0)]
@@ -127,6 +127,8 @@ class GatewayTCP(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class GatewaySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The daemon config's `gateway:` section (the OpenAI-compatible endpoint)."""
+
     tcp: GatewayTCP = msgspec.field(default_factory=GatewayTCP)
     tokens: dict[str, str] = {}  # name -> bearer token (TCP only; never logged or echoed)
     models: dict[str, GatewayModel] = {}
@@ -151,6 +153,8 @@ _LEGACY_ISOLATION = {"none": "process", "unshare": "namespaces"}
 
 
 class DaemonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """kcd's own settings, after flags, environment, YAML file and mode defaults."""
+
     mode: Literal["user", "system"] = "user"
     socket: Path | None = None
     socket_mode: int = 0o660
@@ -212,6 +216,7 @@ class DaemonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 def load_daemon_config(path: Path | None, env: Mapping[str, str], overrides: dict[str, Any]) -> DaemonConfig:
+    """Build the DaemonConfig from the YAML file (if any), environment and flag overrides."""
     data: dict[str, Any] = {}
     if path is not None:
         try:

@@ -1,8 +1,8 @@
 """`extends` resolution and deep merge, remembering which file set each key.
 
-Rules (reference §2.1): each `extends` path is relative to the directory of the
-file that declares it; bases merge left to right, then the declaring file
-(minus `extends`) on top. Maps merge recursively (child wins, an empty child
+Rules (the original KyleCode's, so its configs load unchanged): each `extends`
+path is relative to the directory of the file that declares it; bases merge
+left to right, then the declaring file (minus `extends`) on top. Maps merge recursively (child wins, an empty child
 map keeps the base map); lists and scalars replace wholesale. A cycle is an
 error that shows the chain.
 

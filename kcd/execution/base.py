@@ -29,6 +29,8 @@ class ExecutorUnavailable(ExecutorError):
 
 @runtime_checkable
 class Executor(Protocol):
+    """Where a turn's tool calls run: in the daemon or on Ray."""
+
     mode: str  # "ray" | "in-process"
     state: ExecutorState
     detail: dict[str, Any]  # for /v1/health: address, error, hint, ...

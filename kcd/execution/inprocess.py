@@ -26,6 +26,8 @@ _STOP_GRACE_S = 5.0
 
 
 class InProcessExecutor:
+    """Runs a turn's tool calls in worker threads of the daemon (no Ray)."""
+
     mode = "in-process"
 
     def __init__(self, max_concurrency: int = 16) -> None:

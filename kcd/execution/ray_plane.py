@@ -55,6 +55,8 @@ class _Waiter:
 
 
 class RayPlaneExecutor:
+    """Runs a turn's tool calls as Ray tasks through the supervised driver process."""
+
     mode = "ray"
 
     def __init__(

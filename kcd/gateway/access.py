@@ -30,6 +30,8 @@ def socket_client(peer: Any) -> Client:
 
 
 class TokenTable:
+    """The gateway's named bearer tokens, kept as digests and compared in constant time."""
+
     def __init__(self, tokens: Mapping[str, str]):
         self._digests = tuple((name, hashlib.sha256(token.encode()).digest()) for name, token in tokens.items())
         self._clients = {name: Client(f"token:{name}") for name in tokens}

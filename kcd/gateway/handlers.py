@@ -146,6 +146,8 @@ class _Call:
 
 
 class OpenAIEndpoint:
+    """The `/v1/chat/completions` and `/v1/models` handlers, on the daemon's dispatcher."""
+
     def __init__(self, dispatcher: Dispatcher, models: ModelMap, *, telemetry: TelemetrySink | None,
                  metrics: DaemonMetrics | None, probes: ProbeManager | None, tokens: TokenTable,
                  env: Mapping[str, str], max_body: int, secrets: tuple[str, ...] = (),

@@ -2,7 +2,7 @@
 
 Attempts are already counted per route by `DaemonMetrics.attempt`; these add
 what only the endpoint knows: requests by model name and status, and the
-daemon's own added time per request (`x-kylecode-overhead-ms`, reference §9.3).
+daemon's own added time per request (`x-kylecode-overhead-ms`: total time minus upstream time).
 Registered once per daemon on the same registry, so `/v1/metrics` shows them.
 """
 

@@ -101,6 +101,8 @@ def _plan(name: str, model: GatewayModel, configured: bool = True) -> ModelPlan:
 
 
 class ModelMap:
+    """Model names clients may ask for -> the route chain and parameters that serve them."""
+
     def __init__(self, settings: GatewaySettings):
         self._plans = {name: _plan(name, model) for name, model in settings.models.items()}
         self._allow_route_ids = settings.allow_route_ids

@@ -1,6 +1,6 @@
 """Reading what a finished run left in its directory (blocking: call it in a thread).
 
-The same files a person checks by hand (runbook §3): `result.json`,
+The same files a person checks by hand (docs/runbook.md §4): `result.json`,
 `meta/provider_metrics.json`, `conversation/conversation.md`,
 `meta/events.jsonl` (run.start) and `errors/turn_*.json`, plus the list of
 every file for artifact globs. Missing or torn files read as empty: the

@@ -2,7 +2,8 @@
 
 `check(expect, evidence, routes)` returns the reasons the run fails its
 expectations (empty: it passes). `grade(evidence, expect)` places what the
-run did on failoverbench's scale (resilience reference §8):
+run did on the four-grade scale of the public failoverbench scorecard
+(docs/references.md):
 
 * pass: the run completed;
 * partial: it completed, but slower than `expect.partial_after_s`;

@@ -71,6 +71,8 @@ KEEP_FINISHED = 16  # finished matrices kept for GET /v1/matrix/{id}
 
 
 class MatrixRejected(Exception):
+    """A matrix request refused before anything ran (`code` is the API error code)."""
+
     def __init__(self, code: str, message: str):
         super().__init__(message)
         self.code = code
@@ -133,6 +135,8 @@ class _Outcome:
 
 
 class MatrixService:
+    """Runs matrices in the daemon and keeps their results for `/v1/matrix`."""
+
     def __init__(self, runs: RunManager, *, simulator_url: Callable[[], Awaitable[str]],
                  task_group: anyio.abc.TaskGroup, keep: int = KEEP_FINISHED):
         self._runs = runs  # the daemon's: live scenarios run here; sandboxes copy its settings

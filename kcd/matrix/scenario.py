@@ -14,7 +14,7 @@ One file is one scenario::
       max_steps: 6
       timeouts: {ttft: 2}                       # over the fast defaults (configgen)
       retry: {retries_per_route: 1}
-      unreachable: [primary]                    # F07: base_url on a closed port
+      unreachable: [primary]                    # simulator fault F07: base_url on a closed port
       missing_keys: [OPENROUTER_API_KEY]        # run as if the daemon had no such key
     breaker: {threshold: 1, cooldown_s: 1}      # this scenario's own breaker settings
     fault: {route: primary, name: unavailable_persistent, count: null, params: {}}  # or a list
@@ -104,7 +104,7 @@ class RouteSetup(_S, kw_only=True, forbid_unknown_fields=True):
     max_steps: Annotated[int, Meta(ge=1)] | None = None
     timeouts: RouteTimeouts | None = None  # provider-wide, over the fast defaults
     retry: RouteRetry | None = None  # provider-wide, over the fast defaults
-    unreachable: list[str] = []  # routes whose base_url is a closed port (F07)
+    unreachable: list[str] = []  # routes whose base_url is a closed port (simulator fault F07)
     missing_keys: list[KeyEnv] = []  # keys the sandbox leaves unset (offline only)
     context_windows: dict[str, Annotated[int, Meta(ge=1)]] = {}  # route or alias -> tokens
 

@@ -36,6 +36,8 @@ class ScenarioFile(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class MatrixRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The body of `POST /v1/matrix`: scenario files, selection and options."""
+
     files: Annotated[list[ScenarioFile], Meta(min_length=1)]
     scenarios: list[str] = []  # names or fnmatch patterns; empty: every scenario
     parallel: Annotated[int, Meta(ge=1, le=MAX_PARALLEL)] = 4

@@ -18,6 +18,8 @@ RELPATH = "conversation/conversation.md"
 
 
 class Conversation:
+    """Writer of a run's `conversation/conversation.md` transcript."""
+
     def __init__(self, rundir: RunDir):
         self.rundir = rundir
 

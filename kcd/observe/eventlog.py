@@ -25,10 +25,13 @@ log = logging.getLogger("kcd.events")
 
 
 def utc_now() -> str:
+    """The current UTC time as ISO-8601 with milliseconds and a `Z`."""
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class EventLog:
+    """A run's ordered events: kept in memory, appended to disk, followed by clients."""
+
     def __init__(self, run_id: str, path: Path | None, scrub: Callable[[bytes], bytes] | None = None):
         self.run_id = run_id
         self._scrub = scrub

@@ -28,13 +28,13 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
-# OTel GenAI bucket boundaries (reference §4.1): 0.01 s doubling to 81.92 s; 1 token ×4 to 2^26.
+# OpenTelemetry GenAI semantic-convention buckets: 0.01 s doubling to 81.92 s; 1 token ×4 to 2^26.
 DURATION_BUCKETS: tuple[float, ...] = tuple(0.01 * 2 ** i for i in range(14))
 TOKEN_BUCKETS: tuple[float, ...] = tuple(float(4 ** i) for i in range(14))
 RUN_DURATION_BUCKETS: tuple[float, ...] = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200,
                                            14400)
 
-# kylecode_route_state values (resilience reference §2.8).
+# kylecode_route_state gauge values; disabled (4) means the breaker is off, not the route.
 ROUTE_STATE_VALUES: Mapping[str, int] = MappingProxyType(
     {"closed": 0, "half_open": 1, "open": 2, "forced_open": 3, "disabled": 4})
 

@@ -60,6 +60,8 @@ class RouteStats:
 
 
 class RunMetrics:
+    """One run's provider metrics, in the original's `provider_metrics.json` shape plus kcd's fields."""
+
     def __init__(self) -> None:
         self.routes: dict[str, RouteStats] = {}
         self.fallbacks: list[dict[str, str]] = []

@@ -29,6 +29,7 @@ _SUBDIR_ORDER = tuple(dict.fromkeys(p for sub in SUBDIRS for p in (
 
 
 def pretty_json(obj: Any) -> bytes:
+    """`obj` as indented JSON bytes with a final newline."""
     return msgspec.json.format(_encoder.encode(obj), indent=2) + b"\n"
 
 
@@ -37,6 +38,7 @@ def _slug(text: str, limit: int = 32) -> str:
 
 
 def new_run_id() -> str:
+    """A new random run id (12 hex digits)."""
     return secrets.token_hex(6)
 
 

@@ -6,9 +6,10 @@ can never stall a run (a full queue drops the event and counts it; the gap
 in `seq` shows where). One writer task (`run()`) drains the queue with one
 `os.write` per line on `O_APPEND` fds (a few lines on the event loop, a backlog,
 file opens and fsyncs in a worker thread), which keeps every line
-whole and lines from concurrent runs serialised (reference §4.3). The central
-file follows log rotation by SIGHUP (`reopen()`) and by an inode check, both
-applied between lines, so a rotation never loses or tears one (§2.6).
+whole and lines from concurrent runs serialised (O_APPEND alone does not
+promise that for regular files). The central file follows log rotation by
+SIGHUP (`reopen()`) and by an inode check, both applied between lines, so a
+rotation never loses or tears one.
 
 Every event goes to the central file (if configured) and, when `run_dir` is
 given, also to `<run_dir>/meta/telemetry.jsonl`.
@@ -242,7 +243,7 @@ class TelemetrySink:
         """A few lines and nothing slow pending: append them on the event loop.
 
         At request rates below the disk's, each wake-up finds one or two lines; handing those
-        to a worker thread cost more CPU than kcd's own work per call (benchmarks §5),
+        to a worker thread cost more CPU than kcd's own work per call (docs/benchmarks.md §5),
         while an O_APPEND write of a few hundred bytes to the page cache takes microseconds
         (the run's event log does the same). Opening or reopening the central file, the
         rotation check and the fsync behind a run's close stay in the thread."""

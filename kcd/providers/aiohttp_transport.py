@@ -1,8 +1,8 @@
 """An httpx transport that sends requests with aiohttp.
 
 Why: httpx's own transport (httpcore + h11, pure Python) costs about 0.8 ms of CPU
-per call on these machines, aiohttp (C HTTP parser) about 0.25 ms
-(`../shared/reference/performance-notes.md`); for the OpenAI-compatible endpoint,
+per call on these machines, aiohttp (C HTTP parser) about 0.25 ms (measured on
+2-core CI machines; see docs/benchmarks.md §5); for the OpenAI-compatible endpoint,
 where every client call is one upstream call, that is most of what the daemon adds.
 The rest of the provider code keeps httpx's API (`client.stream`, `httpx.Timeout`,
 `httpx.Response`, its exception types), so this module is the only place that knows

@@ -4,7 +4,8 @@ Pure: no I/O and no clocks, so every rule here is unit-testable. One
 `Assembler` per attempt; the caller feeds it and reads `response`, `failure`,
 `partial` and `raw_excerpt` at the end. The first failure wins.
 
-Rules (resilience reference §4.1-§4.2):
+Rules (an attempt succeeds only if nothing below fires; a truncated answer must
+never reach the agent loop as a success):
 - whole bodies: HTML (by type or by a leading `<`), non-JSON, error statuses
   and error objects in a 2xx body are typed failures, the provider's own
   message kept;
@@ -305,7 +306,8 @@ class Assembler:
                 try:
                     JSON_DECODER.decode(call.arguments)
                 except msgspec.DecodeError:
-                    # OpenRouter rewrites a `length` stop to `tool_calls` (reference §4.2)
+                    # OpenRouter may rewrite a `length` stop to `tool_calls`, leaving the
+                    # arguments cut off: that is a truncated stream, never a tool call to run.
                     self.fail(E.STREAM_TRUNCATED,
                               f"tool call {call.name!r} has arguments that are not valid JSON",
                               extra={"tool_call_id": call.id,

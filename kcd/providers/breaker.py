@@ -1,7 +1,8 @@
 """Per-route circuit breakers, shared by every run in the daemon.
 
 One `BreakerBoard` per daemon holds a three-state breaker (plus the operator
-states) for each route id, following the resilience reference §2:
+states) for each route id, modelled on resilience4j's CircuitBreaker with
+Envoy-style growing lockouts:
 
     CLOSED --(failure rate over the window, with enough calls | Retry-After)--> OPEN
     OPEN --(deadline passed, on the next admit)--> HALF_OPEN (P permits)
@@ -25,10 +26,10 @@ start short (`cooldown_s`, 5 s) and double per consecutive reopening up to
 `cap_s`, so a flapping upstream is re-probed about once per lockout instead of
 being locked out for everyone for a quarter of an hour after three bad calls.
 
-Choices the reference leaves open:
+Finer points:
 - A failure carrying Retry-After opens the route (reason ``retry_after``, k
   unchanged) even when not counted: OpenRouter's 402 with an in-flight budget
-  says exactly when to come back (reference §6, F29). Without Retry-After a
+  says exactly when to come back (simulator fault F29). Without Retry-After a
   not-counted failure never opens, trips or re-opens anything.
 - In HALF_OPEN a not-counted trial failure (auth, billing, unknown model)
   returns the permit, like an ignored outcome: it says nothing about whether
@@ -73,6 +74,8 @@ _HISTORY = 64
 
 
 class BreakerConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Trip, lockout and half-open settings of one route's breaker."""
+
     threshold: int = 3  # at least this many failed logical requests within window_s ...
     min_calls: int | None = None  # ... among at least this many logical requests (None: threshold) ...
     failure_rate: float = 0.5  # ... failing at this rate or more trip the breaker
@@ -210,6 +213,8 @@ class _Route:
 
 
 class BreakerBoard:
+    """The daemon's per-route circuit breakers (see the module docstring)."""
+
     def __init__(
         self,
         config: BreakerConfig = BreakerConfig(),
@@ -266,7 +271,7 @@ class BreakerBoard:
         if not (trial and r.state == HALF_OPEN and r.trials):
             return
         r.trials.popleft()
-        if slow:  # a slow success is a failed trial (reference §2.6)
+        if slow:  # a slow success is a failed trial: the route has not really recovered
             self._trip(route, r, now, "trial_slow", trigger={"slow": True})
             return
         r.trial_successes += 1
@@ -284,7 +289,7 @@ class BreakerBoard:
         ra = None
         if retry_after_s is not None:
             ra = min(max(0.0, retry_after_s), r.config.retry_after_clamp_s)
-            trigger["retry_after_s"] = retry_after_s  # raw value, for the log (§2.5)
+            trigger["retry_after_s"] = retry_after_s  # raw (unclamped) value, for the log
         if r.state in (DISABLED, FORCED_OPEN):
             return  # metrics only
         if r.state == OPEN:
@@ -343,7 +348,8 @@ class BreakerBoard:
         return best
 
     def snapshot(self, route: str | None = None) -> dict[str, dict[str, Any]]:
-        """The original's per-route shape plus kcd's fields (reference §2.8)."""
+        """Per route: the original KyleCode's health fields (`failures`, `successes`,
+        `circuit_open_until`, `last_error`, `last_failure_ts`) plus kcd's state, reason, k and trials."""
         names = [route] if route is not None else sorted(self._routes)
         out: dict[str, dict[str, Any]] = {}
         for name in names:

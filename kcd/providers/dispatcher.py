@@ -77,6 +77,8 @@ class AttemptRecord:
 
 @dataclass
 class Served:
+    """A successful turn: the response, the route that served it and what it cost."""
+
     response: ChatResponse
     entry: ChainEntry
     attempts: int
@@ -138,6 +140,8 @@ class _Turn:
 
 
 class Dispatcher:
+    """The single path for LLM calls: one retry loop over a turn's route chain."""
+
     def __init__(self, env: Mapping[str, str], *, breakers: BreakerBoard | None = None,
                  simulator_url: Callable[[], Awaitable[str]] | None = None,
                  clock: Callable[[], float] = time.monotonic, redactor: Redactor | None = None,

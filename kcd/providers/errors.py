@@ -2,8 +2,9 @@
 
 Every way an attempt can fail becomes one `ProviderFailure` with a
 classification from `CLASSIFICATIONS`, a retryable flag and a `details` dict
-whose keys follow the original's error details (compatibility reference §3.7),
-so bundles and the matrix can read them. Secrets never enter `details`:
+whose keys are the original KyleCode's error-detail names (`status_code`,
+`body_snippet`, `raw_excerpt`, `request_id`, `html_detected`, ...), so bundles,
+the matrix and tools written for the original can read them. Secrets never enter `details`:
 credential headers are dropped before anything is stored.
 """
 
@@ -249,7 +250,7 @@ def body_details(
     headers: Mapping[str, str] | None,
     hint: str | None = None,
 ) -> dict[str, Any]:
-    """The standard evidence for a response body (§3.7 keys)."""
+    """The standard evidence for a response body: status, headers, snippets, HTML class."""
     text = body[:RAW_B64_BYTES].decode("utf-8", "replace")
     safe_headers = sanitize_headers(headers or {})
     details: dict[str, Any] = {

@@ -7,8 +7,8 @@ records need (status, sanitised headers, request id, timings, excerpts).
 Retries, fallback, breakers and stream policy belong to the dispatcher.
 
 This module owns the I/O and the deadlines. The wire format is in
-`openai_wire`; judging the body or the stream (resilience reference §4) in
-`assembly`, with error envelopes and failure evidence in `envelope`; the
+`openai_wire`; judging the body or the stream (complete, truncated, stalled,
+malformed, in-band error) in `assembly`, with error envelopes and failure evidence in `envelope`; the
 records in `attempt`. The Content-Type gate runs on every response whatever
 the status.
 
@@ -16,7 +16,7 @@ Deadlines (all on one cancel scope, re-armed as bytes arrive):
 - ttft (streamed requests only): from the start of the attempt until the first
   content-bearing event; comment lines and role-only deltas do not count. A
   non-streamed call sends nothing until the whole answer is generated, so its
-  wait for the headers is bounded by `total` alone (reference §5: TTFT ≈ total);
+  wait for the headers is bounded by `total` alone (its TTFT is its total time);
 - idle: no bytes at all for `idle` seconds once the headers have arrived;
 - progress: bytes keep coming (keep-alives) but no content for `progress`
   seconds after the first token;

@@ -1,4 +1,8 @@
-"""Daemon-owned capability probes (resilience reference §7; original §3.5, §6.2, defects 23-24).
+"""Daemon-owned capability probes: does a route really stream, call tools and honour JSON mode?
+
+The original KyleCode's probes offered no tool and used no JSON mode (so they
+failed healthy routes) and ran once per process; these are real checks whose
+results outlive a run.
 
 Per route, three tiny requests run in parallel, each under its own timeout:
 
@@ -69,7 +73,7 @@ def probe_params(route: Route, max_tokens: int) -> dict[str, Any]:
 
 
 class ProbeResult(msgspec.Struct, kw_only=True):
-    """One probe run of one route: the original's record (§6.2) plus kcd's fields."""
+    """One probe run of one route: the original's `capability_probes.json` record plus kcd's fields."""
 
     model_id: str  # the route id (the original's field name)
     route: str
@@ -221,6 +225,8 @@ class _Flight:
 
 
 class ProbeManager:
+    """The daemon's capability-probe cache: runs probes per route and shares results."""
+
     def __init__(
         self,
         dispatcher: Dispatcher,

@@ -1,7 +1,7 @@
 """Retry and fallback decisions for one failed attempt, and the backoff schedule.
 
-`decide` is the decision table of the resilience reference (§2.2, §3.2, §6):
-given a typed `ProviderFailure` it says whether the same route may be tried
+`decide` is the per-outcome decision table (HTTP status, timeout class,
+stream failure, HTML body, OpenRouter's 402/403 conventions): given a typed `ProviderFailure` it says whether the same route may be tried
 again, whether the turn may move down the chain, and how the breaker should
 treat the outcome. It is pure: budgets (attempts, turn deadline, inline waits)
 are applied by the dispatcher, which owns the one retry loop.
@@ -38,6 +38,8 @@ __all__ = [
 
 
 class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
+    """Retry budgets, backoff and deadlines for one turn."""
+
     retries_per_route: int = 2  # same-route retries after the first attempt (transient failures only)
     max_attempts_per_turn: int = 4  # all attempts of a turn, fallbacks included
     backoff_base_s: float = 0.5
@@ -61,7 +63,7 @@ class Decision(msgspec.Struct, frozen=True):
     retry_after_s: float | None  # the provider's Retry-After, unclamped (the breaker clamps)
     reason: str  # short machine reason for markers: "http_503", "upstream_html", "timeout.ttft", ...
     hint: str | None  # what to fix, for fail-fast errors
-    # Additions beyond the brief:
+    # Refinements of the three verdicts above:
     retry_limit: int | None = None  # cap on same-route retries for this class (None: the policy's)
     flag: str | None = None  # operator flag for BreakerBoard.flag: "auth_error" / "billing_error"
     chain: str | None = None  # error-class chain to try instead: "context_window" / "content_policy"
@@ -189,8 +191,8 @@ def _by_status(failure: ProviderFailure, status: int | None, key_env: str | None
             return _context_length()
         if _is_content_policy(failure, record):
             return _content_policy()
-        # The same request fails the same way elsewhere; the dispatcher logs it (a repeat
-        # across turns is a capability flag, reference §2.2).
+        # The same request fails the same way elsewhere; the dispatcher logs it (the same
+        # 400 on every turn points at a capability the route lacks, not at an outage).
         return _d(retry=False, fall_over=False, counted=False, ignored=True, reason=reason,
                   hint=f"the provider rejected the request as invalid (HTTP {status})")
     if status in (401, 403):
@@ -212,7 +214,7 @@ def _by_status(failure: ProviderFailure, status: int | None, key_env: str | None
 
 
 def _unparsable_body(failure: ProviderFailure, retry_after_s: float | None) -> Decision:
-    """HTML and other non-JSON bodies: always a counted failure (reference §2.2)."""
+    """HTML and other non-JSON bodies: always a counted failure (a proxy or error page, not an answer)."""
     status = failure.status_code
     c = failure.classification
     if status is not None and 200 <= status < 300 and c == E.UPSTREAM_HTML:
@@ -259,12 +261,13 @@ def decide(failure: ProviderFailure, *, key_env: str | None = None) -> Decision:
     if c == E.CONNECT_ERROR:  # refused, DNS, TLS: the same next time; move on
         return _d(retry=False, fall_over=True, counted=True, reason=c)
     if c in (E.TIMEOUT_CONNECT, E.TIMEOUT_TTFT, E.TIMEOUT_TOTAL):
-        # A silent or crawling route gets no second wait (failoverbench S06/S07,
+        # A silent or crawling route gets no second wait (simulator faults F08, F09,
         # F31): paying the same timeout again would triple the turn; move on.
         return _d(retry=False, fall_over=True, counted=True, reason=c)
     if c in (E.TIMEOUT_WRITE, E.TIMEOUT_IDLE, E.TIMEOUT_IDLE_PROGRESS,
              E.STREAM_TRUNCATED, E.STREAM_MALFORMED):
-        # The turn is restarted from the same input (reference §4.3).
+        # The turn is restarted from the same input: its output is acted on only once
+        # complete, so a broken attempt is simply thrown away (no prefill continuation).
         return _d(retry=True, fall_over=True, counted=True, reason=c)
     if c == E.HTTP_ERROR:
         return _by_status(failure, status, key_env, retry_after_s)

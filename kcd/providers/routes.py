@@ -17,6 +17,8 @@ class RouteError(ValueError):
 
 
 class Route(msgspec.Struct, frozen=True):
+    """A parsed route id: provider and model."""
+
     id: str  # canonical: "openrouter/x-ai/grok-4-fast", "openai/gpt-4o-mini", "mock/dev"
     provider: str  # one of PROVIDERS
     model: str  # what the provider's API calls the model

@@ -13,12 +13,16 @@ import msgspec
 
 
 class ToolCall(msgspec.Struct, omit_defaults=True):
+    """A native tool call: id, name and the raw JSON arguments."""
+
     id: str
     name: str
     arguments: str = "{}"  # raw JSON text exactly as the model sent it
 
 
 class ChatMessage(msgspec.Struct, omit_defaults=True):
+    """One chat message as the agent loop keeps it (OpenAI roles)."""
+
     role: Literal["system", "user", "assistant", "tool"]
     content: str | None = None
     tool_calls: list[ToolCall] | None = None  # assistant messages with native calls
@@ -42,12 +46,16 @@ class ChatRequest(msgspec.Struct, omit_defaults=True):
 
 
 class Usage(msgspec.Struct, omit_defaults=True):
+    """Token counts as the provider reported them; None where it did not."""
+
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     total_tokens: int | None = None
 
 
 class ChatResponse(msgspec.Struct, omit_defaults=True):
+    """One complete answer from a provider: text, tool calls, finish reason, usage."""
+
     content: str = ""
     tool_calls: list[ToolCall] = []
     finish_reason: str | None = None

@@ -37,12 +37,16 @@ class NodeInfo(msgspec.Struct, omit_defaults=True):
 
 
 class Status(msgspec.Struct, tag="status", omit_defaults=True):
+    """driver -> kcd: the plane's state and its nodes."""
+
     state: PlaneState
     detail: dict[str, Any] = {}  # address, gcs_address, ray_version, error, hint, ...
     nodes: list[NodeInfo] = []
 
 
 class Turn(msgspec.Struct, tag="turn"):
+    """kcd -> driver: run these tool calls on the run's workspace."""
+
     id: int
     workspace: str
     calls: list[ToolInvocation]
@@ -50,6 +54,8 @@ class Turn(msgspec.Struct, tag="turn"):
 
 
 class TurnDone(msgspec.Struct, tag="done", omit_defaults=True):
+    """driver -> kcd: a turn's outcomes, or why it has none."""
+
     id: int
     outcomes: list[ToolOutcome] | None = None
     error: str | None = None  # why the turn has no outcomes (the calls' effects are unknown)
@@ -58,6 +64,8 @@ class TurnDone(msgspec.Struct, tag="done", omit_defaults=True):
 
 
 class Cancel(msgspec.Struct, tag="cancel"):
+    """kcd -> driver: cancel the turn with this id."""
+
     id: int
 
 
@@ -68,7 +76,7 @@ class Release(msgspec.Struct, tag="release"):
 
 
 class Shutdown(msgspec.Struct, tag="shutdown"):
-    pass
+    """kcd -> driver: leave Ray and exit."""
 
 
 Message = Union[Status, Turn, TurnDone, Cancel, Release, Shutdown]
@@ -77,6 +85,7 @@ _decoder = msgspec.msgpack.Decoder(Message)
 
 
 def encode(message: msgspec.Struct) -> bytes:
+    """One message as a length-prefixed msgpack frame."""
     body = _encoder.encode(message)
     return _HEADER.pack(len(body)) + body
 

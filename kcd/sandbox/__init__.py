@@ -16,8 +16,10 @@ command the helper forks a *supervisor* (`supervisor`) that:
 - kills every process of the call when the call ends (success, timeout,
   cancel, run end, the daemon's death) and reports how many it killed.
 
-`host.ToolHost` is the daemon-side client; `keys` keeps provider keys out of
-the daemon's own /proc entries. The modules the helper imports (`protocol`,
+`host.ToolHost` is the daemon-side client; `modes` picks the strongest
+isolation that works on this host at start-up; `etcview` builds the small /etc
+a contained call sees; `keys` keeps provider keys out of the daemon's own /proc
+entries. The modules the helper imports (`protocol`,
 `linux`, `cgroups`, `bwrap`, `mounts`, `supervisor`, `helper`) use only the
 standard library: the helper runs without site-packages.
 """

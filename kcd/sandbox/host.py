@@ -38,6 +38,8 @@ class HostUnavailable(RuntimeError):
 
 
 class SandboxRequest(msgspec.Struct, kw_only=True):
+    """One command for the tool host: argv, cwd, environment, timeout, isolation."""
+
     argv: list[str]
     cwd: str
     env: dict[str, str]
@@ -61,6 +63,8 @@ class Captured(msgspec.Struct):
 
 
 class SandboxOutcome(msgspec.Struct, kw_only=True):
+    """How a contained command ended: output, exit or signal, timeout, processes killed."""
+
     stdout: Captured
     stderr: Captured
     exit: int | None = None  # None: killed at the deadline or cancelled
@@ -85,6 +89,8 @@ def helper_environment() -> dict[str, str]:
 
 
 class ToolHost:
+    """The daemon-side client of the tool-host helper process."""
+
     def __init__(self, python: str = sys.executable) -> None:
         self._python = python
         self._lock = threading.Lock()

@@ -29,10 +29,12 @@ _PROBE_TIMEOUT_S = 15.0
 
 
 class IsolationUnavailable(RuntimeError):
-    pass
+    """No isolation mode the configuration allows works on this host."""
 
 
 class IsolationReport(msgspec.Struct, kw_only=True):
+    """The isolation chosen at start-up, what it guarantees and how each mode probed."""
+
     mode: Literal["bwrap", "namespaces", "process"]
     configured: str
     guarantees: str

@@ -1,4 +1,8 @@
-"""The fault catalogue (reference §8, F01–F33): how a scripted reply is delivered badly.
+"""The fault catalogue, F01–F33: how a scripted reply is delivered badly.
+
+The ids are the ones the matrix scenarios and tests cite ("simulator fault
+F29"); the faults cover the failoverbench scenarios (docs/references.md) plus
+HTML bodies, capability drift and OpenRouter's 402/429 conventions.
 
 A fault is a function ``run(fault_run, exchange, reply)`` in `fault_actions`;
 `FaultRun` binds it to one request (its parameters, how many times it already

@@ -1,4 +1,4 @@
-"""Issue 4 end to end: the OpenCode tool set and every text format in real runs."""
+"""End to end: the OpenCode tool set and every text format in real runs."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Per-route circuit breakers: every transition on a fake clock, and persistence
-through a real StateStore (resilience reference §2)."""
+through a real StateStore."""
 
 from __future__ import annotations
 
@@ -128,7 +128,7 @@ def test_counted_retry_after_opens_at_once_without_growing_k():
 
 
 def test_not_counted_retry_after_still_opens():
-    # 402 with an in-flight budget (reference §6, F29): honour its Retry-After.
+    # OpenRouter's 402 with an in-flight budget (simulator fault F29): honour its Retry-After.
     clock, events = Clock(), []
     b = board(clock, events=events)
     fail(b, "t0", counted=False, retry_after_s=5)

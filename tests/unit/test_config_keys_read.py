@@ -1,4 +1,4 @@
-"""Every validated config key is read by some code (issue 15, item 7).
+"""Every validated config key is read by some code (no key that validates but does nothing).
 
 Method. The agent config (`AgentConfig`) and the daemon config (`DaemonConfig`) are
 walked field by field with `msgspec.structs.fields`, recursively through every Struct a

@@ -1,4 +1,4 @@
-"""Text tool-call formats (reference 4.4): every format's grammar, prose that must
+"""Text tool-call formats: every format's grammar, prose that must
 never run, per-mode availability, ordering, duplicates, and the prompt catalogue.
 Multi-block replies are replayed from fixtures (the original's DRY_RUN style)."""
 

@@ -1,4 +1,4 @@
-"""The retry/fallback decision table (resilience reference §2.2, §3.2, §6) and backoff."""
+"""The retry/fallback decision table (`kcd.providers.retry.decide`) and backoff."""
 
 from __future__ import annotations
 

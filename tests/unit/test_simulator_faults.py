@@ -1,4 +1,4 @@
-"""Fault injection in the provider simulator (reference §8, F01–F33), over real
+"""Fault injection in the provider simulator (catalogue F01–F33), over real
 loopback HTTP: every fault in stream and non-stream mode, the three ways of
 selecting one (header, model suffix, programmed plan), the request log and stats."""
 

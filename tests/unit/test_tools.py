@@ -55,10 +55,10 @@ def _alive(pid: int) -> bool:
 
 def test_catalogue_is_immutable_and_complete() -> None:
     assert set(TOOL_SPECS) == {
-        # internal names (reference 4.1)
+        # internal names (the original KyleCode's)
         "list_dir", "read_file", "create_file", "create_file_from_block", "apply_search_replace",
         "apply_unified_patch", "run_shell", "mark_task_complete",
-        # OpenCode names (reference 4.2)
+        # OpenCode names
         "bash", "read", "write", "edit", "glob", "grep", "list", "patch",
     }  # fmt: skip
     with pytest.raises(TypeError):

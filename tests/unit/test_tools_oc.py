@@ -1,4 +1,4 @@
-"""The OpenCode-named tools (reference 4.2): their parameter names and semantics."""
+"""The OpenCode-named tools (bash, read, write, edit, ...): their parameter names and semantics."""
 
 from __future__ import annotations
 

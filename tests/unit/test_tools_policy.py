@@ -1,4 +1,5 @@
-"""The per-reply policy (reference 4.3) and the parallel execution of read-only calls."""
+"""The per-reply policy (what may run together, and in which order) and the parallel
+execution of read-only calls."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tool definition files (reference 4.1) → ToolRegistry, and native schemas from it."""
+"""Tool definition files (the original's YAML format) → ToolRegistry, and native schemas from it."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """`bash_block`: ``<BASH> command </BASH>`` → `run_shell(command)`, or `bash(command)`
-when only the OpenCode name is offered (reference 4.4)."""
+when only the OpenCode name is offered."""
 
 from __future__ import annotations
 

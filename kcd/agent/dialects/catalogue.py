@@ -1,5 +1,5 @@
-"""The text-mode tool directive (reference 4.8): the tool signatures, then the
-call formats that the given tools make usable, and nothing else."""
+"""The text-mode tool directive (`prompts.tool_prompt_mode`): the tool signatures, then
+the call formats that the given tools make usable, and nothing else."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`pythonic02`: ``<TOOL_CALL> fn(arg=value, ...) </TOOL_CALL>`` (reference 4.4).
+"""`pythonic02`: ``<TOOL_CALL> fn(arg=value, ...) </TOOL_CALL>``.
 
 Arguments are parsed with `ast` and each value with `ast.literal_eval`, so
 nothing the model writes is ever executed here. Positional arguments follow

@@ -5,7 +5,7 @@ and blocks come out in textual order. Each parser consumes its whole block
 (the scan resumes after it), so text inside a block, such as a tag inside a
 shell command or a marker inside an added file, is never read as another call.
 Only these explicit forms count: a tool named in prose or in a code fence is
-never a call (defect 47).
+never a call (the original KyleCode ran `tool(...)` mentions found in prose).
 """
 
 from __future__ import annotations

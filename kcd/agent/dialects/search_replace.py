@@ -1,4 +1,4 @@
-"""`aider_diff`: SEARCH/REPLACE blocks (reference 4.4).
+"""`aider_diff`: SEARCH/REPLACE blocks, as aider writes them.
 
     path/to/file          (the file-name line; may sit before an optional ``` fence)
     <<<<<<< SEARCH

@@ -1,7 +1,8 @@
 """`unified_diff`: a ```diff / ```patch fenced block, or a raw ``diff --git`` block,
-→ `apply_unified_patch(patch)` (reference 4.4).
+→ `apply_unified_patch(patch)`.
 
-The patch is byte-exact (defect 44): a fenced block's body is everything
+The patch is byte-exact (dropping the final newline makes git report "corrupt
+patch", which the original KyleCode did): a fenced block's body is everything
 between the fence lines, including the newline that ends its last line; a
 raw block runs from ``diff --git`` to the last line its hunks account for (the
 ``@@ -a,b +c,d @@`` counts say where it stops, so prose after it is left

@@ -1,8 +1,8 @@
 """Apply patches in pure Python: unified diffs and the `*** Begin Patch` format.
 
-The original shelled out to `git apply` in a lazily created repository and ran
-`git config --global safe.directory` on the host (defect 42); this module never
-runs git and never reads or writes git configuration.
+The original KyleCode shelled out to `git apply` in a lazily created repository
+and ran `git config --global safe.directory`, changing the host user's git
+config; this module never runs git and never reads or writes git configuration.
 
 Both entry points are all-or-nothing: every file section and hunk is checked
 against the current workspace first, in memory, and only then is anything

@@ -38,7 +38,7 @@ class _Op:
 
 
 def apply_begin_patch(root: Path, text: str) -> PatchReport:
-    """Apply a `*** Begin Patch` ... `*** End Patch` block (reference 4.4); all files or none.
+    """Apply a `*** Begin Patch` ... `*** End Patch` block (OpenCode's format); all files or none.
 
     Update hunks are located by their context and removed lines (plus the optional
     `@@ <anchor>` line); context that is missing, or found in more than one place
