@@ -167,6 +167,8 @@ def _fingerprint(config_path: str | None, loaded: LoadedConfig) -> tuple | None:
 
 
 class RunManager:
+    """Starts, tracks, cancels and finalises the daemon's runs."""
+
     def __init__(self, *, runs_root: Path, store: StateStore, services: RunServices,
                  task_group: anyio.abc.TaskGroup, uploads: UploadStore, heartbeat_s: float = 15.0,
                  max_workspace_bytes: int = 1 << 30, redactor: Redactor | None = None):

@@ -49,6 +49,7 @@ class RunFacts:
 
 
 def run_facts(run_dir: Path) -> RunFacts:
+    """The run id, config path and peer uid a run directory records."""
     meta = _load_json(run_dir / "meta" / "run.json")
     index = _load_json(run_dir / "conversation" / "index.json")
     run_id = meta.get("run_id") or index.get("run_id") or index.get("session_id")

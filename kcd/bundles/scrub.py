@@ -186,6 +186,7 @@ def refuse_leaks(entries: Mapping[str, bytes], scrubber: Scrubber) -> None:
 def make_scrubber(redactor: Redactor, run_dir: Path, *, runs_root: Path, state_dir: Path | None = None,
                   homes: Iterable[str] = (), users: Iterable[str] = (),
                   config_path: str | None = None) -> Scrubber:
+    """The Scrubber for one run's bundle: secrets, home and state paths, user names."""
     paths: list[tuple[str, str]] = []
     for home in homes:
         if home:

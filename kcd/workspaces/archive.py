@@ -30,7 +30,7 @@ class UnsafeArchive(ValueError):
 
 
 class ArchiveTooLarge(ValueError):
-    pass
+    """A workspace holds more bytes of files than the limit allows."""
 
 
 class Packed(NamedTuple):  # not a dataclass: kcctl run imports this module, and every ms counts
@@ -41,6 +41,7 @@ class Packed(NamedTuple):  # not a dataclass: kcctl run imports this module, and
 
 
 def sha256_file(path: Path) -> str:
+    """The hex SHA-256 of a file's content."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -101,6 +102,7 @@ def iter_workspace(root: Path, *, include_git: bool = False) -> Iterator[tuple[s
 
 
 def workspace_manifest(root: Path, *, include_git: bool = False) -> dict[str, str]:
+    """relpath -> sha256 of every regular file a workspace archive would hold."""
     return {rel: sha256_file(path) for rel, path, is_dir in iter_workspace(root, include_git=include_git)
             if not is_dir and path.is_file() and not path.is_symlink()}
 

@@ -3,7 +3,7 @@
 Every path a tool receives goes through `resolve_in_workspace`: the real path
 (symlinks resolved, including dangling ones, which `os.path.realpath` follows
 through `readlink`) must stay inside the real workspace root. The original
-checked a string prefix and silently re-rooted absolute paths (defect 41).
+checked a string prefix (so symlinks escaped) and silently re-rooted absolute paths.
 
 This guards the file tools only, which also refuse files with several hard
 links (a shell may have linked a file from outside). Shell commands are

@@ -22,6 +22,7 @@ SEED_MANIFEST = "meta/seed_manifest.json"
 
 
 def seed_from_archive(archive: Path, workspace: Path, max_bytes: int) -> dict[str, str]:
+    """Extract an uploaded archive into a new run's workspace; returns its manifest."""
     with open(archive, "rb") as fh:
         return safe_extract(fh, workspace, max_bytes=max_bytes)
 

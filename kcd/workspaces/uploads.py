@@ -18,7 +18,7 @@ UPLOAD_TTL_S = 3600.0
 
 
 class UploadError(ValueError):
-    pass
+    """An upload that cannot be stored or found (bad archive, malformed or unknown id)."""
 
 
 class UploadStore:

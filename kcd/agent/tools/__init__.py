@@ -4,7 +4,7 @@ Layout (one job per module):
 - `spec`       ToolSpec / ParamSpec and argument checking
 - `catalogue`  TOOL_SPECS (internal and OpenCode names), refused names, tool_schemas
 - `registry`   load_tool_defs: YAML tool definitions → ToolRegistry
-- `policy`     the per-reply rules (reference 4.3)
+- `policy`     the per-reply rules (what may run together, and in which order)
 - `run`        execute_calls: policy, ordering, sequential/parallel execution
 - `handlers`   name → implementation
 - `reading`, `listing`, `search`, `writing`, `edits`, `shell` (through `kcd.sandbox`): the tools

@@ -1,6 +1,7 @@
 """The built-in tool catalogue: every tool kcd implements, with both name sets.
 
-Internal names (reference 4.1) and OpenCode names (reference 4.2). A tool
+Internal names (the original KyleCode's: `read_file`, `run_shell`, ...) and
+OpenCode names (`read`, `bash`, ...). A tool
 definition file (see `registry`) may re-describe any of these for prompts and
 native schemas; execution always checks arguments against these specs.
 """

@@ -51,7 +51,7 @@ def _replace(
 
     With `unique` (OpenCode's edit), several matches without `replace_all` are an
     error rather than a guess. An empty `old` creates a missing or empty file; it
-    never overwrites content (defect 54).
+    never overwrites content (an empty SEARCH once silently replaced a whole file).
     """
     target, shown = resolve(root, user_path)
     mode = existing_mode(target, shown)

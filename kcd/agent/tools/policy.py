@@ -1,4 +1,4 @@
-"""The per-reply policy (reference 4.3): what may run together, in which order, and how.
+"""The per-reply policy (the original KyleCode's rules): what may run together, in which order, and how.
 
 Names arrive canonical (the loop resolves `tools.aliases`). Checks, in order,
 each refusing the whole reply (nothing runs): more than one shell call, or a

@@ -1,8 +1,8 @@
-"""Tool definition files (the original's YAML format, reference 4.1) → a registry of specs.
+"""Tool definition files (the original KyleCode's YAML format) → a registry of specs.
 
 Every `*.yaml`/`*.yml` of every directory is loaded, directories in the given
 order and files sorted by name; on a name clash the first definition wins and a
-warning names both files (the original used only `registry.paths[0]`, defect 43).
+warning names both files (the original silently used only `registry.paths[0]`).
 
 A definition describes a tool for prompts and native schemas; kcd's own
 implementation still executes it and checks its arguments. So a definition is

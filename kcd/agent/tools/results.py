@@ -1,4 +1,4 @@
-"""What a tool handler returns, and the result tags the model sees (reference 4.5)."""
+"""What a tool handler returns, and the result tags the model sees (the original's tags)."""
 
 from __future__ import annotations
 

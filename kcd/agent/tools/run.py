@@ -40,7 +40,7 @@ def execute_calls(
 ) -> list[ToolOutcome]:
     """Run one reply's tool calls in `workspace`; one outcome per call, in the calls' order.
 
-    Policy (reference 4.3, see `policy`): a policy error refuses the whole reply
+    Policy (see `policy`): a policy error refuses the whole reply
     and nothing runs. Otherwise file-changing calls run first. Independent
     read-only calls run in parallel threads, each failure attributed to its own
     call; any other reply runs one call at a time, and the first failure (a tool

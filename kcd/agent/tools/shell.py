@@ -3,8 +3,8 @@
 The command runs through the tool host (`kcd.sandbox`): a process that never
 held a provider key forks a supervisor that applies the run's isolation and
 caps, and kills every process of the call when it ends. The timeout counts
-from the start (defect 38); stdout and stderr are captured separately and
-passed on unmodified (defect 40), each capped at the output limit.
+from the start, not from when stdout closes; stdout and stderr are captured
+separately and passed on unmodified, each capped at the output limit.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from kcd.sandbox.host import HostUnavailable, SandboxOutcome, SandboxRequest, To
 
 __all__ = ["bash", "run_shell", "shell_environment"]
 
-# Only these variables reach commands: the daemon's environment holds provider keys (defect 39).
+# Only these variables reach commands: the daemon's environment holds provider keys.
 _ENV_ALLOW = ("LANG", "LC_ALL", "LC_CTYPE", "TERM", "TZ", "USER", "LOGNAME")
 
 

@@ -25,7 +25,7 @@ class ParamSpec:
     def json_schema(self) -> dict[str, Any]:
         schema: dict[str, Any] = {"type": self.type, "description": self.description}
         if self.type == "array":
-            schema["items"] = {"type": "string"}  # reference 4.6: arrays get string items
+            schema["items"] = {"type": "string"}  # arrays get string items, as the original sent them
         if self.minimum is not None:
             schema["minimum"] = self.minimum
         if self.maximum is not None:
@@ -43,7 +43,7 @@ class ToolSpec:
     blocking: bool = False  # the definition's execution.blocking
     max_per_turn: int | None = None  # more calls of this tool in one reply: <VALIDATION_ERROR>
     read_only: bool = False  # may run in parallel with other read-only calls of its reply
-    file_changing: bool = False  # runs before the reply's other calls (reference 4.3)
+    file_changing: bool = False  # runs before the reply's other calls
     type_id: str = "python"
     native_primary: frozenset[str] = frozenset()  # providers whose definition says native_primary
 

@@ -1,6 +1,6 @@
 """create_file, create_file_from_block and write: whole-file writes.
 
-`create_file` never overwrites a non-empty file (defect 54); the other two
+`create_file` never overwrites a non-empty file (the original truncated it); the other two
 replace the whole content, atomically (see `write_file_atomic`).
 """
 
