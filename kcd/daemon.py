@@ -42,7 +42,7 @@ from kcd.runs import RunManager
 from kcd.sandbox.host import ToolHost
 from kcd.sandbox.modes import IsolationReport, IsolationUnavailable, probe_isolation
 from kcd.sdnotify import activated_sockets, notify
-from kcd.server.app import ControlAPI
+from kcd.server.app import ControlAPI, ControlServices
 from kcd.server.listener import bind_unix_socket, make_server, raise_descriptor_limit
 from kcd.state import StateStore
 from kcd.workspaces.uploads import UploadStore
@@ -115,6 +115,28 @@ class Daemon:
 
     def log_exception(self, exc: BaseException) -> None:
         log.error("unhandled error in a request handler", exc_info=exc)
+
+    def metrics_text(self) -> bytes:
+        """`GET /v1/metrics`: the live metrics, with the telemetry sink's counters brought up to date."""
+        stats = self.telemetry.stats()
+        self.metrics.telemetry_stats(stats["written"], stats["dropped"], stats["write_errors"])
+        return self.metrics.render()
+
+    def control_services(self) -> ControlServices:
+        """What the control API may use of the daemon (`kcd.server.app`); built once `run()`
+        has made the components."""
+        cfg = self.config
+        assert cfg.runs_root is not None and self.probes is not None
+        return ControlServices(
+            runs=self.runs, uploads=self.uploads, executor=self.executor, probes=self.probes,
+            breakers=self.breakers, matrix=lambda: self.matrix, redactor=self.redactor,
+            chat_completions=self.openai.chat_completions, list_models=self.openai.list_models,
+            mode=cfg.mode, operators_group=cfg.operators_group, max_body_bytes=cfg.max_body_bytes,
+            max_upload_bytes=cfg.max_upload_bytes, socket=cfg.socket, runs_root=cfg.runs_root,
+            state_dir=cfg.state_dir, upstream_client=cfg.upstream_client, sandbox=self.sandbox,
+            home=self.env.get("HOME"), stopping=lambda: self.stopping, metrics_text=self.metrics_text,
+            reload=self.reload, request_stop=self.request_stop, log_exception=self.log_exception,
+            simulator_url=self.simulator_url)
 
     def request_stop(self, why: str) -> None:
         if not self._stop.is_set():
@@ -323,7 +345,7 @@ class Daemon:
                                          allow_network=cfg.sandbox.allow_network, sandbox=self.sandbox,
                                          probes=self.probes, env=self.env,
                                          telemetry=self.telemetry, metrics=self.metrics))
-                server = make_server(ControlAPI(self).asgi(), log_level="warning", **limits)
+                server = make_server(ControlAPI(self.control_services()).asgi(), log_level="warning", **limits)
                 server_done = anyio.Event()
 
                 async def serve() -> None:

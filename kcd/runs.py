@@ -29,6 +29,7 @@ from kcd import __version__
 from kcd.agent.loop import AgentRun, RunResult, RunServices, RunSpec
 from kcd.api.types import TERMINAL_STATUSES, PeerInfo, RunChanges, RunInfo, RunRequest
 from kcd.config.agent import ConfigError, LoadedConfig, load_agent_config_text
+from kcd.errors import KcError
 from kcd.execution.base import ExecutorError
 from kcd.observe.eventlog import EventLog, read_event_lines, utc_now
 from kcd.observe.finalise import LAUNCH, Launch, result_document
@@ -48,13 +49,10 @@ from kcd.workspaces.uploads import UploadError, UploadStore
 log = logging.getLogger("kcd.runs")
 
 
-class RunRejected(Exception):
-    """The request is invalid; nothing was started."""
+class RunRejected(KcError):
+    """The request is refused; nothing was started (400 unless the raise says otherwise)."""
 
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
+    status = 400
 
 
 @dataclass
@@ -212,7 +210,7 @@ class RunManager:
         for the GIL behind the workers) or dozens of threads taking the GIL from it, and the
         control API keeps answering while the burst is admitted."""
         if not self._accepting:
-            raise RunRejected("shutting_down", "the daemon is shutting down")
+            raise RunRejected("shutting_down", "the daemon is shutting down", status=503)
         if not req.task.strip():
             raise RunRejected("invalid_request", "task is empty")
         if req.max_steps is not None and req.max_steps < 1:
@@ -248,7 +246,7 @@ class RunManager:
         finally:
             self._admitting = False
             for job in self._queue:  # only when cancelled (the daemon's teardown)
-                job.error = RunRejected("shutting_down", "the daemon is shutting down")
+                job.error = RunRejected("shutting_down", "the daemon is shutting down", status=503)
                 job.done.set()
             self._queue.clear()
 
@@ -314,7 +312,8 @@ class RunManager:
             blocked = unreadable_for(seed, peer.uid, peer.gid)
             if blocked is not None:
                 raise RunRejected("forbidden", f"workspace {req.workspace}: {blocked} is not readable by uid "
-                                               f"{peer.uid}; upload the tree instead (kcctl run --workspace does)")
+                                               f"{peer.uid}; upload the tree instead (kcctl run --workspace does)",
+                                  status=403)
         upload = None
         if req.workspace_upload:
             try:
@@ -545,7 +544,7 @@ class RunManager:
         if info is None:
             return None
         if info.status not in TERMINAL_STATUSES:
-            raise RunRejected("run_active", f"run {run_id} has not ended yet")
+            raise RunRejected("run_active", f"run {run_id} has not ended yet", status=409)
         run_dir = Path(info.run_dir)
         manifest_path = run_dir / SEED_MANIFEST
         manifest = msgspec.json.decode(manifest_path.read_bytes()) if manifest_path.exists() else {}

@@ -7,15 +7,14 @@ from typing import Any
 
 import msgspec
 
+from kcd.errors import KcError
 
-class BundleError(Exception):
+
+class BundleError(KcError):
     """The bundle cannot be built; `status`/`code` are the API error's."""
 
     def __init__(self, status: int, code: str, message: str):
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
+        super().__init__(code, message, status=status)
 
 
 class BundleAttachment(msgspec.Struct, forbid_unknown_fields=True):

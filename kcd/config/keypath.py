@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+from kcd.errors import BadRequest
+
 Path_ = tuple[str | int, ...]
 
 ROOT: Path_ = ()
@@ -17,14 +19,15 @@ _PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*\Z")
 _SEGMENT = re.compile(r"\.([^.\[\]]+)|\[(\d+)\]|\[\.\.\.\]|\[(['\"])(.*?)\3\]")
 
 
-class ConfigError(Exception):
-    """An invalid agent config: which file, which key, what is wrong."""
+class ConfigError(BadRequest):
+    """An invalid agent config: which file, which key, what is wrong (`message` is the
+    last part; `str()`, the API error's message, names the file and key path too)."""
 
     def __init__(self, file: str, key_path: str, message: str) -> None:
-        super().__init__(f"{file}: {key_path}: {message}")
+        super().__init__("config_error", message)
+        self.args = (f"{file}: {key_path}: {message}",)
         self.file = file
         self.key_path = key_path
-        self.message = message
 
 
 def render(path: Path_) -> str:

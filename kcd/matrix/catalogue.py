@@ -13,6 +13,7 @@ import fnmatch
 from collections.abc import Sequence
 
 from kcd.config.keypath import ConfigError
+from kcd.errors import BadRequest
 from kcd.matrix.plan import load_plan_text
 from kcd.matrix.scenario import Scenario, load_scenario_text
 from kcd.matrix.types import ScenarioFile
@@ -20,8 +21,11 @@ from kcd.matrix.types import ScenarioFile
 __all__ = ["SelectionError", "load_catalogue", "select"]
 
 
-class SelectionError(ValueError):
+class SelectionError(BadRequest, ValueError):
     """A name pattern that matches no scenario, or nothing to run."""
+
+    def __init__(self, message: str):
+        super().__init__("no_scenario", message)
 
 
 def _is_plan(f: ScenarioFile) -> bool:

@@ -60,7 +60,7 @@ from kcd.providers.probes import ProbeManager
 from kcd.providers.routes import parse_route
 from kcd.runs import RunManager, RunRejected
 
-__all__ = ["MatrixRejected", "MatrixService", "sandbox_env"]
+__all__ = ["MatrixService", "sandbox_env"]
 
 log = logging.getLogger("kcd.matrix")
 
@@ -68,15 +68,6 @@ KEY_ENV = {"openai": "OPENAI_API_KEY", "openrouter": "OPENROUTER_API_KEY"}
 DUMMY_KEY = "regression-dummy"  # the original harness's placeholder key
 END_GRACE_S = 30.0  # after a cancel, how long finalisation may take
 KEEP_FINISHED = 16  # finished matrices kept for GET /v1/matrix/{id}
-
-
-class MatrixRejected(Exception):
-    """A matrix request refused before anything ran (`code` is the API error code)."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 def sandbox_env(daemon_env: Mapping[str, str], api_base: str, missing_keys: list[str]) -> dict[str, str]:
@@ -151,12 +142,7 @@ class MatrixService:
 
     async def submit(self, req: MatrixRequest, peer: PeerInfo | None) -> MatrixInfo:
         """Load and check every scenario (400 on the first problem), then start."""
-        try:
-            prepared = await anyio.to_thread.run_sync(_load, req)
-        except ConfigError as exc:
-            raise MatrixRejected("config_error", str(exc)) from None
-        except SelectionError as exc:
-            raise MatrixRejected("no_scenario", str(exc)) from None
+        prepared = await anyio.to_thread.run_sync(_load, req)  # ConfigError, SelectionError: 400
         info = MatrixInfo(id=f"mx-{new_run_id()}", status="running", created_at=utc_now(),
                           parallel=req.parallel, live=req.live, scenarios=[p.scenario.name for p in prepared],
                           descriptions={p.scenario.name: p.scenario.description for p in prepared},

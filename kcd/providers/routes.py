@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import msgspec
 
+from kcd.errors import BadRequest
+
 PROVIDERS = ("openai", "openrouter", "mock")
 
 
-class RouteError(ValueError):
+class RouteError(BadRequest, ValueError):
     """A route id that does not name a known provider and model."""
+
+    def __init__(self, message: str):
+        super().__init__("invalid_route", message)
 
 
 class Route(msgspec.Struct, frozen=True):

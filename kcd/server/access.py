@@ -18,8 +18,8 @@ import os
 import msgspec
 
 from kcd.api.types import PeerInfo
+from kcd.errors import Forbidden
 from kcd.peer_files import peer_groups
-from kcd.server.http import HTTPError
 
 __all__ = ["AccessPolicy", "Caller"]
 
@@ -53,8 +53,8 @@ class AccessPolicy:
     def require_user(self, caller: Caller) -> None:
         """User mode: the daemon serves its user only."""
         if self.mode == "user" and not caller.operator:
-            raise HTTPError(403, "forbidden", f"this is the per-user daemon of uid {self.daemon_uid}; "
-                                              f"uid {caller.uid} may not use it")
+            raise Forbidden("forbidden", f"this is the per-user daemon of uid {self.daemon_uid}; "
+                                         f"uid {caller.uid} may not use it")
 
     def may_see(self, caller: Caller, owner_uid: int | None) -> bool:
         return caller.operator or (owner_uid is not None and owner_uid == caller.uid)
@@ -63,9 +63,9 @@ class AccessPolicy:
         self.require_user(caller)
         if not self.may_see(caller, owner_uid):
             owner = f"uid {owner_uid}" if owner_uid is not None else "no user"
-            raise HTTPError(403, "forbidden", f"{what} belongs to {owner}; only its owner, {self._who()} may "
-                                              f"{action} it")
+            raise Forbidden("forbidden", f"{what} belongs to {owner}; only its owner, {self._who()} may "
+                                         f"{action} it")
 
     def require_operator(self, caller: Caller, action: str) -> None:
         if not caller.operator:
-            raise HTTPError(403, "forbidden", f"only operators ({self._who()}) may {action}")
+            raise Forbidden("forbidden", f"only operators ({self._who()}) may {action}")

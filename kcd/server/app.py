@@ -1,13 +1,19 @@
-"""The control API: routes of the daemon's Unix-socket HTTP server."""
+"""The control API: routes of the daemon's Unix-socket HTTP server.
+
+`ControlAPI` sees the daemon only through `ControlServices`, the narrow set of components,
+settings and callables its handlers use, built by `kcd.daemon`; nothing here imports the
+daemon. Handlers raise `kcd.errors.KcError`s; `kcd.server.http.App` renders them.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import anyio
 
@@ -24,13 +30,63 @@ from kcd.api.types import (
     UploadInfo,
     VersionInfo,
 )
+from kcd.bundles.build import build_bundle
+from kcd.bundles.runref import local_identities, resolve_run_dir, run_facts
+from kcd.bundles.scrub import make_scrubber
+from kcd.bundles.types import BundleRequest
 from kcd.config.agent import ConfigError, load_agent_config_text
+from kcd.errors import BadRequest, NotFound
+from kcd.execution.base import Executor
+from kcd.matrix.runner import MatrixService
+from kcd.matrix.types import MatrixRequest
+from kcd.observe.prometheus import CONTENT_TYPE
+from kcd.observe.redact import Redactor
 from kcd.peer_files import peer_reader
+from kcd.providers.breaker import BreakerBoard
+from kcd.providers.dispatcher import ChainEntry
+from kcd.providers.probes import ProbeManager
+from kcd.providers.routes import parse_route
+from kcd.runs import RunManager
 from kcd.server.access import AccessPolicy
-from kcd.server.http import App, HTTPError, Request, Response, Router, StreamResponse, json_response
+from kcd.server.http import App, Handler, Request, Response, Router, StreamResponse, json_response
+from kcd.workspaces.archive import pack_all
+from kcd.workspaces.uploads import UploadStore
 
-if TYPE_CHECKING:
-    from kcd.daemon import Daemon
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a run id, as opposed to a run directory's name or path
+
+
+@dataclass(frozen=True, kw_only=True)
+class ControlServices:
+    """Everything the control API's handlers use of the daemon, and nothing else."""
+
+    # components
+    runs: RunManager
+    uploads: UploadStore
+    executor: Executor  # its mode, state and nodes for /v1/health
+    probes: ProbeManager
+    breakers: BreakerBoard | None
+    matrix: Callable[[], MatrixService]  # made on first use
+    redactor: Redactor  # every non-streamed body; bundle scrubbing
+    chat_completions: Handler  # the OpenAI-compatible endpoint's two routes on the socket
+    list_models: Handler
+    # settings
+    mode: str  # "user" | "system"
+    operators_group: str | None
+    max_body_bytes: int
+    max_upload_bytes: int
+    socket: Path | None
+    runs_root: Path
+    state_dir: Path | None
+    upstream_client: str
+    sandbox: dict[str, object] | None  # the isolation report
+    home: str | None  # the daemon's HOME, scrubbed from bundles
+    # the daemon's own doings
+    stopping: Callable[[], bool]
+    metrics_text: Callable[[], bytes]
+    reload: Callable[[str], Awaitable[dict[str, object]]]
+    request_stop: Callable[[str], None]
+    log_exception: Callable[[BaseException], None]
+    simulator_url: Callable[[], Awaitable[str]]
 
 
 def _bool(value: str | None) -> bool:
@@ -43,15 +99,14 @@ def _int(value: str | None, name: str, default: int) -> int:
     try:
         return int(value)
     except ValueError:
-        raise HTTPError(400, "invalid_query", f"{name} must be an integer, got {value!r}") from None
+        raise BadRequest("invalid_query", f"{name} must be an integer, got {value!r}") from None
 
 
 class ControlAPI:
-    def __init__(self, daemon: Daemon):
-        self.daemon = daemon
+    def __init__(self, services: ControlServices):
+        self.s = services
         self.started = time.monotonic()
-        cfg = daemon.config
-        self.access = AccessPolicy(mode=cfg.mode, operators_group=cfg.operators_group)
+        self.access = AccessPolicy(mode=services.mode, operators_group=services.operators_group)
 
     def asgi(self) -> App:
         r = Router()
@@ -74,40 +129,34 @@ class ControlAPI:
         r.add("POST", "/v1/shutdown", self.shutdown)
         r.add("POST", "/v1/reload", self.reload)
         # ---- OpenAI-compatible gateway (kcd.gateway.handlers; the caller is the peer's uid) ----
-        r.add("POST", "/v1/chat/completions", self.daemon.openai.chat_completions)
-        r.add("GET", "/v1/models", self.daemon.openai.list_models)
+        r.add("POST", "/v1/chat/completions", self.s.chat_completions)
+        r.add("GET", "/v1/models", self.s.list_models)
         # ---- end of the OpenAI-compatible gateway block ----
         r.add("POST", "/v1/bundles", self.create_bundle)  # vendor bundles: see the block below
         self._matrix_routes(r)  # regression matrix and simulator: see the block below
-        return App(r, max_body=self.daemon.config.max_body_bytes, on_error=self.daemon.log_exception,
-                   scrub=self.daemon.redactor.bytes)
+        return App(r, max_body=self.s.max_body_bytes, on_error=self.s.log_exception,
+                   scrub=self.s.redactor.bytes)
 
     async def version(self, req: Request) -> Response:
         return json_response(VersionInfo(api=API_VERSION, min_api=MIN_API_VERSION, daemon=__version__))
 
     async def health(self, req: Request) -> Response:
-        d = self.daemon
-        ex = d.executor
-        state = "stopping" if d.stopping else ("degraded" if ex.state == "degraded" else "ok")
+        s = self.s
+        ex = s.executor
+        state = "stopping" if s.stopping() else ("degraded" if ex.state == "degraded" else "ok")
         return json_response(Health(
             state=state, version=__version__, api=API_VERSION,
             pid=os.getpid(), uid=os.getuid(), uptime_s=round(time.monotonic() - self.started, 3),
             executor=ExecutorInfo(mode=ex.mode, state=ex.state, detail=dict(ex.detail),
                                   nodes=list(getattr(ex, "nodes", []))),
-            runs_active=d.runs.active_count, socket=str(d.config.socket),
-            runs_root=str(d.config.runs_root), peer=req.peer, upstream_client=d.config.upstream_client,
-            event_loop=_event_loop_name(), sandbox=d.sandbox))
+            runs_active=s.runs.active_count, socket=str(s.socket),
+            runs_root=str(s.runs_root), peer=req.peer, upstream_client=s.upstream_client,
+            event_loop=_event_loop_name(), sandbox=s.sandbox))
 
     async def create_run(self, req: Request) -> Response:
-        from kcd.runs import RunRejected
-
         self.access.require_user(self.access.caller(req.peer))
         body = await req.json(RunRequest)
-        try:
-            info = await self.daemon.runs.submit(body, req.peer)
-        except RunRejected as exc:
-            status = {"shutting_down": 503, "forbidden": 403}.get(exc.code, 400)
-            raise HTTPError(status, exc.code, exc.message) from None
+        info = await self.s.runs.submit(body, req.peer)  # RunRejected: 400, 403 or 503
         return json_response(info, status=201)
 
     async def list_runs(self, req: Request) -> Response:
@@ -117,13 +166,13 @@ class ControlAPI:
         q = req.query
         limit = _int(q.get("limit"), "limit", 50)
         owner = None if caller.operator else caller.uid
-        return json_response(RunList(runs=self.daemon.runs.list(limit=max(1, min(limit, 1000)),
-                                                                status=q.get("status") or None, owner=owner)))
+        return json_response(RunList(runs=self.s.runs.list(limit=max(1, min(limit, 1000)),
+                                                           status=q.get("status") or None, owner=owner)))
 
     def _run_or_404(self, run_id: str, req: Request | None = None, action: str = "read"):
-        info = self.daemon.runs.get(run_id)
+        info = self.s.runs.get(run_id)
         if info is None:
-            raise HTTPError(404, "run_not_found", f"no run with id {run_id!r}")
+            raise NotFound("run_not_found", f"no run with id {run_id!r}")
         if req is not None:
             self.access.require_owner(self.access.caller(req.peer), info.peer_uid, f"run {run_id}", action)
         return info
@@ -134,7 +183,7 @@ class ControlAPI:
     async def cancel_run(self, req: Request) -> Response:
         run_id = req.path_params["run_id"]
         self._run_or_404(run_id, req, "cancel")
-        info = self.daemon.runs.cancel(run_id)
+        info = self.s.runs.cancel(run_id)
         return json_response(info, status=202)
 
     async def run_events(self, req: Request) -> Response:
@@ -142,50 +191,39 @@ class ControlAPI:
         q = req.query
         since = _int(q.get("since"), "since", 0)
         self._run_or_404(run_id, req, "read the events of")
-        stream = await self.daemon.runs.follow(run_id, since, _bool(q.get("follow")))
+        stream = await self.s.runs.follow(run_id, since, _bool(q.get("follow")))
         if stream is None:
-            raise HTTPError(404, "run_not_found", f"no run with id {run_id!r}")
+            raise NotFound("run_not_found", f"no run with id {run_id!r}")
         return StreamResponse(_detaching(stream), content_type="application/x-ndjson",
                               headers={"cache-control": "no-store"})
 
     async def upload_workspace(self, req: Request) -> Response:
-        """A gzip'd tar of the caller's workspace; checked member by member."""
-        from kcd.workspaces.uploads import UploadError
-
-        uploads = self.daemon.uploads
+        """A gzip'd tar of the caller's workspace; checked member by member (UploadError: 400)."""
+        uploads = self.s.uploads
         upload_id, path = uploads.new_path()
         try:
             with open(path, "wb") as fh:
-                size = await req.save_to(fh, self.daemon.config.max_upload_bytes)
+                size = await req.save_to(fh, self.s.max_upload_bytes)
             members = await anyio.to_thread.run_sync(uploads.check, path)
-        except UploadError as exc:
-            raise HTTPError(400, "unsafe_archive", str(exc)) from None
         except BaseException:
             path.unlink(missing_ok=True)
             raise
         return json_response(UploadInfo(upload_id=upload_id, size=size, members=members), status=201)
 
     async def run_changes(self, req: Request) -> Response:
-        from kcd.runs import RunRejected
-
         run_id = req.path_params["run_id"]
         self._run_or_404(run_id, req, "read the changes of")
-        try:
-            changes = await self.daemon.runs.changes(run_id)
-        except RunRejected as exc:
-            raise HTTPError(409, exc.code, exc.message) from None
+        changes = await self.s.runs.changes(run_id)  # RunRejected run_active: 409
         if changes is None:
-            raise HTTPError(404, "run_not_found", f"no run with id {run_id!r}")
+            raise NotFound("run_not_found", f"no run with id {run_id!r}")
         return json_response(changes)
 
     async def run_workspace(self, req: Request) -> Response:
         """The run's final workspace as a gzip'd tar."""
-        from kcd.workspaces.archive import pack_all
-
         info = self._run_or_404(req.path_params["run_id"], req, "download the workspace of")
         workspace = Path(info.run_dir) / "workspace"
         if not workspace.is_dir():
-            raise HTTPError(404, "workspace_not_found", f"run {info.id} has no workspace directory")
+            raise NotFound("workspace_not_found", f"run {info.id} has no workspace directory")
         packed = await anyio.to_thread.run_sync(pack_all, workspace)
         body = packed.file.read()
         packed.file.close()
@@ -203,63 +241,52 @@ class ControlAPI:
 
     async def live_metrics(self, req: Request) -> Response:
         """Daemon-wide metrics in Prometheus text format 0.0.4."""
-        from kcd.observe.prometheus import CONTENT_TYPE
-
-        d = self.daemon
-        stats = d.telemetry.stats()
-        d.metrics.telemetry_stats(stats["written"], stats["dropped"], stats["write_errors"])
-        return Response(d.metrics.render(), content_type=CONTENT_TYPE)
+        return Response(self.s.metrics_text(), content_type=CONTENT_TYPE)
 
     def _probe_view(self, result) -> dict:
-        manager = self.daemon.probes
+        manager = self.s.probes
         return {**result.record(), "age_s": round(manager.age_s(result), 3), "fresh": manager.is_fresh(result)}
 
     async def list_probes(self, req: Request) -> Response:
         route = req.query.get("route") or None
-        results = [r for r in self.daemon.probes.results() if route is None or r.route == route]
+        results = [r for r in self.s.probes.results() if route is None or r.route == route]
         if route and not results:
-            raise HTTPError(404, "probe_not_found", f"no probe results for route {route!r}")
+            raise NotFound("probe_not_found", f"no probe results for route {route!r}")
         return json_response({"probes": [self._probe_view(r) for r in results]})
 
     async def refresh_probes(self, req: Request) -> Response:
-        from kcd.providers.dispatcher import ChainEntry
-        from kcd.providers.routes import RouteError, parse_route
-
         self.access.require_operator(self.access.caller(req.peer), "refresh capability probes")
         body = await req.json(RouteRef)
-        try:
-            route = parse_route(body.route)
-        except RouteError as exc:
-            raise HTTPError(400, "invalid_route", str(exc)) from None
-        manager = self.daemon.probes
+        route = parse_route(body.route)  # RouteError: 400 invalid_route
+        manager = self.s.probes
         entry = manager.entry_for(route.id) or ChainEntry(route=route)
         result = await manager.get(entry, refresh=True)
         return json_response({"probes": [self._probe_view(result)]})
 
     async def routes(self, req: Request) -> Response:
         route = req.query.get("route") or None
-        board = self.daemon.breakers
+        board = self.s.breakers
         snapshot = board.snapshot(route) if board else {}
         if route and route not in snapshot:
-            raise HTTPError(404, "route_not_found", f"no breaker state for route {route!r}")
+            raise NotFound("route_not_found", f"no breaker state for route {route!r}")
         return json_response({"routes": snapshot})
 
     async def reset_route(self, req: Request) -> Response:
         self.access.require_operator(self.access.caller(req.peer), "reset a breaker")
         body = await req.json(RouteRef)
-        board = self.daemon.breakers
+        board = self.s.breakers
         if board is None or body.route not in board.routes():
-            raise HTTPError(404, "route_not_found", f"no breaker state for route {body.route!r}")
+            raise NotFound("route_not_found", f"no breaker state for route {body.route!r}")
         board.reset(body.route, by_uid=req.peer.uid if req.peer else None)
         return json_response({"routes": board.snapshot(body.route)})
 
     async def reload(self, req: Request) -> Response:
         self.access.require_operator(self.access.caller(req.peer), "reload the daemon")
-        return json_response(await self.daemon.reload(f"requested over the API by uid {req.peer.uid if req.peer else '?'}"))
+        return json_response(await self.s.reload(f"requested over the API by uid {req.peer.uid if req.peer else '?'}"))
 
     async def shutdown(self, req: Request) -> Response:
         self.access.require_operator(self.access.caller(req.peer), "stop the daemon")
-        self.daemon.request_stop("shutdown requested over the API")
+        self.s.request_stop("shutdown requested over the API")
         return json_response({"stopping": True}, status=202)
 
     # ---- vendor bundles (`kcctl bundle`, `kcctl incident`) ---------------------------------
@@ -274,39 +301,26 @@ class ControlAPI:
     #         413 bundle_too_large, 422 bundle_refused (a known secret would remain).
 
     async def create_bundle(self, req: Request) -> Response:
-        import re
-
-        from kcd.bundles.build import build_bundle
-        from kcd.bundles.runref import local_identities, resolve_run_dir, run_facts
-        from kcd.bundles.scrub import make_scrubber
-        from kcd.bundles.types import BundleError, BundleRequest
-
         body = await req.json(BundleRequest)
-        d = self.daemon
-        runs_root = d.config.runs_root
-        assert runs_root is not None
-        by_id = d.runs.get(body.run) if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", body.run) else None
-        try:
-            run_dir = await anyio.to_thread.run_sync(resolve_run_dir, runs_root,
-                                                     by_id.run_dir if by_id else body.run)
-            facts = await anyio.to_thread.run_sync(run_facts, run_dir)
-            info = by_id or (d.runs.get(facts.run_id) if facts.run_id else None)
-            owner = info.peer_uid if info is not None else facts.peer_uid
-            self.access.require_owner(self.access.caller(req.peer), owner, f"run {facts.run_id or body.run}",
-                                      "bundle")
-            users, homes = local_identities([req.peer.uid if req.peer else None, facts.peer_uid],
-                                            d.env.get("HOME"))
-            scrubber = make_scrubber(d.redactor, run_dir, runs_root=runs_root, state_dir=d.config.state_dir,
-                                     homes=homes, users=users, config_path=facts.config_path)
-            built = await anyio.to_thread.run_sync(lambda: build_bundle(
-                run_dir, scrubber, run_id=facts.run_id or (info.id if info else None),
-                run_status=info.status if info else None, attachments=body.matrix))
-        except BundleError as exc:
-            raise HTTPError(exc.status, exc.code, exc.message) from None
+        s = self.s
+        runs_root = s.runs_root
+        by_id = s.runs.get(body.run) if _ID.fullmatch(body.run) else None
+        # BundleError (400/404/413/422) from any step below is the answer.
+        run_dir = await anyio.to_thread.run_sync(resolve_run_dir, runs_root, by_id.run_dir if by_id else body.run)
+        facts = await anyio.to_thread.run_sync(run_facts, run_dir)
+        info = by_id or (s.runs.get(facts.run_id) if facts.run_id else None)
+        owner = info.peer_uid if info is not None else facts.peer_uid
+        self.access.require_owner(self.access.caller(req.peer), owner, f"run {facts.run_id or body.run}", "bundle")
+        users, homes = local_identities([req.peer.uid if req.peer else None, facts.peer_uid], s.home)
+        scrubber = make_scrubber(s.redactor, run_dir, runs_root=runs_root, state_dir=s.state_dir,
+                                 homes=homes, users=users, config_path=facts.config_path)
+        built = await anyio.to_thread.run_sync(lambda: build_bundle(
+            run_dir, scrubber, run_id=facts.run_id or (info.id if info else None),
+            run_status=info.status if info else None, attachments=body.matrix))
         run_id = built.manifest["run_id"] or ""
         return Response(built.data, content_type="application/zip",
                         headers={"x-kc-bundle-name": built.name,
-                                 "x-kc-run-id": run_id if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", run_id) else "",
+                                 "x-kc-run-id": run_id if _ID.fullmatch(run_id) else "",
                                  "content-disposition": f'attachment; filename="{built.name}"'})
 
 
@@ -327,24 +341,18 @@ class ControlAPI:
         r.add("GET", "/v1/simulator", self.simulator)
 
     async def create_matrix(self, req: Request) -> Response:
-        from kcd.matrix.runner import MatrixRejected
-        from kcd.matrix.types import MatrixRequest
-
         caller = self.access.caller(req.peer)
         self.access.require_user(caller)
         body = await req.json(MatrixRequest)
         if body.live and not body.dry_run:  # live scenarios spend the daemon's real provider keys
             self.access.require_operator(caller, "run live matrix scenarios (they spend the daemon's keys)")
-        try:
-            info = await self.daemon.matrix.submit(body, req.peer)
-        except MatrixRejected as exc:
-            raise HTTPError(400, exc.code, exc.message) from None
+        info = await self.s.matrix().submit(body, req.peer)  # ConfigError, SelectionError: 400
         return json_response(info, status=200 if body.dry_run else 201)
 
     def _matrix_or_404(self, matrix_id: str, req: Request, action: str = "read"):
-        info = self.daemon.matrix.get(matrix_id)
+        info = self.s.matrix().get(matrix_id)
         if info is None:
-            raise HTTPError(404, "matrix_not_found", f"no matrix with id {matrix_id!r}")
+            raise NotFound("matrix_not_found", f"no matrix with id {matrix_id!r}")
         self.access.require_owner(self.access.caller(req.peer), info.peer_uid, f"matrix {matrix_id}", action)
         return info
 
@@ -354,20 +362,20 @@ class ControlAPI:
     async def matrix_events(self, req: Request) -> Response:
         matrix_id = req.path_params["matrix_id"]
         self._matrix_or_404(matrix_id, req, "read the events of")
-        stream = self.daemon.matrix.follow(matrix_id, _int(req.query.get("since"), "since", 0),
-                                           _bool(req.query.get("follow")))
+        stream = self.s.matrix().follow(matrix_id, _int(req.query.get("since"), "since", 0),
+                                        _bool(req.query.get("follow")))
         if stream is None:
-            raise HTTPError(404, "matrix_not_found", f"no matrix with id {matrix_id!r}")
+            raise NotFound("matrix_not_found", f"no matrix with id {matrix_id!r}")
         return StreamResponse(_detaching(stream), content_type="application/x-ndjson",
                               headers={"cache-control": "no-store"})
 
     async def cancel_matrix(self, req: Request) -> Response:
         matrix_id = req.path_params["matrix_id"]
         self._matrix_or_404(matrix_id, req, "cancel")
-        return json_response(self.daemon.matrix.cancel(matrix_id), status=202)
+        return json_response(self.s.matrix().cancel(matrix_id), status=202)
 
     async def simulator(self, req: Request) -> Response:
-        base_url = await self.daemon.simulator_url()
+        base_url = await self.s.simulator_url()
         return json_response({"base_url": base_url, "control_url": f"{base_url.removesuffix('/v1')}/_sim"})
 
     # ---- end of the regression matrix block ----

@@ -14,24 +14,21 @@ from urllib.parse import parse_qs
 import msgspec
 
 from kcd.api.types import ErrorBody, ErrorDetail
+from kcd.errors import BadRequest, KcError, NotFound, TooLarge
 
 _encoder = msgspec.json.Encoder()
 
 
-class HTTPError(Exception):
-    """Raised by handlers; rendered as `{"error": {"code", "message"}}`."""
+class HTTPError(KcError):
+    """A `KcError` with its status given at the raise (the router's 405 with `allow`)."""
 
     def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers or {}
+        super().__init__(code, message, status=status, headers=headers)
 
 
-class BodyTooLarge(HTTPError):
+class BodyTooLarge(TooLarge):
     def __init__(self, limit: int):
-        super().__init__(413, "body_too_large", f"request body exceeds the limit of {limit} bytes")
+        super().__init__("body_too_large", f"request body exceeds the limit of {limit} bytes")
 
 
 class SocketInUse(RuntimeError):
@@ -102,7 +99,7 @@ class Request:
         while True:
             message = await self.receive()
             if message["type"] == "http.disconnect":
-                raise HTTPError(400, "incomplete_body", "the client disconnected during the upload")
+                raise BadRequest("incomplete_body", "the client disconnected during the upload")
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
@@ -114,13 +111,13 @@ class Request:
     async def json(self, type_: Any) -> Any:
         raw = await self.body()
         if not raw:
-            raise HTTPError(400, "bad_request", "request body is empty; expected JSON")
+            raise BadRequest("bad_request", "request body is empty; expected JSON")
         try:
             return msgspec.json.decode(raw, type=type_)
         except msgspec.ValidationError as exc:
-            raise HTTPError(400, "invalid_request", str(exc)) from None
+            raise BadRequest("invalid_request", str(exc)) from None
         except msgspec.DecodeError as exc:
-            raise HTTPError(400, "malformed_json", f"malformed JSON: {exc}") from None
+            raise BadRequest("malformed_json", f"malformed JSON: {exc}") from None
 
 
 class Response:
@@ -196,7 +193,7 @@ class Router:
                     raise HTTPError(405, "method_not_allowed", f"{method} is not allowed on {path}",
                                     {"allow": ", ".join(sorted(methods))})
                 return handler, m.groupdict()
-        raise HTTPError(404, "not_found", f"no such endpoint: {method} {path}")
+        raise NotFound("not_found", f"no such endpoint: {method} {path}")
 
 
 class App:
@@ -217,8 +214,8 @@ class App:
             handler, params = self.router.match(scope["method"], scope["path"])
             request.path_params = params
             response = await handler(request)
-        except HTTPError as exc:
-            response = error_response(exc.status, exc.code, exc.message, exc.headers)
+        except KcError as exc:  # the one place a request-facing error becomes a response
+            response = error_response(exc.status, exc.code, str(exc), exc.headers)
         except Exception as exc:  # a bug must not take the daemon down
             if self.on_error:
                 self.on_error(exc)

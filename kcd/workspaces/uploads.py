@@ -12,13 +12,17 @@ import secrets
 import time
 from pathlib import Path
 
+from kcd.errors import BadRequest
 from kcd.workspaces.archive import ArchiveTooLarge, UnsafeArchive, check_archive
 
 UPLOAD_TTL_S = 3600.0
 
 
-class UploadError(ValueError):
+class UploadError(BadRequest, ValueError):
     """An upload that cannot be stored or found (bad archive, malformed or unknown id)."""
+
+    def __init__(self, message: str):
+        super().__init__("unsafe_archive", message)
 
 
 class UploadStore:
