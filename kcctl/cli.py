@@ -21,7 +21,7 @@ import click
 from kcctl.commands.common import Ctx
 
 # name: one-line help for `kcctl --help`. Each command is the object of the same name in
-# kcctl.commands.<name>; tests/unit/test_kcctl_startup.py checks this table against them.
+# kcctl.commands.<name>; tests/unit/kcctl/test_kcctl_startup.py checks this table against them.
 COMMANDS: dict[str, str] = {
     "bundle": "Build RUN's vendor bundle for a provider's support team.",
     "config": "Agent configs.",

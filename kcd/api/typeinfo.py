@@ -4,7 +4,7 @@ msgspec builds a Struct type's conversion info on first use and caches it on the
 class, and that first build is not thread-safe: two worker threads converting to the
 same type for the first time can crash the process with SIGSEGV (measured: 4 threads
 loading the demo config at once crash a fresh interpreter 1 time in 4; see
-tests/unit/test_typeinfo.py). The daemon converts configs, scenarios and tool
+tests/unit/api/test_typeinfo.py). The daemon converts configs, scenarios and tool
 definitions off the event loop, so modules that define such types call `prepare_types` at
 import time, which runs once, under Python's import lock, before any thread can race.
 """

@@ -115,7 +115,7 @@ class AnthropicOptions(_Cfg, kw_only=True, forbid_unknown_fields=True):
 
 
 class ProviderTools(_Cfg, kw_only=True, forbid_unknown_fields=True):
-    # suppress_prompts: nothing ever read it (tests/unit/test_config_keys_read.py).
+    # suppress_prompts: nothing ever read it (tests/unit/config/test_config_keys_read.py).
     ignored_keys: ClassVar[frozenset[str]] = frozenset({"suppress_prompts"})
     pending_keys: ClassVar[frozenset[str]] = frozenset({"api_variant", "openai", "anthropic"})
 

@@ -18,7 +18,7 @@ from kcd.config.agent import (
     load_agent_config_text,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CONFIGS = REPO / "configs"
 from kcd.agent.tools import TOOL_SPECS  # noqa: E402
 

@@ -18,7 +18,7 @@ from kcd.agent.calls import ToolInvocation, ToolSettings
 from kcd.agent.dialects import parse_text_calls, render_text_catalogue
 from kcd.agent.tools import TOOL_SPECS, execute_calls
 
-FIXTURES = Path(__file__).parent / "fixtures" / "dialects"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "dialects"
 ALL = frozenset(TOOL_SPECS)
 INTERNAL = frozenset({"list_dir", "read_file", "create_file", "create_file_from_block", "apply_search_replace",
                       "apply_unified_patch", "run_shell", "mark_task_complete"})
@@ -574,7 +574,7 @@ def test_dialect_profiles_narrow_what_is_parsed_and_advertised(tmp_path: Path) -
     from kcd.config.agent import load_agent_config
     from kcd.providers.routes import parse_route
 
-    configs = Path(__file__).resolve().parents[2] / "configs"
+    configs = Path(__file__).resolve().parents[3] / "configs"
     base = load_agent_config(configs / "demo_text.yaml")
     reply = "<BASH>ls</BASH>\n<TOOL_CALL> list_dir(path=\".\") </TOOL_CALL>\n"
     plain = build_toolset(base, route=parse_route("mock/dev"))

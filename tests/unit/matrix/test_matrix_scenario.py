@@ -17,7 +17,7 @@ from kcd.matrix.types import ScenarioFile
 from kcd.config.agent import load_agent_config_text
 from kcd.simulator.faults import FAULTS
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 MATRIX = REPO / "configs" / "matrix"
 
 MINIMAL = """

@@ -10,7 +10,7 @@ import pytest
 from kcd.agent.calls import ToolInvocation, ToolLimit, ToolSettings
 from kcd.agent.tools import TOOL_SPECS, execute_calls, load_tool_defs, tool_schemas
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 DEFS = REPO / "configs" / "tools" / "defs"
 DEFS_OC = REPO / "configs" / "tools" / "defs_oc"
 

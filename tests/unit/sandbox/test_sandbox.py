@@ -250,7 +250,7 @@ def test_a_run_asks_for_network_and_the_daemon_decides(tmp_path: Path) -> None:
     from kcd.agent.toolset import build_toolset
     from kcd.config.agent import load_agent_config
 
-    configs = Path(__file__).resolve().parents[2] / "configs"
+    configs = Path(__file__).resolve().parents[3] / "configs"
     daemon = ToolSettings(isolation="bwrap", max_processes=64, memory_max_bytes=2**30)
     plain = build_toolset(load_agent_config(configs / "demo.yaml"), defaults=daemon, scope="run1")
     assert plain.settings.isolation == "bwrap" and plain.settings.scope == "run1"

@@ -5,7 +5,7 @@ import pytest
 from kcd.api.paths import SocketPathError, parse_host, resolve_socket
 from kcd.config.daemon import DaemonConfigError, load_daemon_config
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_shipped_daemon_config_loads():

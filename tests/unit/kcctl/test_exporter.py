@@ -21,7 +21,7 @@ from kcctl.cli import main
 from kcctl.export import formats as export_formats
 from kcctl.export import read as export_read
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 T0 = datetime(2025, 10, 15, 2, 0, 0, tzinfo=timezone.utc)
 MINI, GROK, CLAUDE = "openai/gpt-4o-mini", "openrouter/x-ai/grok", "anthropic/claude"
 LATS = [round(0.05 * k, 2) for k in range(1, 21)]  # r-a's 20 calls on MINI

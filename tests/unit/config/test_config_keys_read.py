@@ -34,7 +34,7 @@ import pytest
 from kcd.config.agent_schema import AgentConfig
 from kcd.config.daemon import DaemonConfig
 
-KCD = Path(__file__).resolve().parents[2] / "kcd"
+KCD = Path(__file__).resolve().parents[3] / "kcd"
 
 # Key paths kept though nothing reads them, each with its reason. Keep it short.
 ALLOWED: dict[str, str] = {}
