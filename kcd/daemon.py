@@ -28,7 +28,7 @@ from kcd.config.daemon import DaemonConfig
 from kcd.execution.base import Executor
 from kcd.gateway.access import TokenTable
 from kcd.gateway.handlers import OpenAIEndpoint
-from kcd.gateway.listener import TCPGatewayApp, bind_tcp_socket
+from kcd.gateway.listener import TCPGatewayApp
 from kcd.gateway.models import ModelMap
 from kcd.observe.prometheus import DaemonMetrics
 from kcd.observe.recovery import finish_interrupted
@@ -43,6 +43,7 @@ from kcd.sandbox.host import ToolHost
 from kcd.sandbox.modes import IsolationReport, IsolationUnavailable, probe_isolation
 from kcd.sdnotify import activated_sockets, notify
 from kcd.server.app import ControlAPI, ControlServices
+from kcd.server.http import bind_tcp_socket
 from kcd.server.listener import bind_unix_socket, make_server, raise_descriptor_limit
 from kcd.state import StateStore
 from kcd.workspaces.uploads import UploadStore

@@ -6,7 +6,10 @@ hot path than it saves here. uvicorn does all HTTP parsing.
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
@@ -33,6 +36,27 @@ class BodyTooLarge(TooLarge):
 
 class SocketInUse(RuntimeError):
     """A listening address (the control socket, the gateway's TCP port) is taken."""
+
+
+def bind_tcp_socket(host: str, port: int) -> socket.socket:
+    """A listening, non-blocking, non-inheritable TCP socket (the gateway's port, the
+    simulator's); SocketInUse if the address is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP (not 0): asyncio sets TCP_NODELAY only on accepted sockets that say so,
+    # and without it small responses wait ~40 ms for delayed ACKs (Nagle).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(512)
+        sock.setblocking(False)
+        os.set_inheritable(sock.fileno(), False)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise SocketInUse(f"TCP address {host}:{port} is in use") from exc
+        raise
+    return sock
 
 
 class Request:

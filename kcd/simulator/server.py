@@ -21,6 +21,7 @@ import msgspec
 import uvicorn
 from anyio.abc import TaskStatus
 
+from kcd.server.http import bind_tcp_socket
 from kcd.simulator.app import SimulatorState, create_app
 from kcd.simulator.behaviours import Behaviour
 from kcd.simulator.delivery import Delivery
@@ -58,22 +59,6 @@ class _EmbeddedServer(uvicorn.Server):
         await super().shutdown(sockets=sockets)
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # proto must be IPPROTO_TCP (not 0): asyncio only sets TCP_NODELAY on accepted
-    # sockets that say so, and without it every response waits ~40 ms (Nagle + delayed ACK).
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(socket.SOMAXCONN)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
 async def serve_asgi(
     app: Any,
     host: str = "127.0.0.1",
@@ -83,7 +68,7 @@ async def serve_asgi(
     task_status: TaskStatus[SimulatorHandle] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `app` until cancelled; reports a handle with `http://host:port/v1`."""
-    sock = _bind(host, port)
+    sock = bind_tcp_socket(host, port)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     config = uvicorn.Config(
