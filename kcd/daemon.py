@@ -71,11 +71,13 @@ class RedactingFilter(logging.Filter):
 
 
 def install_log_redaction(redactor: Redactor) -> None:
+    """Every log handler scrubs secret values before a line is written."""
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactingFilter(redactor))
 
 
 def make_executor(config: DaemonConfig) -> Executor:
+    """The configured executor: in-process tool host, or the supervised Ray driver."""
     if config.executor == "in-process":
         from kcd.execution.inprocess import InProcessExecutor
 
@@ -91,6 +93,9 @@ def make_executor(config: DaemonConfig) -> Executor:
 
 
 class Daemon:
+    """Owns every component and its lifetime: config, state, telemetry, executor, runs,
+    probes, breakers, the control socket and the gateway's listener; builds ControlServices."""
+
     def __init__(self, config: DaemonConfig, env: Mapping[str, str]):
         self.config = config
         self.env = env

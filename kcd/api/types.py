@@ -25,27 +25,37 @@ EXIT_REASONS = (
 
 
 class ErrorDetail(msgspec.Struct):
+    """An error's machine code and human message."""
+
     code: str
     message: str
 
 
 class ErrorBody(msgspec.Struct):
+    """Every 4xx/5xx body of the control API: `{"error": {...}}`."""
+
     error: ErrorDetail
 
 
 class VersionInfo(msgspec.Struct):
+    """`GET /version`: the daemon's version and the API versions it speaks."""
+
     api: str
     min_api: str
     daemon: str
 
 
 class PeerInfo(msgspec.Struct):
+    """A Unix-socket peer as SO_PEERCRED reports it (plus supplementary groups)."""
+
     pid: int
     uid: int
     gid: int
 
 
 class ExecutorInfo(msgspec.Struct, omit_defaults=True):
+    """The executor's mode, state and detail, and per Ray node its resources and runs."""
+
     mode: str  # "ray" | "in-process"
     state: str  # "starting" | "ready" | "degraded" | "stopped"
     detail: dict[str, Any] = {}
@@ -55,6 +65,8 @@ class ExecutorInfo(msgspec.Struct, omit_defaults=True):
 
 
 class Health(msgspec.Struct):
+    """`GET /v1/health`: daemon, executor, sandbox and the asking peer."""
+
     state: str  # "ok" | "degraded" (the executor is) | "stopping"
     version: str
     api: str
@@ -72,6 +84,8 @@ class Health(msgspec.Struct):
 
 
 class RunRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """`POST /v1/runs`: the config text, the task, and the workspace to seed."""
+
     config_text: str
     config_path: str | None = None  # where the text came from, for `extends` and pack files
     task: str
@@ -82,11 +96,15 @@ class RunRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class ConfigCheckRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """`POST /v1/config/check`: a config as `kcctl config check` sends it."""
+
     config_text: str
     config_path: str | None = None
 
 
 class ConfigCheckResult(msgspec.Struct):
+    """Whether the config loads, its route and digest, and its warnings."""
+
     ok: bool
     route: str | None = None
     digest: str | None = None
@@ -95,6 +113,8 @@ class ConfigCheckResult(msgspec.Struct):
 
 
 class RunInfo(msgspec.Struct, omit_defaults=True):
+    """One run as the API and the state store know it."""
+
     id: str
     status: RunStatus
     run_dir: str
@@ -117,6 +137,8 @@ class RunInfo(msgspec.Struct, omit_defaults=True):
 
 
 class RunList(msgspec.Struct):
+    """`GET /v1/runs`: runs, newest first."""
+
     runs: list[RunInfo]
 
 
@@ -131,16 +153,22 @@ class Event(msgspec.Struct):
 
 
 class RouteRef(msgspec.Struct, forbid_unknown_fields=True):
+    """A route named in a request body (breaker reset, probe refresh)."""
+
     route: str
 
 
 class UploadInfo(msgspec.Struct):
+    """`POST /v1/workspaces`: the upload's id and size."""
+
     upload_id: str
     size: int
     members: int
 
 
 class FileChange(msgspec.Struct, omit_defaults=True):
+    """One file a run added, modified or deleted, with its new content."""
+
     path: str
     action: Literal["added", "modified", "deleted"]
     sha256_before: str | None = None
@@ -150,6 +178,8 @@ class FileChange(msgspec.Struct, omit_defaults=True):
 
 
 class RunChanges(msgspec.Struct):
+    """`GET /v1/runs/{id}/changes`: what `kcctl run --apply` writes back."""
+
     run_id: str
     changes: list[FileChange]
     diff: str

@@ -25,11 +25,16 @@ __all__ = ["AccessPolicy", "Caller"]
 
 
 class Caller(msgspec.Struct, frozen=True):
+    """Who is asking: the peer's uid (None over TCP) and whether it is an operator."""
+
     uid: int | None
     operator: bool
 
 
 class AccessPolicy:
+    """The one access rule: a run or matrix is its starter's; operators (root, the daemon's
+    user, `operators_group`) may act on all; user mode serves only its user."""
+
     def __init__(self, *, mode: str, operators_group: str | None, daemon_uid: int | None = None) -> None:
         self.mode = mode
         self.daemon_uid = os.getuid() if daemon_uid is None else daemon_uid

@@ -103,6 +103,9 @@ def _int(value: str | None, name: str, default: int) -> int:
 
 
 class ControlAPI:
+    """The control API's routes (`/v1/...`, `/version`) over a ControlServices: each handler
+    checks access, calls one service and answers; errors are raised as KcError."""
+
     def __init__(self, services: ControlServices):
         self.s = services
         self.started = time.monotonic()

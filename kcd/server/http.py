@@ -30,6 +30,8 @@ class HTTPError(KcError):
 
 
 class BodyTooLarge(TooLarge):
+    """A request body over the route's limit (413), raised while it is read."""
+
     def __init__(self, limit: int):
         super().__init__("body_too_large", f"request body exceeds the limit of {limit} bytes")
 
@@ -60,6 +62,9 @@ def bind_tcp_socket(host: str, port: int) -> socket.socket:
 
 
 class Request:
+    """One ASGI request: path parameters, query, headers, peer credentials, and a body
+    read on demand within `max_body`."""
+
     __slots__ = ("scope", "receive", "path_params", "_body", "max_body")
 
     def __init__(self, scope: dict, receive: Callable, max_body: int):
@@ -145,6 +150,8 @@ class Request:
 
 
 class Response:
+    """A whole response: status, bytes and headers (streams use StreamResponse)."""
+
     __slots__ = ("status", "body", "headers")
 
     def __init__(self, body: bytes = b"", status: int = 200, content_type: str = "application/json",
@@ -184,10 +191,12 @@ class StreamResponse(Response):
 
 
 def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A JSON response from any msgspec-encodable object."""
     return Response(_encoder.encode(obj), status, headers=headers)
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    """The API's one error shape: `{"error": {"code", "message"}}`."""
     return json_response(ErrorBody(ErrorDetail(code, message)), status, headers)
 
 

@@ -14,6 +14,7 @@ from kcd.api.types import PeerInfo
 
 
 def read_peercred(sock: socket.socket | None) -> PeerInfo | None:
+    """SO_PEERCRED (pid, uid, gid) and the supplementary groups of a Unix-socket peer."""
     if sock is None or sock.family != socket.AF_UNIX:
         return None
     try:
