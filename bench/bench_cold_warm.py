@@ -44,23 +44,21 @@ ORIGINAL_RAY_RUN_S = 9.1  # the original KyleCode, a 4-step mock run in Ray mode
 TARGETS = {"help": ("added", 0.060), "status": ("added", 0.080), "run": ("wall", 0.200)}
 
 
-CPU: dict[str, list[float]] = {}  # user + system seconds of each sampled process, by figure
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # waited-for children, cumulative
+    return usage.ru_utime + usage.ru_stime
 
 
-def timed(env: dict, argv: list[str], figure: str | None = None) -> float:
-    """Wall seconds from start to exit; the process's own CPU time goes to CPU[figure]."""
+def timed(env: dict, argv: list[str]) -> tuple[float, float]:
+    """(wall seconds from start to exit, the process's own user + system CPU seconds)."""
+    cpu0 = _children_cpu()
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
     _, err = proc.communicate(timeout=600)
     took = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} exited {proc.returncode}:\n{err.decode(errors='replace')}")
-    if figure:
-        usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # cumulative: take the difference
-        total = usage.ru_utime + usage.ru_stime
-        CPU.setdefault(figure, []).append(total - CPU.get("_seen", [0.0])[-1])
-        CPU["_seen"] = [total]
-    return took
+    return took, _children_cpu() - cpu0
 
 
 class Sandbox:
@@ -86,31 +84,34 @@ def cold_runs(executor: str, n: int) -> list[float]:
     for _ in range(n):
         box = Sandbox(executor)
         try:
-            out.append(timed(box.env, [KCCTL, *RUN]))
+            out.append(timed(box.env, [KCCTL, *RUN])[0])
         finally:
             box.close()
     return out
 
 
-def warm_samples(executor: str, n: int) -> dict[str, list[float]]:
+def warm_samples(executor: str, n: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """(wall seconds, CPU seconds) per figure, interleaved; "inside" is the daemon's run time."""
     box = Sandbox(executor)
     cases = {"pass": [sys.executable, "-c", "pass"], "click": [sys.executable, "-c", "import click"],
              "help": [KCCTL, "--help"], "status": [KCCTL, "status"], "run": [KCCTL, *RUN]}
     samples: dict[str, list[float]] = {k: [] for k in cases}
+    cpu_samples: dict[str, list[float]] = {}
     try:
         timed(box.env, [KCCTL, *RUN])  # starts the daemon (and Ray); not a sample
         timed(box.env, [KCCTL, *RUN])
         for _ in range(n):
             for name, argv in cases.items():
-                CPU["_seen"] = [sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2])]
-                samples[name].append(timed(box.env, argv, name))
+                wall, cpu = timed(box.env, argv)
+                samples[name].append(wall)
+                cpu_samples.setdefault(name, []).append(cpu)
         for _ in range(max(n // 3, 3)):  # the run's own time inside the daemon (run.end's duration_s)
             out = subprocess.run([KCCTL, *RUN, "--json"], env=box.env, capture_output=True, timeout=600, cwd=REPO)
             end = [json.loads(line) for line in out.stdout.splitlines() if b'"run.end"' in line]
             samples.setdefault("inside", []).append(end[-1]["data"]["duration_s"])
     finally:
         box.close()
-    return samples
+    return samples, cpu_samples
 
 
 def main() -> None:
@@ -120,13 +121,13 @@ def main() -> None:
     ap.add_argument("--executor", choices=["ray", "in-process"], default="ray")
     args = ap.parse_args()
 
-    samples = warm_samples(args.executor, args.samples)
+    samples, cpu_samples = warm_samples(args.executor, args.samples)
     colds = cold_runs(args.executor, args.cold) if args.cold else []
     med = {k: statistics.median(v) for k, v in samples.items()}
     floor = med["pass"]
     print(f"executor={args.executor}, {args.samples} interleaved samples each, kcctl = {KCCTL}\n")
     print(f"{'figure':<8} {'median':>9} {'over pass':>10} {'min':>8} {'max':>8} {'CPU':>7} {'CPU over pass':>14}  target")
-    cpu = {k: statistics.median(v) for k, v in CPU.items() if not k.startswith("_")}
+    cpu = {k: statistics.median(v) for k, v in cpu_samples.items()}
     for name, values in samples.items():
         if name == "inside":
             continue
