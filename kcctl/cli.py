@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "run": "Start an agent run and stream its progress.",
     "runs": "Inspect and control runs.",
     "status": "Show the daemon's health.",
+    "view": "Print a link to the run viewer (the runs list, or RUN's page).",
 }
 
 

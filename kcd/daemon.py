@@ -46,6 +46,9 @@ from kcd.server.app import ControlAPI, ControlServices
 from kcd.server.http import bind_tcp_socket
 from kcd.server.listener import bind_unix_socket, make_server, raise_descriptor_limit
 from kcd.state import StateStore
+from kcd.viewer.history import MetricsHistory
+from kcd.viewer.listener import ViewerListenerApp, allowed_hosts
+from kcd.viewer.sessions import SessionTable
 from kcd.workspaces.uploads import UploadStore
 
 if TYPE_CHECKING:
@@ -118,6 +121,10 @@ class Daemon:
         self._matrix: MatrixService | None = None  # regression matrices, made on first use
         self.openai: OpenAIEndpoint  # set in run(): the OpenAI-compatible gateway endpoint
         self.sandbox: dict[str, object] | None = None  # the isolation report, set in run()
+        vw = config.viewer
+        self.sessions = SessionTable(session_ttl_s=vw.session_ttl_s, login_ttl_s=vw.login_ttl_s)
+        self.history = MetricsHistory(self.metrics, interval_s=vw.sample_interval_s, points=vw.history_points)
+        self.viewer_url: str | None = None  # set in run() once the viewer's TCP listener is bound
 
     def log_exception(self, exc: BaseException) -> None:
         log.error("unhandled error in a request handler", exc_info=exc)
@@ -142,7 +149,8 @@ class Daemon:
             state_dir=cfg.state_dir, upstream_client=cfg.upstream_client, sandbox=self.sandbox,
             home=self.env.get("HOME"), stopping=lambda: self.stopping, metrics_text=self.metrics_text,
             reload=self.reload, request_stop=self.request_stop, log_exception=self.log_exception,
-            simulator_url=self.simulator_url)
+            simulator_url=self.simulator_url, sessions=self.sessions, history=self.history,
+            viewer_url=lambda: self.viewer_url)
 
     def request_stop(self, why: str) -> None:
         if not self._stop.is_set():
@@ -312,6 +320,17 @@ class Daemon:
         # The gateway's TCP listener is bound first, so a taken port fails start-up cleanly.
         gw = cfg.gateway
         tcp_sock = bind_tcp_socket(gw.tcp.host, gw.tcp.port) if gw.tcp.port is not None else None
+        # The run viewer's pages go on the gateway's listener when there is one, else on a
+        # loopback port of their own (ephemeral by default: `kcctl view` prints the URL).
+        vw = cfg.viewer
+        viewer_sock = bind_tcp_socket(vw.host, vw.port) if vw.enabled and tcp_sock is None else None
+        viewer_hosts: frozenset[str] = frozenset()
+        if vw.enabled:
+            listen_host, listen_port = (tcp_sock or viewer_sock).getsockname()[:2]
+            url_host = "127.0.0.1" if listen_host in ("0.0.0.0", "::") else listen_host
+            self.viewer_url = f"http://{f'[{url_host}]' if ':' in url_host else url_host}:{listen_port}"
+            configured = gw.tcp.host if tcp_sock is not None else vw.host
+            viewer_hosts = allowed_hosts(listen_port, [configured if ":" not in configured else f"[{configured}]"])
         sockets = activated_sockets()
         if not sockets and cfg.mode == "user" and cfg.socket.parent == user_runtime_dir(dict(self.env)):
             private_runtime_dir(cfg.socket.parent)  # refuses a directory another user made or can enter
@@ -328,13 +347,14 @@ class Daemon:
             tokens=TokenTable(gw.tokens), env=self.env, max_body=gw.max_body_bytes,
             secrets=self.redactor.known_values, redact=self.redactor.bytes, log_exception=self.log_exception)
         tcp_server = None
-        limits = self._connection_limits(listeners=2 if tcp_sock is not None else 1)
+        limits = self._connection_limits(listeners=2 if tcp_sock is not None or viewer_sock is not None else 1)
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 tg.start_soon(self._signals)
                 await tg.start(self.telemetry.run)
                 await tg.start(self.probes.refresher)
+                await tg.start(self.history.run)  # the daemon page's metric charts
                 tg.start_soon(self._recover_interrupted)
                 for route in self.breakers.routes():
                     self.metrics.set_route_state(route, self.breakers.state(route))
@@ -351,7 +371,8 @@ class Daemon:
                                          allow_network=cfg.sandbox.allow_network, sandbox=self.sandbox,
                                          probes=self.probes, env=self.env,
                                          telemetry=self.telemetry, metrics=self.metrics))
-                server = make_server(ControlAPI(self.control_services()).asgi(), log_level="warning", **limits)
+                api = ControlAPI(self.control_services())
+                server = make_server(api.asgi(), log_level="warning", **limits)
                 server_done = anyio.Event()
 
                 async def serve() -> None:
@@ -361,11 +382,20 @@ class Daemon:
                         server_done.set()
 
                 tg.start_soon(serve)
-                if tcp_sock is not None:  # the gateway's TCP listener: OpenAI routes only, bearer tokens
-                    tcp_server = make_server(TCPGatewayApp(self.openai), log_level="warning", **limits)
+                if tcp_sock is not None:  # the gateway's TCP listener: OpenAI routes (bearer tokens), /ui/
+                    gateway_app = TCPGatewayApp(self.openai)
+                    tcp_app = ViewerListenerApp(api.viewer_asgi(), hosts=viewer_hosts, gateway=gateway_app) \
+                        if vw.enabled else gateway_app
+                    tcp_server = make_server(tcp_app, log_level="warning", **limits)
                     tg.start_soon(tcp_server.serve, [tcp_sock])
                     host, port = tcp_sock.getsockname()[:2]
                     log.info("OpenAI-compatible gateway listening on http://%s:%d/v1", host, port)
+                elif viewer_sock is not None:  # the viewer's own loopback listener: /ui/ only
+                    tcp_server = make_server(ViewerListenerApp(api.viewer_asgi(), hosts=viewer_hosts),
+                                             log_level="warning", **limits)
+                    tg.start_soon(tcp_server.serve, [viewer_sock])
+                if self.viewer_url:
+                    log.info("run viewer at %s/ui/ (kcctl view prints a login link)", self.viewer_url)
                 log.info("kcd %s listening on %s (executor: %s)", __version__, cfg.socket,
                          self.executor.mode)
                 notify(f"READY=1\nSTATUS=listening on {cfg.socket}\nMAINPID={os.getpid()}")
@@ -392,8 +422,9 @@ class Daemon:
                 await dispatcher.aclose()
                 await self.executor.aclose()
             self.store.close()
-            if tcp_sock is not None:
-                tcp_sock.close()
+            for tcp in (tcp_sock, viewer_sock):
+                if tcp is not None:
+                    tcp.close()
             if owns_socket_file:
                 try:
                     Path(cfg.socket).unlink()

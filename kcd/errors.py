@@ -14,6 +14,7 @@ Anything else that escapes a handler is a 500 `internal_error`.
         │   ├── RouteError       kcd.providers.routes    invalid_route      (also a ValueError)
         │   ├── UploadError      kcd.workspaces.uploads  unsafe_archive     (also a ValueError)
         │   └── SelectionError   kcd.matrix.catalogue    no_scenario        (also a ValueError)
+        ├── Unauthorized    401
         ├── Forbidden       403
         ├── NotFound        404
         ├── Conflict        409
@@ -39,7 +40,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["BadRequest", "Conflict", "Forbidden", "KcError", "NotFound", "TooLarge", "Unavailable",
+__all__ = ["BadRequest", "Conflict", "Forbidden", "KcError", "NotFound", "TooLarge", "Unauthorized", "Unavailable",
            "Unprocessable"]
 
 
@@ -64,6 +65,10 @@ class BadRequest(KcError):
     """The request itself is wrong: a malformed body, an invalid config, route or archive."""
 
     status = 400
+
+
+class Unauthorized(KcError):
+    status = 401  # no valid viewer session on the TCP listener (kcd.viewer)
 
 
 class Forbidden(KcError):

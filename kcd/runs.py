@@ -513,9 +513,11 @@ class RunManager:
         active = self._active.get(run_id)
         return active.info if active else self.store.get_run(run_id)
 
-    def list(self, limit: int = 50, status: str | None = None, owner: int | None = None) -> list[RunInfo]:
-        """The newest runs; with `owner`, only that uid's."""
-        return self.store.list_runs(limit=limit, status=status, owner=owner)
+    def list(self, limit: int = 50, status: str | None = None, owner: int | None = None,
+             **filters: str | None) -> list[RunInfo]:
+        """The newest runs; with `owner`, only that uid's; `filters`: route, exit_reason, since,
+        until (`StateStore.list_runs`)."""
+        return self.store.list_runs(limit=limit, status=status, owner=owner, **filters)
 
     def cancel(self, run_id: str) -> RunInfo | None:
         active = self._active.get(run_id)

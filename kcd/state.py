@@ -86,7 +86,11 @@ class StateStore:
         row = self._db.execute("SELECT info FROM runs WHERE id=?", (run_id,)).fetchone()
         return msgspec.json.decode(row[0], type=RunInfo) if row else None
 
-    def list_runs(self, limit: int = 50, status: str | None = None, owner: int | None = None) -> list[RunInfo]:
+    def list_runs(self, limit: int = 50, status: str | None = None, owner: int | None = None, *,
+                  route: str | None = None, exit_reason: str | None = None, since: str | None = None,
+                  until: str | None = None) -> list[RunInfo]:
+        """Newest first; `since`/`until` bound `created_at` (ISO 8601 UTC, compared as text, so
+        a prefix such as `2026-01-31` works)."""
         where, args = [], []
         if status:
             where.append("status=?")
@@ -94,6 +98,16 @@ class StateStore:
         if owner is not None:
             where.append("json_extract(CAST(info AS TEXT), '$.peer_uid')=?")
             args.append(owner)
+        for key, value in (("route", route), ("exit_reason", exit_reason)):
+            if value:
+                where.append(f"json_extract(CAST(info AS TEXT), '$.{key}')=?")
+                args.append(value)
+        if since:
+            where.append("created_at>=?")
+            args.append(since)
+        if until:  # inclusive of the whole day, minute... that `until` names
+            where.append("substr(created_at, 1, ?)<=?")
+            args.extend((len(until), until))
         clause = f"WHERE {' AND '.join(where)} " if where else ""
         rows = self._db.execute(f"SELECT info FROM runs {clause}ORDER BY created_at DESC LIMIT ?", (*args, limit))
         return [msgspec.json.decode(r[0], type=RunInfo) for r in rows]

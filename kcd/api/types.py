@@ -158,6 +158,20 @@ class RouteRef(msgspec.Struct, forbid_unknown_fields=True):
     route: str
 
 
+class ViewerSessionRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """`POST /v1/viewer/sessions` (`kcctl view [RUN]`): a login link, to RUN's page if given."""
+
+    run: str | None = None
+
+
+class ViewerSession(msgspec.Struct):
+    """A one-time login link to the run viewer on its loopback TCP listener."""
+
+    url: str
+    expires_in_s: float
+    run: str | None = None
+
+
 class UploadInfo(msgspec.Struct):
     """`POST /v1/workspaces`: the upload's id and size."""
 

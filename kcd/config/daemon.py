@@ -149,6 +149,25 @@ class SandboxSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     run_memory_max_mb: Annotated[int, Meta(ge=0)] = 8192
 
 
+class ViewerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The run viewer (`kcd.viewer`, `kcctl view`): `/ui/` on the control socket, and on a TCP
+    listener: the gateway's when it has one, else its own loopback port."""
+
+    enabled: bool = True  # False: no TCP listener of its own and `kcctl view` refuses
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=0, le=65535)] = 0  # 0: an ephemeral port (kcctl view prints the URL)
+    allow_remote: bool = False  # required to bind anything but a loopback address
+    session_ttl_s: Seconds = 8 * 3600.0  # a browser session's cookie lifetime
+    login_ttl_s: Seconds = 120.0  # a `kcctl view` link must be opened within this
+    sample_interval_s: Seconds = 15.0  # the daemon page's metric charts: one sample per interval,
+    history_points: Annotated[int, Meta(ge=2, le=100_000)] = 240  # this many kept (an hour)
+
+    def __post_init__(self) -> None:
+        if self.enabled and not self.allow_remote and not _is_loopback(self.host):
+            raise ValueError(f"viewer.host {self.host!r} is not a loopback address; set "
+                             "viewer.allow_remote: true to serve the viewer beyond this machine")
+
+
 _LEGACY_ISOLATION = {"none": "process", "unshare": "namespaces"}
 
 
@@ -193,6 +212,7 @@ class DaemonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     breaker: BreakerSettings = msgspec.field(default_factory=BreakerSettings)
     breaker_overrides: dict[str, BreakerSettings] = {}  # canonical route id -> settings
     gateway: GatewaySettings = msgspec.field(default_factory=GatewaySettings)
+    viewer: ViewerSettings = msgspec.field(default_factory=ViewerSettings)
 
     def breaker_for(self, route_id: str) -> BreakerSettings:
         """The route's override, else `breaker` (RouteError if `route_id` is not a route id)."""

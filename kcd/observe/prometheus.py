@@ -102,6 +102,10 @@ class _Scalar(_Metric):
     def get(self, labels: Labels = ()) -> float:
         return self._values.get(labels, 0.0)
 
+    def total(self) -> float:
+        """The sum over every label set (the viewer's metric charts)."""
+        return sum(self._values.values())
+
     def render(self) -> list[str]:
         lines = self.header()
         for labels, value in self._values.items():
@@ -224,6 +228,11 @@ class Registry:
         metric = Histogram(name, help, labelnames, buckets)
         self.register(metric)
         return metric
+
+    def scalar(self, name: str) -> Counter | Gauge | None:
+        """A registered counter or gauge by name (None for an unknown name or a histogram)."""
+        metric = self._metrics.get(name)
+        return metric if isinstance(metric, (Counter, Gauge)) else None
 
     def render(self) -> bytes:
         lines: list[str] = []

@@ -49,6 +49,9 @@ from kcd.providers.routes import parse_route
 from kcd.runs import RunManager
 from kcd.server.access import AccessPolicy
 from kcd.server.http import App, Handler, Request, Response, Router, StreamResponse, json_response
+from kcd.viewer.history import MetricsHistory
+from kcd.viewer.routes import ViewerAPI, ViewerServices
+from kcd.viewer.sessions import SessionTable
 from kcd.workspaces.archive import pack_all
 from kcd.workspaces.uploads import UploadStore
 
@@ -69,6 +72,8 @@ class ControlServices:
     redactor: Redactor  # every non-streamed body; bundle scrubbing
     chat_completions: Handler  # the OpenAI-compatible endpoint's two routes on the socket
     list_models: Handler
+    sessions: SessionTable  # the run viewer's login tokens and sessions
+    history: MetricsHistory  # the daemon page's metric charts
     # settings
     mode: str  # "user" | "system"
     operators_group: str | None
@@ -87,6 +92,7 @@ class ControlServices:
     request_stop: Callable[[str], None]
     log_exception: Callable[[BaseException], None]
     simulator_url: Callable[[], Awaitable[str]]
+    viewer_url: Callable[[], str | None]  # http://HOST:PORT of the viewer's TCP listener, None when off
 
 
 def _bool(value: str | None) -> bool:
@@ -110,6 +116,10 @@ class ControlAPI:
         self.s = services
         self.started = time.monotonic()
         self.access = AccessPolicy(mode=services.mode, operators_group=services.operators_group)
+        self.viewer = ViewerAPI(ViewerServices(
+            runs=services.runs, access=self.access, sessions=services.sessions, history=services.history,
+            breakers=services.breakers, probes=services.probes, base_url=services.viewer_url,
+            facts=self._viewer_facts, scrub=services.redactor.bytes))
 
     def asgi(self) -> App:
         r = Router()
@@ -137,8 +147,24 @@ class ControlAPI:
         # ---- end of the OpenAI-compatible gateway block ----
         r.add("POST", "/v1/bundles", self.create_bundle)  # vendor bundles: see the block below
         self._matrix_routes(r)  # regression matrix and simulator: see the block below
+        # ---- the run viewer (kcd.viewer): its pages, and login links for `kcctl view` ----
+        r.add("POST", "/v1/viewer/sessions", self.viewer.create_session)
+        self.viewer.register(r)
         return App(r, max_body=self.s.max_body_bytes, on_error=self.s.log_exception,
                    scrub=self.s.redactor.bytes)
+
+    def viewer_asgi(self) -> App:
+        """The viewer's pages alone, for its TCP listener (`kcd.viewer.listener`): nothing else
+        of the control API is routed there."""
+        r = Router()
+        self.viewer.register(r)
+        return App(r, max_body=64 * 1024, on_error=self.s.log_exception, scrub=self.s.redactor.bytes)
+
+    def _viewer_facts(self) -> dict[str, object]:
+        s = self.s
+        return {"version": __version__, "mode": s.mode, "pid": os.getpid(),
+                "uptime": f"{time.monotonic() - self.started:.0f}s", "runs active": s.runs.active_count,
+                "executor": f"{s.executor.mode} ({s.executor.state})", "viewer": s.viewer_url() or "off"}
 
     async def version(self, req: Request) -> Response:
         return json_response(VersionInfo(api=API_VERSION, min_api=MIN_API_VERSION, daemon=__version__))

@@ -152,13 +152,14 @@ class Request:
 class Response:
     """A whole response: status, bytes and headers (streams use StreamResponse)."""
 
-    __slots__ = ("status", "body", "headers")
+    __slots__ = ("status", "body", "headers", "scrub")
 
     def __init__(self, body: bytes = b"", status: int = 200, content_type: str = "application/json",
-                 headers: dict[str, str] | None = None):
+                 headers: dict[str, str] | None = None, *, scrub: bool = True):
         self.status = status
         self.body = body
         self.headers = {"content-type": content_type, **(headers or {})}
+        self.scrub = scrub  # False only for a body the daemon made itself (a fresh login link)
 
     async def send(self, send: Callable) -> None:
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]
@@ -204,13 +205,16 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 class Router:
-    """Maps (method, path pattern) to handlers; `{name}` segments become path params."""
+    """Maps (method, path pattern) to handlers; `{name}` segments (and a trailing
+    `{name:path}`) become path params."""
 
     def __init__(self) -> None:
         self._routes: list[tuple[re.Pattern[str], dict[str, Handler]]] = []
 
     def add(self, method: str, pattern: str, handler: Handler) -> None:
-        regex = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern) + "$")
+        # `{name}` is one path segment; `{name:path}` is the rest of the path, slashes included.
+        regex = re.compile("^" + re.sub(r"\{(\w+)(:path)?\}",
+                                        lambda m: f"(?P<{m[1]}>{'.+' if m[2] else '[^/]+'})", pattern) + "$")
         for existing, methods in self._routes:
             if existing.pattern == regex.pattern:
                 methods[method] = handler
@@ -253,7 +257,7 @@ class App:
             if self.on_error:
                 self.on_error(exc)
             response = error_response(500, "internal_error", f"{type(exc).__name__}: {exc}")
-        if self.scrub is not None and response.body and \
+        if self.scrub is not None and response.scrub and response.body and \
                 response.headers["content-type"].startswith(("application/json", "text/")):
             response.body = self.scrub(response.body)  # never binary bodies (workspace archives)
         await response.send(send)

@@ -1,0 +1,235 @@
+"""The viewer's pages and fragments, as HTML strings from already-loaded data.
+
+Pure functions: no I/O, no access checks (`routes` does both). A run page is made of
+sections that `viewer.js` can refresh one by one from `/ui/runs/ID/fragment/NAME`.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+from kcd.api.types import Event, RunInfo
+from kcd.viewer.markup import attr, esc
+from kcd.viewer.rundata import RunRecord
+from kcd.viewer.sparkline import sparkline_svg
+from kcd.viewer.timeline import timeline_svg
+
+__all__ = ["FRAGMENTS", "daemon_page", "fragment", "run_page", "runs_page"]
+
+FRAGMENTS = ("timeline", "tools", "conversation", "diff", "files", "summary")
+MAX_TEXT = 2 * 1024 * 1024  # transcript and diff shown up to this many characters
+_MARKER = re.compile(r"^\[([a-z_-]+)\]( .*)?$")
+FILTERS = ("status", "route", "exit_reason", "since", "until")
+STATUSES = ("", "queued", "running", "completed", "failed", "cancelled", "interrupted")
+
+
+def _run_href(run_id: str) -> str:
+    return f"/ui/runs/{quote(run_id, safe='')}"
+
+
+def _filters_form(values: Mapping[str, str]) -> str:
+    options = "".join(f'<option value={attr(s)}{" selected" if values.get("status", "") == s else ""}>'
+                      f"{esc(s or 'any')}</option>" for s in STATUSES)
+    field = lambda name, label, kind="text": (  # noqa: E731
+        f'<label>{esc(label)} <input type="{kind}" name="{name}" value={attr(values.get(name, ""))}></label>')
+    return ('<form id="filters" method="get" action="/ui/">'
+            f'<label>status <select name="status">{options}</select></label>'
+            f"{field('route', 'route')}{field('exit_reason', 'exit reason')}"
+            f"{field('since', 'since (UTC)')}{field('until', 'until (UTC)')}"
+            '<button type="submit">Filter</button> <a href="/ui/">clear</a></form>')
+
+
+def runs_page(runs: list[RunInfo], filters: Mapping[str, str], *, limit: int, who: str) -> str:
+    rows = []
+    for r in runs:
+        rows.append(
+            f'<tr class="run" data-run-id={attr(r.id)} data-status={attr(r.status)} data-route={attr(r.route or "")} '
+            f'data-exit-reason={attr(r.exit_reason or "")}>'
+            f'<td><a class="run-link" href={attr(_run_href(r.id))}>{esc(r.id)}</a></td>'
+            f'<td class="status status-{esc(r.status)}">{esc(r.status)}</td><td>{esc(r.route)}</td>'
+            f"<td>{esc(r.exit_reason)}</td><td>{esc(r.steps)}</td><td>{esc(r.created_at)}</td>"
+            f"<td>{esc(r.peer_uid)}</td><td class=\"task\">{esc((r.task or '')[:120])}</td></tr>")
+    more = (f'<p class="note">Showing the newest {limit}; narrow the filters to see older runs.</p>'
+            if len(runs) >= limit else "")
+    table = ('<table id="runs"><thead><tr><th>run</th><th>status</th><th>route</th><th>exit reason</th>'
+             "<th>steps</th><th>created (UTC)</th><th>uid</th><th>task</th></tr></thead>"
+             f"<tbody>{''.join(rows)}</tbody></table>")
+    empty = "" if runs else '<p class="empty">No runs match.</p>'
+    return (f'<main id="runs-list"><h1>Runs</h1><p class="who">{esc(who)}</p>{_filters_form(filters)}'
+            f"{table}{empty}{more}</main>")
+
+
+# ---- the run page -------------------------------------------------------------------------
+
+def _summary(info: RunInfo, live: bool) -> str:
+    facts = [("route", info.route), ("exit reason", info.exit_reason), ("steps", info.steps),
+             ("completed", info.completed), ("created", info.created_at), ("ended", info.ended_at),
+             ("owner uid", info.peer_uid), ("error", info.error)]
+    rows = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in facts if v is not None)
+    return (f'<h1>Run {esc(info.id)} <span id="run-status" class="status status-{esc(info.status)}">'
+            f'{esc(info.status)}</span>{" <span class=live>live</span>" if live else ""}</h1>'
+            f'<p class="task">{esc(info.task)}</p><dl class="facts">{rows}</dl>')
+
+
+def _attempts_table(record: RunRecord) -> str:
+    rows = []
+    for t in record.turns:
+        for a in t.attempts:
+            rows.append(
+                f'<tr data-turn="{a.turn}" data-attempt="{a.attempt}"><td>{a.turn}</td><td>{a.attempt}</td>'
+                f"<td>{esc(a.kind)}</td><td>{esc(a.route)}</td><td>{esc(a.status)}</td><td>{esc(a.error)}</td>"
+                f"<td>{a.latency_s:.3f}</td><td>{'' if a.ttft_s is None else f'{a.ttft_s:.3f}'}</td>"
+                f"<td>{'' if a.retry_in_s is None else f'{a.retry_in_s:.2f}'}</td><td>{esc(a.breaker)}</td></tr>")
+        for s in t.skips:
+            rows.append(f'<tr class="skip" data-turn="{s.turn}"><td>{s.turn}</td><td>-</td><td>skip</td>'
+                        f'<td>{esc(s.route)}</td><td colspan="5">{esc(s.text)}</td><td>open</td></tr>')
+    return ('<table id="attempts"><thead><tr><th>turn</th><th>attempt</th><th>kind</th><th>route</th>'
+            "<th>status</th><th>error</th><th>latency s</th><th>TTFT s</th><th>retry in s</th><th>breaker</th>"
+            f"</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+
+
+def _timeline(record: RunRecord) -> str:
+    legend = ('<p class="legend"><span class="key ok">ok</span> <span class="key failed">failed</span> '
+              '<span class="key fallback">fallback</span> <span class="key skip">breaker-open skip</span> '
+              "tick: first token · dashes: wait before the retry</p>")
+    return f"<h2>Timeline</h2>{legend}{timeline_svg(record.turns)}{_attempts_table(record)}"
+
+
+def _tools(record: RunRecord) -> str:
+    items = []
+    for c in record.tools:
+        state = "pending" if c.ok is None else ("ok" if c.ok else "error")
+        items.append(
+            f'<div class="tool-call" data-turn="{c.turn}" data-tool={attr(c.name)} data-call-id={attr(c.call_id)}>'
+            f'<div class="call"><span class="name">{esc(c.name)}</span> <code>{esc(c.args)}</code> '
+            f'<span class="turn">turn {c.turn}</span></div>'
+            f'<div class="tool-result" data-state="{state}"><pre>{esc(c.output if c.output is not None else "…")}'
+            "</pre></div></div>")
+    return "<h2>Tool calls</h2>" + ("".join(items) or '<p class="empty">No tool calls yet.</p>')
+
+
+def _conversation(text: str | None) -> str:
+    if text is None:
+        return '<h2>Conversation</h2><p class="empty">No transcript yet.</p>'
+    lines = []
+    for line in text[:MAX_TEXT].splitlines():
+        m = _MARKER.match(line)
+        if m:
+            lines.append(f'<span class="marker" data-marker={attr(m.group(1))}>{esc(line)}</span>')
+        elif line.startswith("**") and line.endswith("**") and len(line) > 4:
+            lines.append(f'<span class="section">{esc(line[2:-2])}</span>')
+        else:
+            lines.append(esc(line))
+    cut = '\n<span class="note">(truncated)</span>' if len(text) > MAX_TEXT else ""
+    return f'<h2>Conversation</h2><pre class="transcript">{chr(10).join(lines)}{cut}</pre>'
+
+
+def _diff(text: str | None) -> str:
+    if not text:
+        return '<h2>Workspace diff</h2><p class="empty">No changes (or the run has not ended).</p>'
+    out = []
+    for line in text[:MAX_TEXT].splitlines():
+        cls = "add" if line.startswith("+") else "del" if line.startswith("-") else \
+            "hunk" if line.startswith("@@") else ""
+        out.append(f'<span class="{cls}">{esc(line)}</span>' if cls else esc(line))
+    return f'<h2>Workspace diff</h2><pre class="diff">{chr(10).join(out)}</pre>'
+
+
+def _files(run_id: str, files: list[str]) -> str:
+    base = _run_href(run_id)
+    items = "".join(f'<li><a class="raw-file" href={attr(base + "/files/" + quote(f))}>{esc(f)}</a></li>'
+                    for f in files)
+    return f"<h2>Raw files</h2><ul class=\"files\">{items}</ul>"
+
+
+def _event_item(ev: Event) -> str:
+    d = ev.data if isinstance(ev.data, dict) else {}
+    brief = " ".join(f"{k}={d[k]}" for k in ("turn", "attempt", "route", "status", "name", "marker", "exit_reason")
+                     if d.get(k) is not None)
+    return (f'<li data-seq="{ev.seq}" data-type={attr(ev.type)}><span class="seq">{ev.seq}</span> '
+            f'<span class="type">{esc(ev.type)}</span> {esc(brief)}</li>')
+
+
+def fragment(name: str, *, info: RunInfo, live: bool, record: RunRecord, conversation: str | None,
+             diff: str | None, files: list[str]) -> str:
+    """The inner HTML of one section of the run page (`name` in FRAGMENTS)."""
+    if name == "timeline":
+        return _timeline(record)
+    if name == "tools":
+        return _tools(record)
+    if name == "conversation":
+        return _conversation(conversation)
+    if name == "diff":
+        return _diff(diff)
+    if name == "files":
+        return _files(info.id, files)
+    return _summary(info, live)
+
+
+def run_page(*, info: RunInfo, live: bool, record: RunRecord, conversation: str | None, diff: str | None,
+             files: list[str]) -> str:
+    def part(name: str) -> str:
+        return fragment(name, info=info, live=live, record=record, conversation=conversation, diff=diff, files=files)
+
+    events = "".join(_event_item(ev) for ev in record.events[-500:])
+    return (f'<main id="run" data-run-id={attr(info.id)} data-status={attr(info.status)} '
+            f'data-live="{"true" if live else "false"}" data-last-seq="{record.last_seq}">'
+            f'<section id="summary">{part("summary")}</section>'
+            f'<section id="timeline">{part("timeline")}</section>'
+            f'<div class="columns"><section id="conversation">{part("conversation")}</section>'
+            f'<section id="tools">{part("tools")}</section></div>'
+            f'<section id="diff">{part("diff")}</section>'
+            f'<section id="files">{part("files")}</section>'
+            f'<section id="event-log"><h2>Events</h2><ol id="events">{events}</ol></section></main>')
+
+
+# ---- the daemon page ----------------------------------------------------------------------
+
+def _secs(value: float | None) -> str:
+    return "" if value is None else f"{value:.0f}s"
+
+
+def _ago(ts: float | None, now: float) -> str:
+    return "-" if not ts else f"{max(now - ts, 0):.0f}s ago"
+
+
+def daemon_page(*, routes: Mapping[str, Mapping[str, Any]], probes: list[Mapping[str, Any]],
+                series: Mapping[str, list[tuple[float, float]]], interval_s: float, health: Mapping[str, Any]) -> str:
+    now = time.time()
+    route_rows = "".join(
+        f'<tr data-route={attr(name)} data-state={attr(r.get("state"))}><td>{esc(name)}</td>'
+        f'<td class="state state-{esc(r.get("state"))}">{esc(r.get("state"))}</td>'
+        f'<td>{esc(r.get("window_failures"))}/{esc(r.get("window_calls"))}</td><td>{esc(r.get("k"))}</td>'
+        f'<td>{_secs(r.get("reopens_in_s"))}</td>'
+        f'<td>{esc(r.get("last_error"))}</td><td>{_ago(r.get("last_failure_ts"), now)}</td></tr>'
+        for name, r in sorted(routes.items()))
+    routes_html = ('<table id="routes"><thead><tr><th>route</th><th>breaker</th><th>window failed/calls</th>'
+                   "<th>k</th><th>reopens in</th><th>last error</th><th>last failure</th></tr></thead>"
+                   f"<tbody>{route_rows}</tbody></table>"
+                   + ("" if routes else '<p class="empty">No route has been called yet.</p>'))
+
+    def yn(v: Any) -> str:
+        return "-" if v is None else ("yes" if v else "no")
+
+    probe_rows = "".join(
+        f'<tr data-route={attr(p.get("route"))}><td>{esc(p.get("route"))}</td><td>{yn(p.get("stream_success"))}</td>'
+        f'<td>{yn(p.get("tool_stream_success"))}</td><td>{yn(p.get("json_mode_success"))}</td>'
+        f'<td>{esc(p.get("skipped_reason"))}</td><td>{esc(p.get("error"))}</td>'
+        f'<td>{_ago(p.get("checked_at"), now)}</td></tr>' for p in probes)
+    probes_html = ('<h2>Capability probes</h2><table class="probes"><thead><tr><th>route</th><th>stream</th>'
+                   "<th>tool stream</th><th>JSON mode</th><th>skipped</th><th>error</th><th>checked</th></tr></thead>"
+                   f"<tbody>{probe_rows}</tbody></table>"
+                   + ("" if probes else '<p class="empty">No probe results yet.</p>'))
+    charts = "".join(
+        f'<figure><figcaption>{esc(name)}{"" if name == "runs_active" else f" (per {interval_s:g} s)"}'
+        f"</figcaption>{sparkline_svg(name, points)}</figure>" for name, points in series.items())
+    facts = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in health.items())
+    return ('<main id="daemon"><h1>Daemon</h1>'
+            f'<dl class="facts">{facts}</dl>'
+            f'<section id="routes-section"><h2>Routes</h2>{routes_html}</section>'
+            f'<section id="probes">{probes_html}</section>'
+            f'<section id="metrics"><h2>Metrics, last hour</h2><div class="charts">{charts}</div></section></main>')

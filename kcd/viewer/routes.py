@@ -1,0 +1,270 @@
+"""The viewer's `/ui/` handlers, and the socket-only endpoint that issues login links.
+
+Who is asking: over the control socket, the peer's uid (SO_PEERCRED), as for every other
+route; over TCP (no peer), the viewer session cookie, else 401 `login_required`. What they
+may see: `kcd.server.access.AccessPolicy`, unchanged (a run is its starter's, operators see
+all, user mode serves only its user). Every refusal is an HTML page with the right status.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import anyio
+import msgspec
+
+from kcd.api.types import Event, RunInfo, ViewerSession, ViewerSessionRequest
+from kcd.errors import BadRequest, Forbidden, KcError, NotFound, Unauthorized, Unavailable
+from kcd.providers.breaker import BreakerBoard
+from kcd.providers.probes import ProbeManager
+from kcd.runs import RunManager
+from kcd.server.access import AccessPolicy, Caller
+from kcd.server.http import Handler, Request, Response, Router, StreamResponse, json_response
+from kcd.viewer import pages
+from kcd.viewer.confine import list_files, read_confined
+from kcd.viewer.history import MetricsHistory
+from kcd.viewer.markup import SECURITY_HEADERS, error_page, html_response, page
+from kcd.viewer.rundata import RunRecord, load_run
+from kcd.viewer.sessions import SessionTable
+
+__all__ = ["COOKIE", "ViewerAPI", "ViewerServices"]
+
+COOKIE = "kc_viewer"
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_WHEN = re.compile(r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?Z?)?")
+_STATIC = {"viewer.css": "text/css; charset=utf-8", "viewer.js": "text/javascript; charset=utf-8"}
+_decoder = msgspec.json.Decoder(Event)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ViewerServices:
+    """What the viewer reads of the daemon."""
+
+    runs: RunManager
+    access: AccessPolicy
+    sessions: SessionTable
+    history: MetricsHistory
+    breakers: BreakerBoard | None
+    probes: ProbeManager
+    base_url: Callable[[], str | None]  # http://127.0.0.1:PORT of the TCP listener, None when off
+    facts: Callable[[], Mapping[str, Any]]  # a few health facts for the daemon page
+    scrub: Callable[[bytes], bytes]  # the daemon's redactor, for streamed bodies
+
+
+def _html_errors(handler: Handler) -> Handler:
+    """A KcError from a viewer handler becomes an HTML error page with its status."""
+
+    @functools.wraps(handler)
+    async def wrapper(req: Request) -> Response:
+        try:
+            return await handler(req)
+        except KcError as exc:
+            return error_page(exc.status, exc.code, str(exc), exc.headers)
+    return wrapper
+
+
+def _cookie(req: Request) -> str | None:
+    raw = req.header("cookie") or ""
+    for part in raw.split(";"):
+        name, _, value = part.strip().partition("=")
+        if name == COOKIE:
+            return value
+    return None
+
+
+def _safe_next(target: str | None) -> str:
+    """Only a path of this viewer: no scheme, no host (`//evil`), no backslash, no `..`."""
+    if not target or not target.startswith("/ui/") or "//" in target or "\\" in target \
+            or any(ord(c) < 0x21 for c in target) or "/../" in target + "/" or "/./" in target + "/":
+        return "/ui/"
+    return target
+
+
+class ViewerAPI:
+    """The `/ui/` routes over ViewerServices."""
+
+    def __init__(self, services: ViewerServices):
+        self.s = services
+        root = resources.files("kcd.viewer") / "static"
+        self._static = {name: (root / name).read_bytes() for name in _STATIC}
+
+    def register(self, r: Router) -> None:
+        """The `/ui/` routes (on the control socket's router and on the TCP listener's)."""
+        for path, handler in (("/ui", self.to_index), ("/ui/", self.runs_list), ("/ui/login", self.login),
+                              ("/ui/daemon", self.daemon), ("/ui/static/{name}", self.static),
+                              ("/ui/runs/{run_id}", self.run_page),
+                              ("/ui/runs/{run_id}/fragment/{name}", self.fragment),
+                              ("/ui/runs/{run_id}/events", self.events),
+                              ("/ui/runs/{run_id}/files/{path:path}", self.raw_file),
+                              ("/ui/{rest:path}", self.not_found)):
+            r.add("GET", path, _html_errors(handler))
+
+    # ---- who is asking ----------------------------------------------------------------------
+
+    def caller(self, req: Request) -> Caller:
+        access = self.s.access
+        if req.peer is not None:  # the control socket: the kernel says who it is
+            caller = access.caller(req.peer)
+        else:
+            grant = self.s.sessions.session(_cookie(req))
+            if grant is None:
+                raise Unauthorized("login_required", "no valid viewer session: open the link `kcctl view` prints")
+            caller = Caller(uid=grant.uid, operator=grant.operator)
+        access.require_user(caller)
+        return caller
+
+    def _run(self, req: Request, run_id: str) -> RunInfo:
+        caller = self.caller(req)
+        info = self.s.runs.get(run_id) if _ID.fullmatch(run_id) else None
+        if info is None:
+            raise NotFound("run_not_found", f"no run with id {run_id!r}")
+        self.s.access.require_owner(caller, info.peer_uid, f"run {run_id}", "view")
+        return info
+
+    # ---- the session endpoint (control socket only) --------------------------------------------
+
+    async def create_session(self, req: Request) -> Response:
+        """`POST /v1/viewer/sessions`: a one-time login link bound to the caller's uid and
+        operator flag, to the runs list or to one run's page."""
+        if req.peer is None:
+            raise Forbidden("forbidden", "viewer sessions are issued over the control socket only")
+        raw = await req.body()
+        body = msgspec.json.decode(raw, type=ViewerSessionRequest) if raw.strip() else ViewerSessionRequest()
+        target = "/ui/"
+        if body.run:
+            target = f"/ui/runs/{quote(self._run(req, body.run).id, safe='')}"
+        else:
+            self.caller(req)
+        base = self.s.base_url()
+        if base is None:
+            raise Unavailable("viewer_disabled", "the viewer's TCP listener is off (viewer.enabled: false)")
+        caller = self.s.access.caller(req.peer)
+        token = self.s.sessions.issue_login(caller.uid, caller.operator)
+        url = f"{base}/ui/login?token={token}&next={quote(target, safe='/')}"
+        response = json_response(ViewerSession(url=url, expires_in_s=self.s.sessions.login_ttl_s, run=body.run))
+        response.scrub = False  # the redactor would mask `token=`: nothing here came from a run or provider
+        return response
+
+    # ---- pages ------------------------------------------------------------------------------
+
+    async def to_index(self, req: Request) -> Response:
+        return html_response(page("Runs", '<main><a href="/ui/">Runs</a></main>'), 308, {"location": "/ui/"})
+
+    async def not_found(self, req: Request) -> Response:
+        raise NotFound("not_found", f"no such page: {req.path}")
+
+    async def static(self, req: Request) -> Response:
+        name = req.path_params["name"]
+        if name not in self._static:
+            raise NotFound("not_found", f"no such asset: {name}")
+        return Response(self._static[name], content_type=_STATIC[name],
+                        headers={**SECURITY_HEADERS, "cache-control": "no-cache"})
+
+    async def login(self, req: Request) -> Response:
+        q = req.query
+        target = _safe_next(q.get("next"))
+        redeemed = self.s.sessions.redeem_login(q.get("token"))
+        if redeemed is None:
+            raise Unauthorized("login_required", "this login link is invalid, expired or already used")
+        cookie, _ = redeemed
+        max_age = int(self.s.sessions.session_ttl_s)
+        body = page("Signed in", f'<main id="login"><a href="{target}">continue</a></main>')
+        return html_response(body, 303, {
+            "location": target,
+            "set-cookie": f"{COOKIE}={cookie}; Path=/ui/; HttpOnly; SameSite=Strict; Max-Age={max_age}"})
+
+    async def runs_list(self, req: Request) -> Response:
+        caller = self.caller(req)
+        q = req.query
+        filters = {k: q.get(k, "").strip() for k in pages.FILTERS}
+        for key in ("since", "until"):
+            if filters[key] and not _WHEN.fullmatch(filters[key]):
+                raise BadRequest("invalid_query", f"{key} must be a UTC date or time like 2026-01-31T12:00")
+        limit = 200
+        runs = self.s.runs.list(
+            limit=limit, status=filters["status"] or None, owner=None if caller.operator else caller.uid,
+            route=filters["route"] or None, exit_reason=filters["exit_reason"] or None,
+            since=filters["since"].replace(" ", "T") or None, until=filters["until"].replace(" ", "T") or None)
+        who = "all runs (operator)" if caller.operator else f"runs of uid {caller.uid}"
+        return html_response(page("Runs", pages.runs_page(runs, filters, limit=limit, who=who)))
+
+    async def _view(self, info: RunInfo) -> dict[str, Any]:
+        run_dir = Path(info.run_dir)
+
+        def read() -> tuple[RunRecord, str | None, str | None, list[str]]:
+            def text(rel: str) -> str | None:
+                try:
+                    return read_confined(run_dir, rel).decode("utf-8", "replace")
+                except KcError:
+                    return None
+            files = list_files(run_dir) if run_dir.is_dir() else []
+            return load_run(run_dir), text("conversation/conversation.md"), text("workspace.diff"), files
+
+        record, conversation, diff, files = await anyio.to_thread.run_sync(read)
+        return dict(info=info, live=not self.s.runs.is_terminal(info), record=record,
+                    conversation=conversation, diff=diff, files=files)
+
+    async def run_page(self, req: Request) -> Response:
+        info = self._run(req, req.path_params["run_id"])
+        return html_response(page(f"Run {info.id}", pages.run_page(**await self._view(info))))
+
+    async def fragment(self, req: Request) -> Response:
+        info = self._run(req, req.path_params["run_id"])
+        name = req.path_params["name"]
+        if name not in pages.FRAGMENTS:
+            raise NotFound("not_found", f"no fragment {name!r}")
+        return html_response(pages.fragment(name, **await self._view(info)))
+
+    async def events(self, req: Request) -> Response:
+        """Server-Sent Events from the run's event stream: one `message` per event (its JSON),
+        heartbeats as comments, and a final `end` event so the browser stops reconnecting."""
+        info = self._run(req, req.path_params["run_id"])
+        since_raw = req.query.get("since") or req.header("last-event-id") or "0"
+        if not since_raw.isdigit():
+            raise BadRequest("invalid_query", "since must be an event sequence number")
+        stream = await self.s.runs.follow(info.id, int(since_raw), True)
+        if stream is None:
+            raise NotFound("run_not_found", f"no run with id {info.id!r}")
+        return StreamResponse(self._sse(stream), content_type="text/event-stream; charset=utf-8",
+                              headers={**SECURITY_HEADERS, "x-accel-buffering": "no"})
+
+    async def _sse(self, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        scrub = self.s.scrub
+        try:
+            async for line in stream:
+                try:
+                    event = _decoder.decode(line)
+                except msgspec.DecodeError:
+                    continue
+                if event.type == "heartbeat":
+                    yield b": heartbeat\n\n"
+                    continue
+                yield b"id: %d\ndata: %s\n\n" % (event.seq, scrub(line.strip()).replace(b"\n", b" "))
+            yield b"event: end\ndata: {}\n\n"
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()  # only this follower stops; the run goes on
+
+    async def raw_file(self, req: Request) -> Response:
+        info = self._run(req, req.path_params["run_id"])
+        rel = req.path_params["path"]
+        data = await anyio.to_thread.run_sync(read_confined, Path(info.run_dir), rel)
+        return Response(data, content_type="text/plain; charset=utf-8",
+                        headers={**SECURITY_HEADERS, "content-disposition": "inline"})
+
+    async def daemon(self, req: Request) -> Response:
+        self.caller(req)
+        board = self.s.breakers
+        probes = [{**r.record(), "age_s": round(self.s.probes.age_s(r), 1)} for r in self.s.probes.results()]
+        body = pages.daemon_page(routes=board.snapshot() if board else {}, probes=probes,
+                                 series=self.s.history.series(), interval_s=self.s.history.interval_s,
+                                 health=self.s.facts())
+        return html_response(page("Daemon", body))

@@ -1,0 +1,62 @@
+// kcd run viewer: follows a live run's events (Server-Sent Events) and refreshes the page's
+// sections from their server-rendered fragments. No framework, no build step.
+"use strict";
+
+(function () {
+  const main = document.getElementById("run");
+  if (!main || main.dataset.live !== "true") return;
+  const base = "/ui/runs/" + encodeURIComponent(main.dataset.runId);
+  const list = document.getElementById("events");
+  const refreshOn = new Set(["turn.start", "llm.attempt", "llm.response", "tool.call", "tool.result", "policy"]);
+  let timer = null;
+
+  function refresh(names) {
+    for (const name of names) {
+      fetch(base + "/fragment/" + name, { credentials: "same-origin" })
+        .then((r) => (r.ok ? r.text() : null))
+        .then((html) => {
+          const section = document.getElementById(name);
+          if (html !== null && section) section.innerHTML = html; // server-rendered and escaped
+        })
+        .catch(() => {});
+    }
+  }
+
+  function soon() {
+    if (timer === null) {
+      timer = setTimeout(() => { timer = null; refresh(["timeline", "tools", "conversation"]); }, 250);
+    }
+  }
+
+  function append(ev) {
+    if (list.querySelector('li[data-seq="' + ev.seq + '"]')) return;
+    const li = document.createElement("li");
+    li.dataset.seq = String(ev.seq);
+    li.dataset.type = ev.type;
+    const d = ev.data || {};
+    const brief = ["turn", "attempt", "route", "status", "name", "marker", "exit_reason"]
+      .filter((k) => d[k] !== undefined && d[k] !== null).map((k) => k + "=" + d[k]).join(" ");
+    li.textContent = ev.seq + " " + ev.type + " " + brief;
+    list.appendChild(li);
+  }
+
+  function ended(status) {
+    main.dataset.live = "false";
+    if (status) {
+      main.dataset.status = status;
+      const span = document.getElementById("run-status");
+      if (span) { span.textContent = status; span.className = "status status-" + status; }
+    }
+    refresh(["summary", "timeline", "tools", "conversation", "diff", "files"]);
+  }
+
+  const source = new EventSource(base + "/events?since=" + (main.dataset.lastSeq || "0"));
+  source.onmessage = (msg) => {
+    let ev;
+    try { ev = JSON.parse(msg.data); } catch (e) { return; }
+    append(ev);
+    if (ev.type === "run.end") { source.close(); ended((ev.data || {}).status); }
+    else if (refreshOn.has(ev.type)) soon();
+  };
+  source.addEventListener("end", () => { source.close(); if (main.dataset.live === "true") ended(null); });
+})();
