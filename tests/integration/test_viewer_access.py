@@ -1,0 +1,83 @@
+"""The viewer keeps the access rule: a run is its starter's, operators see all, user mode
+serves its user only; over the socket (peer uid) and over TCP (the uid the session was issued
+to). Real local users, created by `test_access`'s fixtures (CI runs as root; skipped elsewhere).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from urllib.parse import urlsplit
+
+import httpx
+import msgspec
+import pytest
+
+from .conftest import request_as
+from .test_access import _start_run, _wait_done, system_kcd, users  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("useradd") is None,
+    reason="needs root and useradd to create the test users (CI runs as root)")
+
+
+def _code(body: bytes) -> str | None:
+    m = re.search(rb'<main id="error" data-code="([^"]+)"', body)
+    return m.group(1).decode() if m else None
+
+
+def browser_for(daemon, uid: int, run: str | None = None) -> tuple[int, httpx.Client]:
+    """What `kcctl view` does for `uid`: a login link over the socket, opened in a browser."""
+    body = msgspec.json.encode({"run": run} if run else {})
+    status, payload = request_as(uid, daemon.socket, "POST", "/v1/viewer/sessions", body)
+    if status != 200:
+        return status, None
+    parts = urlsplit(msgspec.json.decode(payload)["url"])
+    client = httpx.Client(base_url=f"{parts.scheme}://{parts.netloc}", timeout=30)
+    assert client.get(f"{parts.path}?{parts.query}").status_code == 303
+    return status, client
+
+
+def test_another_users_run_is_refused_over_the_socket_and_over_tcp(system_kcd, users) -> None:  # noqa: F811
+    daemon = system_kcd
+    mine = _start_run(daemon, users["owner"])
+    theirs = _start_run(daemon, users["stranger"])
+    for run_id in (mine, theirs):
+        _wait_done(daemon, run_id)
+    pages = [f"/ui/runs/{mine}", f"/ui/runs/{mine}/fragment/timeline", f"/ui/runs/{mine}/events",
+             f"/ui/runs/{mine}/files/meta/events.jsonl"]
+    for path in pages:  # the socket: the peer's uid
+        status, body = request_as(users["stranger"], daemon.socket, "GET", path)
+        assert status == 403 and _code(body) == "forbidden", (path, status)
+        for who in ("owner", "operator"):
+            assert request_as(users[who], daemon.socket, "GET", path)[0] == 200, (who, path)
+    # a login link to someone else's run is not issued at all
+    status, payload = request_as(users["stranger"], daemon.socket, "POST", "/v1/viewer/sessions",
+                                 msgspec.json.encode({"run": mine}))
+    assert status == 403 and b"forbidden" in payload
+    # TCP: the session speaks for the uid it was issued to
+    _, stranger = browser_for(daemon, users["stranger"])
+    for path in pages:
+        r = stranger.get(path)
+        assert r.status_code == 403 and _code(r.content) == "forbidden", path
+    listing = stranger.get("/ui/").text
+    assert f'data-run-id="{theirs}"' in listing and f'data-run-id="{mine}"' not in listing
+    _, operator = browser_for(daemon, users["operator"])
+    listing = operator.get("/ui/").text
+    assert f'data-run-id="{theirs}"' in listing and f'data-run-id="{mine}"' in listing
+    assert operator.get(f"/ui/runs/{mine}").status_code == 200
+    assert operator.get("/ui/daemon").status_code == 200
+    # a cookie from one user's browser does not become another's: the stranger's cookie stays the stranger's
+    cookie = stranger.cookies["kc_viewer"]
+    r = httpx.get(str(operator.base_url).rstrip("/") + f"/ui/runs/{mine}", cookies={"kc_viewer": cookie})
+    assert r.status_code == 403
+
+
+def test_a_user_mode_daemons_viewer_serves_its_user_only(kcd, kcd_root, users) -> None:  # noqa: F811
+    os.chmod(kcd_root, 0o755)
+    os.chmod(kcd.socket, 0o666)
+    status, body = request_as(users["stranger"], kcd.socket, "GET", "/ui/")
+    assert status == 403 and _code(body) == "forbidden"
+    status, _ = browser_for(kcd, users["stranger"])
+    assert status == 403

@@ -1,0 +1,73 @@
+"""The attempt timeline, drawn from a recorded run's events (a breaker-open run: retries,
+fallbacks to a second route, and a `[circuit-open]` skip)."""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from kcd.api.types import Event
+from kcd.observe.eventlog import read_events
+from kcd.viewer.rundata import parse_events
+from kcd.viewer.timeline import timeline_svg
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "viewer" / "fallback_breaker_events.jsonl"
+NS = "{http://www.w3.org/2000/svg}"
+
+
+def _svg(events: list[Event], ttft: dict | None = None) -> ET.Element:
+    return ET.fromstring(timeline_svg(parse_events(events, ttft).turns))
+
+
+def test_every_attempt_and_skip_of_the_recorded_run_is_drawn() -> None:
+    events = read_events(FIXTURE)
+    root = _svg(events, {(1, 1): 0.03})
+    assert root.get("id") == "timeline-chart"
+    groups = [g for g in root.iter(f"{NS}g") if "attempt" in (g.get("class") or "").split()]
+    got = [(g.get("data-turn"), g.get("data-attempt"), g.get("data-kind"), g.get("data-route"), g.get("data-status"),
+            g.get("data-breaker")) for g in groups]
+    assert got == [
+        ("1", "1", "primary", "openrouter/x-ai/grok-4-fast", "503", "closed"),
+        ("1", "2", "retry", "openrouter/x-ai/grok-4-fast", "503", "closed"),
+        ("1", "3", "retry", "openrouter/x-ai/grok-4-fast", "503", "closed"),
+        ("1", "4", "fallback", "openai/gpt-4o-mini", "200", "closed"),
+        ("2", "1", "primary", "openrouter/x-ai/grok-4-fast", "503", "open"),
+        ("2", "2", "fallback", "openai/gpt-4o-mini", "200", "closed"),
+    ]
+    skips = [g for g in root.iter(f"{NS}g") if g.get("class") == "skip"]
+    assert [(g.get("data-turn"), g.get("data-route")) for g in skips] == [("2", "openrouter/x-ai/grok-4-fast")]
+    # retries show their wait; the failed attempts are marked failed, the fallback is not
+    assert len([ln for ln in root.iter(f"{NS}line") if ln.get("class") == "retry-wait"]) == 3
+    assert [("failed" in g.get("class")) for g in groups] == [True, True, True, False, True, False]
+    # TTFT of turn 1 attempt 1 is in its hover text
+    assert "TTFT 0.030s" in groups[0].find(f"{NS}title").text
+
+
+def test_bars_are_placed_in_time_within_their_turn() -> None:
+    root = _svg(read_events(FIXTURE))
+    xs = [float(g.find(f"{NS}rect").get("x")) for g in root.iter(f"{NS}g")
+          if "attempt" in (g.get("class") or "").split() and g.get("data-turn") == "1"]
+    assert xs == sorted(xs) and xs[0] < xs[-1]
+
+
+def test_model_text_in_an_event_cannot_inject_markup() -> None:
+    evil = '"><script>alert(1)</script><img src=x onerror=alert(2)>'
+    events = [Event(seq=1, ts="2026-01-01T00:00:00.000Z", run_id="r", type="turn.start", data={"turn": 1}),
+              Event(seq=2, ts="2026-01-01T00:00:01.000Z", run_id="r", type="llm.attempt",
+                    data={"turn": 1, "attempt": 1, "kind": evil, "route": evil, "ok": False, "status": None,
+                          "error": evil, "latency_s": 0.5, "breaker": evil}),
+              Event(seq=3, ts="2026-01-01T00:00:02.000Z", run_id="r", type="policy",
+                    data={"turn": 1, "marker": "circuit-open", "text": f"Skipping direct call for route {evil} (x)"})]
+    svg = timeline_svg(parse_events(events).turns)
+    assert "<script" not in svg and "<img" not in svg
+    ET.fromstring(svg)  # still well-formed
+
+
+def test_torn_and_odd_events_are_tolerated() -> None:
+    events = [Event(seq=1, ts="not a time", run_id="r", type="llm.attempt", data={"turn": "x", "latency_s": "?"}),
+              Event(seq=2, ts="2026-01-01T00:00:00Z", run_id="r", type="tool.result", data={"call_id": 5})]
+    record = parse_events(events)
+    assert len(record.turns) == 1 and record.turns[0].attempts[0].latency_s == 0.0
+    assert re.search(r'data-turn="0"', timeline_svg(record.turns))
+    assert timeline_svg([]).count("no attempts yet") == 1
