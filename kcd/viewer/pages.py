@@ -24,7 +24,8 @@ FRAGMENTS = ("timeline", "tools", "conversation", "diff", "files", "summary")
 MAX_TEXT = 2 * 1024 * 1024  # transcript and diff shown up to this many characters
 _MARKER = re.compile(r"^\[([a-z_-]+)\]( .*)?$")
 FILTERS = ("status", "route", "exit_reason", "since", "until")
-STATUSES = ("", "queued", "running", "completed", "failed", "cancelled", "interrupted")
+LIST_ATTR = ' list="statuses"'
+STATUSES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
 
 
 def _run_href(run_id: str) -> str:
@@ -32,12 +33,12 @@ def _run_href(run_id: str) -> str:
 
 
 def _filters_form(values: Mapping[str, str]) -> str:
-    options = "".join(f'<option value={attr(s)}{" selected" if values.get("status", "") == s else ""}>'
-                      f"{esc(s or 'any')}</option>" for s in STATUSES)
-    field = lambda name, label, kind="text": (  # noqa: E731
-        f'<label>{esc(label)} <input type="{kind}" name="{name}" value={attr(values.get(name, ""))}></label>')
+    options = "".join(f"<option value={attr(s)}></option>" for s in STATUSES)
+    field = lambda name, label: (  # noqa: E731
+        f'<label>{esc(label)} <input type="text" name="{name}" value={attr(values.get(name, ""))}'
+        f"{LIST_ATTR if name == 'status' else ''}></label>")
     return ('<form id="filters" method="get" action="/ui/">'
-            f'<label>status <select name="status">{options}</select></label>'
+            f"{field('status', 'status')}<datalist id=\"statuses\">{options}</datalist>"
             f"{field('route', 'route')}{field('exit_reason', 'exit reason')}"
             f"{field('since', 'since (UTC)')}{field('until', 'until (UTC)')}"
             '<button type="submit">Filter</button> <a href="/ui/">clear</a></form>')
