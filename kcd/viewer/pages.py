@@ -16,7 +16,7 @@ from kcd.api.types import Event, RunInfo
 from kcd.viewer.markup import attr, esc
 from kcd.viewer.rundata import RunRecord
 from kcd.viewer.sparkline import sparkline_svg
-from kcd.viewer.timeline import timeline_svg
+from kcd.viewer.timeline import route_tags, timeline_svg
 
 __all__ = ["FRAGMENTS", "daemon_page", "fragment", "run_page", "runs_page"]
 
@@ -94,9 +94,11 @@ def _attempts_table(record: RunRecord) -> str:
 
 
 def _timeline(record: RunRecord) -> str:
+    routes = " · ".join(f'<span class="route-tag">{esc(tag)}</span> {esc(route)}'
+                        for route, tag in route_tags(record.turns).items())
     legend = ('<p class="legend"><span class="key ok">ok</span> <span class="key failed">failed</span> '
               '<span class="key fallback">fallback</span> <span class="key skip">breaker-open skip</span> '
-              "tick: first token · dashes: wait before the retry</p>")
+              f"tick: first token · dashes: wait before the retry</p><p class=\"routes\">{routes}</p>")
     return f"<h2>Timeline</h2>{legend}{timeline_svg(record.turns)}{_attempts_table(record)}"
 
 

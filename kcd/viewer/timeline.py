@@ -12,9 +12,9 @@ from __future__ import annotations
 from kcd.viewer.markup import attr, esc
 from kcd.viewer.rundata import Attempt, Skip, Turn
 
-__all__ = ["timeline_svg"]
+__all__ = ["route_tags", "timeline_svg"]
 
-WIDTH, LABEL, ROW, BAR = 960, 170, 34, 16
+WIDTH, LABEL, ROW, BAR, TOP = 960, 170, 44, 16, 14  # TOP: room above each bar for its label
 PLOT = WIDTH - LABEL - 70
 
 
@@ -28,7 +28,7 @@ def _x(t: float, span: float) -> float:
     return LABEL + (t / span) * PLOT if span > 0 else LABEL
 
 
-def _attempt(a: Attempt, y: float, span: float) -> str:
+def _attempt(a: Attempt, y: float, span: float, tag: str) -> str:
     start = max(a.end_s - a.latency_s, 0.0)
     x0, x1 = _x(start, span), _x(a.end_s, span)
     width = max(x1 - x0, 3.0)
@@ -49,24 +49,35 @@ def _attempt(a: Attempt, y: float, span: float) -> str:
         xr = _x(a.end_s + a.retry_in_s, span)
         parts.append(f'<line class="retry-wait" x1="{x0 + width:.1f}" x2="{xr:.1f}" y1="{y + BAR / 2:.1f}" '
                      f'y2="{y + BAR / 2:.1f}"></line>')
-    parts.append(f'<text x="{x0 + 2:.1f}" y="{y + BAR - 4:.1f}">{esc(_status(a))}</text></g>')
+    parts.append(f'<text class="attempt-label" x="{x0:.1f}" y="{y - 3:.1f}">{esc(tag)} {esc(_status(a))}</text></g>')
     return "".join(parts)
 
 
-def _skip(s: Skip, y: float, span: float) -> str:
+def _skip(s: Skip, y: float, span: float, tag: str) -> str:
     x = _x(s.at_s, span)
     return (f'<g class="skip" data-turn="{s.turn}" data-route={attr(s.route)} data-breaker="open">'
             f"<title>{esc(s.text)}</title>"
+            f'<text class="attempt-label" x="{x - 6:.1f}" y="{y - 3:.1f}">{esc(tag)} open</text>'
             f'<path d="M{x - 6:.1f},{y:.1f} L{x + 6:.1f},{y + BAR:.1f} M{x + 6:.1f},{y:.1f} L{x - 6:.1f},{y + BAR:.1f}">'
             f"</path></g>")
+
+
+def route_tags(turns: list[Turn]) -> dict[str, str]:
+    """R1, R2, ... per route, in the order the run first tried them (the chart's labels)."""
+    tags: dict[str, str] = {}
+    for turn in turns:
+        for route in [a.route for a in turn.attempts] + [s.route for s in turn.skips]:
+            tags.setdefault(route, f"R{len(tags) + 1}")
+    return tags
 
 
 def timeline_svg(turns: list[Turn]) -> str:
     """The chart for `turns` (an empty chart when there are none yet)."""
     height = max(len(turns), 1) * ROW + 10
+    tags = route_tags(turns)
     rows: list[str] = []
     for i, turn in enumerate(turns):
-        y = 5 + i * ROW
+        y = TOP + 5 + i * ROW
         span = turn.span_s or 1.0
         routes = sorted({a.route for a in turn.attempts} | {s.route for s in turn.skips})
         label = f"turn {turn.number}" + (f" · {len(routes)} routes" if len(routes) > 1 else "")
@@ -74,8 +85,8 @@ def timeline_svg(turns: list[Turn]) -> str:
                     f'<text class="label" x="4" y="{y + BAR - 4}">{esc(label)}</text>'
                     f'<line class="axis" x1="{LABEL}" x2="{LABEL + PLOT}" y1="{y + BAR + 4}" y2="{y + BAR + 4}"></line>'
                     f'<text class="scale" x="{LABEL + PLOT + 6}" y="{y + BAR - 4}">{span:.3g}s</text>')
-        rows.extend(_attempt(a, y, span) for a in turn.attempts)
-        rows.extend(_skip(s, y, span) for s in turn.skips)
+        rows.extend(_attempt(a, y, span, tags[a.route]) for a in turn.attempts)
+        rows.extend(_skip(s, y, span, tags[s.route]) for s in turn.skips)
         rows.append("</g>")
     empty = "" if turns else f'<text class="empty" x="{LABEL}" y="25">no attempts yet</text>'
     return (f'<svg id="timeline-chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {height}" '
