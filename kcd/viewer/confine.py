@@ -37,9 +37,10 @@ def served(rel: str) -> bool:
     return any(rel.startswith(d) and "/" not in rel[len(d):] for d in _DIRS)
 
 
-def read_confined(run_dir: Path, rel: str, limit: int = MAX_FILE_BYTES) -> bytes:
+def read_confined(run_dir: Path, rel: str, limit: int = MAX_FILE_BYTES, *, truncate: bool = False) -> bytes:
     """The bytes of `run_dir/rel`: BadRequest for a path off the list or with a symlink on it,
-    NotFound for one that is not there, TooLarge past `limit`."""
+    NotFound for one that is not there, TooLarge past `limit` (or its first `limit` bytes
+    with `truncate`)."""
     if not served(rel):
         raise BadRequest("path_refused", "only the run's diagnostic files are served "
                                          "(no workspace files, no '..', no absolute paths)")
@@ -60,7 +61,7 @@ def read_confined(run_dir: Path, rel: str, limit: int = MAX_FILE_BYTES) -> bytes
             st = os.fstat(fh.fileno())
             if not stat.S_ISREG(st.st_mode):
                 raise BadRequest("path_refused", f"{rel} is not a regular file")
-            if st.st_size > limit:
+            if st.st_size > limit and not truncate:
                 raise TooLarge("file_too_large", f"{rel} is {st.st_size} bytes; the viewer serves up to {limit}")
             return fh.read(limit + 1)[:limit]
     finally:

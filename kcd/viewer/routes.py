@@ -82,7 +82,8 @@ def _cookie(req: Request) -> str | None:
 def _safe_next(target: str | None) -> str:
     """Only a path of this viewer: no scheme, no host (`//evil`), no backslash, no `..`."""
     if not target or not target.startswith("/ui/") or "//" in target or "\\" in target \
-            or any(ord(c) < 0x21 for c in target) or "/../" in target + "/" or "/./" in target + "/":
+            or any(not 0x21 <= ord(c) <= 0x7E for c in target) or "%2e" in target.lower() \
+            or "/../" in target + "/" or "/./" in target + "/":
         return "/ui/"
     return target
 
@@ -135,8 +136,7 @@ class ViewerAPI:
         operator flag, to the runs list or to one run's page."""
         if req.peer is None:
             raise Forbidden("forbidden", "viewer sessions are issued over the control socket only")
-        raw = await req.body()
-        body = msgspec.json.decode(raw, type=ViewerSessionRequest) if raw.strip() else ViewerSessionRequest()
+        body = await req.json(ViewerSessionRequest) if (await req.body()).strip() else ViewerSessionRequest()
         target = "/ui/"
         if body.run:
             target = f"/ui/runs/{quote(self._run(req, body.run).id, safe='')}"
@@ -201,7 +201,7 @@ class ViewerAPI:
         def read() -> tuple[RunRecord, str | None, str | None, list[str]]:
             def text(rel: str) -> str | None:
                 try:
-                    return read_confined(run_dir, rel).decode("utf-8", "replace")
+                    return read_confined(run_dir, rel, truncate=True).decode("utf-8", "replace")
                 except KcError:
                     return None
             files = list_files(run_dir) if run_dir.is_dir() else []

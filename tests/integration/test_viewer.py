@@ -275,3 +275,15 @@ def test_the_viewer_shares_the_gateways_port_when_it_has_one(make_kcd, kcd_root)
     assert client.get("/v1/runs", headers={"authorization": "Bearer tok-0123456789abcdef"}).status_code == 404
     assert raw(str(client.base_url).rstrip("/"), "/ui/", host="evil.example",
                cookie=client.cookies["kc_viewer"])[0] == 403
+
+
+def test_the_session_endpoint_checks_its_body(kcd):
+    with kcd.http() as sock:
+        assert sock.post("/v1/viewer/sessions", content=b"{bad").status_code == 400
+        assert sock.post("/v1/viewer/sessions", json={"run": 5}).status_code == 400
+        assert sock.post("/v1/viewer/sessions", json={"extra": 1}).status_code == 400
+        r = sock.post("/v1/viewer/sessions", json={"run": "../../etc"})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "run_not_found"
+        ok = sock.post("/v1/viewer/sessions", json={})
+        assert ok.status_code == 200 and ok.json()["url"].startswith("http://127.0.0.1:")
+        assert sock.get("/v1/viewer/sessions").status_code == 405

@@ -66,3 +66,8 @@ def test_a_fifo_or_a_huge_file_is_refused(run_dir: Path) -> None:
     (run_dir / "workspace.diff").write_bytes(b"x" * 2048)
     with pytest.raises(TooLarge):
         read_confined(run_dir, "workspace.diff", limit=1024)
+
+
+def test_truncate_reads_the_head_of_a_large_file(run_dir: Path) -> None:
+    (run_dir / "workspace.diff").write_bytes(b"x" * 2048)
+    assert read_confined(run_dir, "workspace.diff", limit=1024, truncate=True) == b"x" * 1024
