@@ -287,3 +287,20 @@ def test_the_session_endpoint_checks_its_body(kcd):
         ok = sock.post("/v1/viewer/sessions", json={})
         assert ok.status_code == 200 and ok.json()["url"].startswith("http://127.0.0.1:")
         assert sock.get("/v1/viewer/sessions").status_code == 405
+
+
+def test_the_daemon_page_charts_the_sampled_metrics(make_kcd, kcd_root):
+    config = kcd_root / "kcd.yaml"
+    config.write_text("viewer:\n  sample_interval_s: 0.2\n  history_points: 50\n")
+    daemon = make_kcd("--config", str(config), "--executor", "in-process")
+    run(daemon, CONFIGS / "demo.yaml", "list the files")
+    time.sleep(0.6)
+    client, _ = login(daemon)
+    page = client.get("/ui/daemon").text
+    charts = dict(re.findall(r'<svg class="metric-chart" data-metric="(\w+)" data-points="(\d+)"', page))
+    assert set(charts) >= {"runs_active", "attempts", "fallbacks", "breaker_skips"}
+    assert 3 <= int(charts["attempts"]) <= 50
+    attempts_chart = page[page.index('data-metric="attempts"'):].split("</svg>", 1)[0]
+    assert re.search(r"\(max [1-9]", attempts_chart), attempts_chart  # the run's attempts show up
+    assert '<tr data-route="mock/dev" data-state="closed">' in page
+    assert '<section id="probes">' in page

@@ -1,0 +1,32 @@
+"""StateStore.list_runs filters (the viewer's runs list): route, exit reason, time range."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kcd.api.types import RunInfo
+from kcd.state import StateStore
+
+
+def test_filters_combine_and_until_includes_the_day_it_names(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.db")
+    rows = [("a", "2026-01-30T23:59:59.000Z", "mock/dev", "mark_task_complete", 1),
+            ("b", "2026-01-31T08:00:00.000Z", "openai/gpt-4o-mini", "provider_error", 1),
+            ("c", "2026-01-31T18:30:00.000Z", "mock/dev", "provider_error", 2),
+            ("d", "2026-02-01T00:00:00.000Z", "mock/dev", "mark_task_complete", 1)]
+    store.save_runs([RunInfo(id=i, status="completed", run_dir=f"/r/{i}", created_at=t, route=r, exit_reason=e,
+                             peer_uid=u) for i, t, r, e, u in rows])
+
+    def ids(**kw) -> list[str]:
+        return [r.id for r in store.list_runs(limit=10, **kw)]
+
+    assert ids() == ["d", "c", "b", "a"]
+    assert ids(route="mock/dev") == ["d", "c", "a"]
+    assert ids(exit_reason="provider_error") == ["c", "b"]
+    assert ids(since="2026-01-31", until="2026-01-31") == ["c", "b"]
+    assert ids(since="2026-01-31T09:00") == ["d", "c"]
+    assert ids(until="2026-01-31T08:00") == ["b", "a"]
+    assert ids(route="mock/dev", exit_reason="provider_error", owner=2) == ["c"]
+    assert ids(route="mock/dev", owner=1) == ["d", "a"]
+    assert ids(route="' OR 1=1 --") == []
+    store.close()
