@@ -163,3 +163,27 @@ def test_sandbox_settings_and_the_old_isolation_names(tmp_path):
     path.write_text("sandbox:\n  max_processes: 2\n")
     with pytest.raises(DaemonConfigError, match="max_processes"):
         load_daemon_config(path, {}, {})
+
+
+@pytest.mark.parametrize(("text", "error"), [
+    ("viewer: {host: 0.0.0.0}\n", r"viewer.host '0.0.0.0' is not a loopback address.*\$\.viewer"),
+    ("viewer: {host: example.org}\n", r"not a loopback address"),
+    ("viewer: {port: 70000}\n", r"\$\.viewer\.port"),
+    ("viewer: {login_ttl_s: 0}\n", r"\$\.viewer\.login_ttl_s"),
+    ("viewer: {history_points: 1}\n", r"\$\.viewer\.history_points"),
+    ("viewer: {colour: red}\n", r"colour"),
+])
+def test_viewer_settings_are_checked(tmp_path, text, error):
+    f = tmp_path / "kcd.yaml"
+    f.write_text(text)
+    with pytest.raises(DaemonConfigError, match=error):
+        load_daemon_config(f, {}, {})
+
+
+def test_viewer_may_leave_loopback_only_when_allowed(tmp_path):
+    f = tmp_path / "kcd.yaml"
+    f.write_text("viewer: {host: 0.0.0.0, allow_remote: true, port: 8088}\n")
+    viewer = load_daemon_config(f, {}, {}).viewer
+    assert (viewer.host, viewer.port, viewer.allow_remote) == ("0.0.0.0", 8088, True)
+    f.write_text("viewer: {host: '::1'}\n")
+    assert load_daemon_config(f, {}, {}).viewer.host == "::1"
