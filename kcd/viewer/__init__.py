@@ -11,6 +11,7 @@ Served on the control socket (the peer's uid applies) and on a loopback TCP list
 - `sparkline.py`: a metric's history as a small inline SVG chart;
 - `markup.py`: HTML building blocks (escaping, the page shell, error pages, headers);
 - `pages.py`: the pages and fragments, from the data above;
+- `sse.py`: a run's events as Server-Sent Events, stopped when the browser leaves;
 - `routes.py`: the `/ui/` handlers (who is asking, what they may see) and the session endpoint;
 - `listener.py`: the TCP listener's ASGI app (Host check, only `/ui/`, the gateway's routes when shared).
 """

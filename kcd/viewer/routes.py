@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -18,21 +18,21 @@ from typing import Any
 from urllib.parse import quote
 
 import anyio
-import msgspec
 
-from kcd.api.types import Event, RunInfo, ViewerSession, ViewerSessionRequest
+from kcd.api.types import RunInfo, ViewerSession, ViewerSessionRequest
 from kcd.errors import BadRequest, Forbidden, KcError, NotFound, Unauthorized, Unavailable
 from kcd.providers.breaker import BreakerBoard
 from kcd.providers.probes import ProbeManager
 from kcd.runs import RunManager
 from kcd.server.access import AccessPolicy, Caller
-from kcd.server.http import Handler, Request, Response, Router, StreamResponse, json_response
+from kcd.server.http import Handler, Request, Response, Router, json_response
 from kcd.viewer import pages
 from kcd.viewer.confine import list_files, read_confined
 from kcd.viewer.history import MetricsHistory
 from kcd.viewer.markup import SECURITY_HEADERS, error_page, html_response, page
 from kcd.viewer.rundata import RunRecord, load_run
 from kcd.viewer.sessions import SessionTable
+from kcd.viewer.sse import FollowingResponse, sse_messages
 
 __all__ = ["COOKIE", "ViewerAPI", "ViewerServices"]
 
@@ -40,7 +40,6 @@ COOKIE = "kc_viewer"
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _WHEN = re.compile(r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?Z?)?")
 _STATIC = {"viewer.css": "text/css; charset=utf-8", "viewer.js": "text/javascript; charset=utf-8"}
-_decoder = msgspec.json.Decoder(Event)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -232,26 +231,9 @@ class ViewerAPI:
         stream = await self.s.runs.follow(info.id, int(since_raw), True)
         if stream is None:
             raise NotFound("run_not_found", f"no run with id {info.id!r}")
-        return StreamResponse(self._sse(stream), content_type="text/event-stream; charset=utf-8",
-                              headers={**SECURITY_HEADERS, "x-accel-buffering": "no"})
-
-    async def _sse(self, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        scrub = self.s.scrub
-        try:
-            async for line in stream:
-                try:
-                    event = _decoder.decode(line)
-                except msgspec.DecodeError:
-                    continue
-                if event.type == "heartbeat":
-                    yield b": heartbeat\n\n"
-                    continue
-                yield b"id: %d\ndata: %s\n\n" % (event.seq, scrub(line.strip()).replace(b"\n", b" "))
-            yield b"event: end\ndata: {}\n\n"
-        finally:
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                await aclose()  # only this follower stops; the run goes on
+        return FollowingResponse(sse_messages(stream, self.s.scrub), req.receive,
+                                 content_type="text/event-stream; charset=utf-8",
+                                 headers={**SECURITY_HEADERS, "x-accel-buffering": "no"})
 
     async def raw_file(self, req: Request) -> Response:
         info = self._run(req, req.path_params["run_id"])

@@ -19,9 +19,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
-import pytest
 
-from .conftest import CANARY_KEYS, CONFIGS, REPO
+from .conftest import CANARY_KEYS, CONFIGS
 
 CONF = Path(__file__).parent / "configs"
 EVIL = '<script>alert(1)</script>"><img src=x onerror=alert(2)>'
@@ -120,27 +119,26 @@ def test_kcctl_view_open_hands_the_link_to_the_browser(kcd, tmp_path):
 
 def test_no_session_forged_expired_and_spent_tokens_get_401(make_kcd, kcd_root):
     config = kcd_root / "kcd.yaml"
-    config.write_text("viewer:\n  login_ttl_s: 1\n")
+    config.write_text("viewer:\n  login_ttl_s: 3\n")
     daemon = make_kcd("--config", str(config), "--executor", "in-process")
-    url = view(daemon)["url"]
-    parts = urlsplit(url)
+    parts = urlsplit(view(daemon)["url"])
     base = f"{parts.scheme}://{parts.netloc}"
+    # a spent token (used at once: the TTL is short)
+    good = f"{parts.path}?{parts.query}"
+    assert httpx.get(base + good).status_code == 303
+    assert httpx.get(base + good).status_code == 401
     for path in ("/ui/", "/ui/daemon", "/ui/runs/abc", "/ui/runs/abc/events", "/ui/runs/abc/files/result.json"):
         r = httpx.get(base + path)
         assert r.status_code == 401 and error_code(r.text) == "login_required", path
     assert httpx.get(base + "/ui/", cookies={"kc_viewer": "forged"}).status_code == 401
     assert httpx.get(base + "/ui/login?token=forged-token&next=/ui/").status_code == 401
-    # a spent token
-    good = f"{parts.path}?{parts.query}"
-    assert httpx.get(base + good).status_code == 303
-    assert httpx.get(base + good).status_code == 401
-    # an expired one
-    stale = urlsplit(view(daemon)["url"])
-    time.sleep(1.5)
-    assert httpx.get(f"{base}{stale.path}?{stale.query}").status_code == 401
     # the login token is not itself a session cookie
     token = re.search(r"token=([^&]+)", view(daemon)["url"]).group(1)
     assert httpx.get(base + "/ui/", cookies={"kc_viewer": token}).status_code == 401
+    # an expired one
+    stale = urlsplit(view(daemon)["url"])
+    time.sleep(3.5)
+    assert httpx.get(f"{base}{stale.path}?{stale.query}").status_code == 401
 
 
 def test_login_redirects_only_inside_the_viewer(kcd):
