@@ -307,3 +307,40 @@ async def json_error_in_200(fx: FaultRun, ex: Exchange, reply: Reply) -> None:
         await ex.end(wire.DONE)
     else:
         await ex.respond_json(200, error)
+
+
+# ------------------------------------------------------------ scripted: one recorded response
+
+
+async def scripted(fx: FaultRun, ex: Exchange, reply: Reply) -> None:
+    """One response as a run recorded it (`kcctl incident --scenario`): after <delay> s, either
+    a literal status / content type / body (error bodies, HTML pages, a JSON error in a 200),
+    or, for a 200 without a body, the scripted reply itself, whole or cut after <events>
+    content chunks, with or without its terminator, ending cleanly or with a TCP reset."""
+    await anyio.sleep(fx.param("delay"))
+    status, body, content_type = int(fx.param("status")), str(fx.params["body"]), str(fx.params["content_type"])
+    seconds = fx.params.get("retry_after")
+    headers = [] if seconds is None else [("retry-after", str(math.ceil(seconds)))]
+    if body or status != 200:
+        data = body.encode() if body else _ENCODER.encode(B.for_status(status))
+        await ex.respond(status, data, content_type or "application/json", headers)
+        return
+    events, whole = fx.params.get("events"), bool(fx.param("terminator"))
+    if events is None and whole:
+        await fx.inner.deliver(ex, reply)
+        return
+    if not ex.stream:
+        await _partial_body(ex, reply)  # a JSON completion cannot be cut by events: half of it, then a reset
+        await ex.abort()
+        return
+    chunks = ex.chunks(reply)
+    role, content = _split(chunks)
+    sent = [role, *content[: int(events)]] if events is not None else chunks
+    await ex.start(200, content_type or "text/event-stream", headers)
+    for chunk in sent:
+        await ex.write(wire.sse(chunk))
+    if fx.param("reset"):
+        await ex.abort()
+    else:
+        await ex.end(wire.DONE if whole else b"")
+

@@ -35,6 +35,12 @@ def openrouter_error(code: int, message: str, **metadata: Any) -> dict[str, Any]
     return {"error": error}
 
 
+def for_status(status: int) -> dict[str, Any]:
+    """A plain OpenAI-style error for a status that came without a body of its own."""
+    return openai_error(f"Upstream answered HTTP {status}.", "server_error" if status >= 500 else "invalid_request_error",
+                        None)
+
+
 def rate_limited(fx: FaultRun, ex: Exchange) -> dict[str, Any]:
     return openai_error(f"Rate limit reached for {ex.model} on requests per min. Please try again later.",
                         "requests", "rate_limit_exceeded")

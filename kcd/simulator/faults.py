@@ -1,4 +1,4 @@
-"""The fault catalogue, F01–F33: how a scripted reply is delivered badly.
+"""The fault catalogue, F01–F41: how a scripted reply is delivered badly.
 
 The ids are the ones the matrix scenarios and tests cite ("simulator fault
 F29"); the faults cover the failoverbench scenarios (docs/references.md) plus
@@ -22,6 +22,20 @@ Faults that hold a connection open (``no_response``, ``stream_stall``,
 ``keepalive_only``, ``slow_trickle``) end when the client leaves, or after
 ``hold`` seconds with a TCP reset, so nothing waits forever.
 
+F41 (``scripted``) is not a failure mode but a recording: one response exactly as a run
+saw it, with text parameters (``content_type``, ``body``) besides the numbers. A list of
+``scripted`` plans with ``count: 1`` queued for one model is a per-request script (this
+request a 503 with this body after 0.4 s, the next an HTML 502, the next a stream cut after
+3 events, then healthy), which is how `kcd.matrix.from_run` replays an incident:
+
+* ``status`` (200), ``content_type`` (""), ``body`` (""): a body, or any status but 200,
+  is answered literally (an empty body gets a generic error for the status, an empty
+  content type is JSON);
+* a 200 without a body is the scripted reply: ``events`` (all) content chunks, then the
+  finish chunk and ``[DONE]`` unless ``terminator`` is 0, closed cleanly unless ``reset``
+  is 1 (a non-streamed request gets half the JSON completion and a reset instead);
+* ``delay`` (0) seconds before anything is sent; ``retry_after`` sets ``Retry-After``.
+
 F07 (``connect_refused`` / ``dns_fail``) cannot be served: nothing answers.
 Tests point a route at a closed port (`unused_port()`) or at a host under the
 reserved ``.invalid`` TLD (RFC 2606), e.g. ``http://sim.invalid/v1``.
@@ -30,7 +44,7 @@ reserved ``.invalid`` TLD (RFC 2606), e.g. ``http://sim.invalid/v1``.
 from __future__ import annotations
 
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -58,8 +72,9 @@ __all__ = [
 ]
 
 FAULT_HEADER = "x-kc-sim-fault"
+MAX_TEXT_PARAM = 256 * 1024  # a recorded error body or page; larger ones are cut by the recorder
 
-ParamValue = int | float | None
+ParamValue = int | float | str | None  # str: text parameters (F41's body)
 
 
 class FaultError(ValueError):
@@ -84,6 +99,7 @@ class Fault:
     stream: str  # what a streamed request gets
     plain: str  # what a non-streamed request gets
     defaults: tuple[tuple[str, ParamValue], ...] = ()  # None: optional, off unless given
+    check: Callable[[Mapping[str, ParamValue]], str | None] | None = None  # a problem with the values together
 
 
 class FaultSpec(msgspec.Struct, frozen=True):
@@ -112,6 +128,15 @@ class FaultRun:
 
 
 _HOLD = ("hold", 300.0)
+
+
+def _check_scripted(params: Mapping[str, ParamValue]) -> str | None:
+    status, events = params["status"], params["events"]
+    if not (isinstance(status, int) and 100 <= status <= 599):
+        return f"status={status} is not an HTTP status"
+    if isinstance(events, float) and events != int(events):
+        return f"events={events} must be a whole number"
+    return None
 
 _CATALOGUE = (
     Fault("F01", "rate_limit_retry_after", act.rate_limit_retry_after,
@@ -202,6 +227,12 @@ _CATALOGUE = (
     Fault("F40", "flapping_timed", act.flapping_timed,
           "per model: 503 for <down> s, then healthy for <up> s, repeating from wall-clock <epoch>",
           "same", (("down", 5.0), ("up", 5.0), ("epoch", 0.0))),
+    Fault("F41", "scripted", act.scripted,
+          "after <delay> s: <status> with <content_type> and <body> as given; a 200 without a body is the "
+          "reply's role chunk and <events> content chunks, then finish and [DONE] unless terminator=0, "
+          "then a TCP reset if reset=1", "the literal response; a cut 200: half the JSON body, then a reset",
+          (("status", 200), ("content_type", ""), ("body", ""), ("delay", 0.0), ("retry_after", None),
+           ("events", None), ("terminator", 1), ("reset", 0)), _check_scripted),
 )
 
 FAULTS: Mapping[str, Fault] = MappingProxyType({f.name: f for f in _CATALOGUE})
@@ -219,6 +250,12 @@ def _unknown(name: str) -> FaultError:
 
 def _coerce(fault: Fault, key: str, value: Any) -> ParamValue:
     default = dict(fault.defaults)[key]
+    if isinstance(default, str):  # a text parameter takes any string, as given
+        if not isinstance(value, str):
+            raise FaultError(f"fault {fault.name}: {key} must be a string")
+        if len(value) > MAX_TEXT_PARAM:
+            raise FaultError(f"fault {fault.name}: {key} is longer than {MAX_TEXT_PARAM} characters")
+        return value
     if isinstance(value, str):
         text = value.strip().lower()
         if text in ("", "none", "null"):
@@ -252,6 +289,9 @@ def resolve(name: str, params: Mapping[str, Any] | None = None) -> FaultSpec:
             known = ", ".join(merged) or "none"
             raise FaultError(f"fault {name}: unknown parameter {key!r} (parameters: {known})")
         merged[key] = _coerce(fault, key, value)
+    problem = fault.check(merged) if fault.check else None
+    if problem:
+        raise FaultError(f"fault {name}: {problem}")
     return FaultSpec(name, merged)
 
 

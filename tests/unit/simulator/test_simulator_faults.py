@@ -1,4 +1,4 @@
-"""Fault injection in the provider simulator (catalogue F01–F33), over real
+"""Fault injection in the provider simulator (catalogue F01–F41), over real
 loopback HTTP: every fault in stream and non-stream mode, the three ways of
 selecting one (header, model suffix, programmed plan), the request log and stats."""
 
@@ -659,3 +659,66 @@ async def test_kcd_simulate_process_exposes_fault_control():
             proc.terminate()
             with anyio.fail_after(10):
                 await proc.wait()
+
+
+# ------------------------------------------------------------------ F41 scripted: a per-request script
+
+
+async def test_scripted_sequence_replays_literal_responses_in_order_then_healthy(http, root, sim):
+    """A queue of count-1 `scripted` plans is a per-request script: each request gets its own
+    recorded status, content type, body, Retry-After and delay, in order; then healthy."""
+    page = "<!DOCTYPE html><html><title>502 Bad Gateway</title><body>cloudflare</body></html>"
+    body = '{"error":{"message":"overloaded","type":"server_error","code":"x1"}}'
+    plans = [{"model": "gpt-4o-mini", "fault": "scripted", "count": 1, "params": p} for p in (
+        {"status": 503, "content_type": "application/json", "body": body, "delay": 0.3},
+        {"status": 502, "content_type": "text/html; charset=UTF-8", "body": page},
+        {"status": 429, "retry_after": 7},
+        {"status": 200, "content_type": "text/html", "body": "<html>sign in</html>"},
+    )]
+    r = await http.post(f"{root}/_sim/faults", json=plans)
+    assert r.status_code == 200, r.text
+    seen = []
+    for _ in range(5):
+        started = time.monotonic()
+        r = await post(http, req("gpt-4o-mini"))
+        seen.append((r.status_code, r.headers["content-type"], r.headers.get("retry-after"),
+                     time.monotonic() - started, r.text))
+    assert [s[:3] for s in seen] == [(503, "application/json", None), (502, "text/html; charset=UTF-8", None),
+                                     (429, "application/json", "7"), (200, "text/html", None),
+                                     (200, "application/json", None)]
+    assert seen[0][4] == body and seen[1][4] == page and seen[3][4] == "<html>sign in</html>"
+    assert seen[0][3] >= 0.3 and seen[1][3] < 0.3  # the delay belongs to its own request only
+    assert json.loads(seen[2][4])["error"]["message"] == "Upstream answered HTTP 429."
+    assert json.loads(seen[4][4])["choices"][0]["message"]  # the script is over: healthy again
+    assert (await http.get(f"{root}/_sim/stats")).json()["by_fault"] == {"scripted": 4}
+
+
+async def test_scripted_stream_cut_after_events_with_or_without_terminator(http):
+    body = req("echo", stream=True, tools=False, text=LONG)
+    # events=3, no terminator: the role chunk and three content chunks, then a clean end of body
+    r, raw, how, _ = await drain(http, body, "scripted;events=3;terminator=0")
+    data, _ = datas(raw)
+    assert how == "eof" and r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    assert "[DONE]" not in data and finishes(chunks_of(data)) == [] and text_of(chunks_of(data)) == LONG[:36]
+    # the same cut as a TCP reset
+    _, raw, how, _ = await drain(http, body, "scripted;events=2;terminator=0;reset=1")
+    assert how == "reset" and text_of(chunks_of(datas(raw)[0])) == LONG[:24]
+    # every chunk with its finish reason, but no [DONE]: a missing terminator only
+    _, raw, how, _ = await drain(http, body, "scripted;terminator=0")
+    data, _ = datas(raw)
+    assert how == "eof" and "[DONE]" not in data and finishes(chunks_of(data)) == ["stop"]
+    assert text_of(chunks_of(data)) == LONG
+    # plain scripted 200 is the healthy stream
+    _, raw, how, _ = await drain(http, body, "scripted")
+    assert datas(raw)[0][-1] == "[DONE]" and text_of(chunks_of(datas(raw)[0])) == LONG
+    # a non-streamed request cannot be cut by events: half the completion, then a reset
+    r, raw, how, _ = await drain(http, req(), "scripted;events=1;terminator=0")
+    assert how == "reset" and 0 < len(raw) < int(r.headers["content-length"])
+
+
+async def test_scripted_parameters_are_checked(http, root):
+    for params in ({"status": 42}, {"status": 700}, {"body": 5}, {"delay": -1}, {"events": 1.5},
+                   {"content_type": None}, {"body": "x" * (256 * 1024 + 1)}):
+        r = await http.post(f"{root}/_sim/faults", json={"model": "dev", "fault": "scripted", "params": params})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_fault", params
+    assert (await http.get(f"{root}/_sim/faults")).json()["plans"] == {}
