@@ -89,7 +89,7 @@ class _S(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class FaultRef(_S, kw_only=True, forbid_unknown_fields=True):
-    name: str  # a fault of the simulator's catalogue (F01-F41)
+    name: str  # a fault of the simulator's catalogue (F01-F42)
     route: str = "primary"  # route id, alias, or "*" (any model of the scenario)
     count: Annotated[int, Meta(ge=1)] | None = None  # requests that get it; null: until the step ends
     params: dict[str, int | float | str | None] = {}  # str: text parameters (scripted's body)

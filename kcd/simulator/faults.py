@@ -1,4 +1,4 @@
-"""The fault catalogue, F01–F41: how a scripted reply is delivered badly.
+"""The fault catalogue, F01–F42: how a scripted reply is delivered badly.
 
 The ids are the ones the matrix scenarios and tests cite ("simulator fault
 F29"); the faults cover the failoverbench scenarios (docs/references.md) plus
@@ -22,7 +22,7 @@ Faults that hold a connection open (``no_response``, ``stream_stall``,
 ``keepalive_only``, ``slow_trickle``) end when the client leaves, or after
 ``hold`` seconds with a TCP reset, so nothing waits forever.
 
-F41 (``scripted``) is not a failure mode but a recording: one response exactly as a run
+F42 (``scripted``) is not a failure mode but a recording: one response exactly as a run
 saw it, with text parameters (``content_type``, ``body``) besides the numbers. A list of
 ``scripted`` plans with ``count: 1`` queued for one model is a per-request script (this
 request a 503 with this body after 0.4 s, the next an HTML 502, the next a stream cut after
@@ -74,7 +74,7 @@ __all__ = [
 FAULT_HEADER = "x-kc-sim-fault"
 MAX_TEXT_PARAM = 256 * 1024  # a recorded error body or page; larger ones are cut by the recorder
 
-ParamValue = int | float | str | None  # str: text parameters (F41's body)
+ParamValue = int | float | str | None  # str: text parameters (F42's body)
 
 
 class FaultError(ValueError):
@@ -227,7 +227,7 @@ _CATALOGUE = (
     Fault("F40", "flapping_timed", act.flapping_timed,
           "per model: 503 for <down> s, then healthy for <up> s, repeating from wall-clock <epoch>",
           "same", (("down", 5.0), ("up", 5.0), ("epoch", 0.0))),
-    Fault("F41", "scripted", act.scripted,
+    Fault("F42", "scripted", act.scripted,
           "after <delay> s: <status> with <content_type> and <body> as given; a 200 without a body is the "
           "reply's role chunk and <events> content chunks, then finish and [DONE] unless terminator=0, "
           "then a TCP reset if reset=1", "the literal response; a cut 200: half the JSON body, then a reset",

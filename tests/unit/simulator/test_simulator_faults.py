@@ -1,4 +1,4 @@
-"""Fault injection in the provider simulator (catalogue F01–F41), over real
+"""Fault injection in the provider simulator (catalogue F01–F42), over real
 loopback HTTP: every fault in stream and non-stream mode, the three ways of
 selecting one (header, model suffix, programmed plan), the request log and stats."""
 
@@ -661,7 +661,7 @@ async def test_kcd_simulate_process_exposes_fault_control():
                 await proc.wait()
 
 
-# ------------------------------------------------------------------ F41 scripted: a per-request script
+# ------------------------------------------------------------------ F42 scripted: a per-request script
 
 
 async def test_scripted_sequence_replays_literal_responses_in_order_then_healthy(http, root, sim):
