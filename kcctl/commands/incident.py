@@ -106,12 +106,21 @@ def _incident_readme(run_name: str, manifest: dict, routes: list[str], pieces: l
 @click.command()
 @click.argument("run")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-              help="folder to write (default: ./incident_<run dir name>); must be new or empty")
+              help="folder to write (default: ./incident_<run dir name>); must be new or empty. With "
+                   "--scenario: the folder for NAME.yaml (default: ./configs/matrix)")
 @click.option("--require-matrix", is_flag=True,
               help="fail unless the matrix rerun ran (by default an unavailable or empty rerun is reported only)")
+@click.option("--scenario", "scenario_name", metavar="NAME",
+              help="instead: write a regression scenario NAME.yaml ([a-z0-9_]+) that replays the run's "
+                   "provider behaviour on the simulator, for `kcctl matrix --only NAME`")
+@click.option("--expect-outcome", type=click.Choice(["recorded", "fixed"]),
+              help="with --scenario, for a failed run: `fixed` (default) expects the run to complete, so the "
+                   "scenario fails until the bug is fixed; `recorded` expects the recorded failure")
+@click.option("--force", is_flag=True, help="with --scenario: overwrite an existing NAME.yaml")
 @click.pass_context
 @guard
-def incident(ctx: click.Context, run: str, out: Path | None, require_matrix: bool) -> None:
+def incident(ctx: click.Context, run: str, out: Path | None, require_matrix: bool, scenario_name: str | None,
+             expect_outcome: str | None, force: bool) -> None:
     """The runbook's incident checklist as one command.
 
     Writes into one folder: the run's vendor bundle, incident_metrics.json (the telemetry
@@ -121,7 +130,17 @@ def incident(ctx: click.Context, run: str, out: Path | None, require_matrix: boo
     under the harness), not a failure of this command. Exit codes: 0 every piece written,
     1 a piece could not be produced, 2 no such run or a path outside the runs root,
     3 kcd unreachable.
+
+    With --scenario NAME it writes one file instead, <--out>/NAME.yaml: a matrix scenario
+    that replays the run's provider responses per request (statuses, content types,
+    scrubbed error bodies, stream cuts, delays, Retry-After; breakers that were already
+    open) with expectations taken from the run. No prompt or request body goes in it.
     """
+    if scenario_name is not None:
+        _write_scenario(ctx.obj, run, scenario_name, out or Path("configs/matrix"), expect_outcome, force)
+        return
+    if expect_outcome is not None or force:
+        raise click.UsageError("--expect-outcome and --force go with --scenario")
     if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise click.UsageError(f"{out} exists and is not an empty directory")
     name, data, manifest = get_bundle_or_exit(ctx.obj, run)
@@ -146,6 +165,30 @@ def incident(ctx: click.Context, run: str, out: Path | None, require_matrix: boo
         click.echo(f"  {folder / f}")
     click.echo(f"  and paste the summary in {folder / 'README.md'} (the bundle's SUMMARY.md) into the ticket body")
     sys.exit(EXIT_NOT_COMPLETED if any(p.failed for p in pieces) else EXIT_OK)
+
+
+def _write_scenario(obj: Ctx, run: str, name: str, folder: Path, outcome: str | None, force: bool) -> None:
+    """Ask kcd for the scenario (it reads and scrubs the run), then write it here."""
+    import re
+
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_]{0,79}", name):
+        raise click.UsageError(f"scenario name {name!r}: use lower-case letters, digits and _ (at most 80), "
+                               "starting with a letter or digit")
+    target = folder / f"{name}.yaml"
+    if target.exists() and not force:
+        raise click.UsageError(f"{target} exists; pass --force to overwrite it")
+    if folder.exists() and not folder.is_dir():
+        raise click.UsageError(f"{folder} is not a directory")
+    with obj.client() as client:
+        made = client.call("POST", "/v1/scenarios/from-run", {"run": run, "name": name, "expect_outcome": outcome})
+    folder.mkdir(parents=True, exist_ok=True)
+    write_file(target, made["text"].encode("utf-8"))
+    click.echo(f"[scenario] {target}")
+    click.echo(f"[scenario] from run {made['run_id']}; expected outcome: {made['expect_outcome']}")
+    for line in made["summary"]:
+        click.echo(f"  {line}")
+    click.echo(f"[scenario] run it: kcctl matrix --only {name}"
+               + ("" if folder.resolve() == Path("configs/matrix").resolve() else f" --dir {folder}"))
 
 
 def _matrix_selection(obj: Ctx, routes: list[str]) -> list[str]:

@@ -42,7 +42,7 @@ def matrix_files(files: tuple[Path, ...], directory: Path | None) -> list[Path]:
 
 
 @click.command()
-@click.option("--scenario", "-s", "names", multiple=True, metavar="NAME",
+@click.option("--scenario", "--only", "-s", "names", multiple=True, metavar="NAME",
               help="run only this scenario (fnmatch patterns allowed); repeatable")
 @click.option("--config", "files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               metavar="FILE", help="a scenario YAML or plan JSON to run instead of the catalogue; repeatable")

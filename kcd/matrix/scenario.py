@@ -52,6 +52,7 @@ from kcd.config.daemon import BreakerSettings
 from kcd.config.keypath import ConfigError, Path_, parse, render
 from kcd.config.yamlfile import load_yaml
 from kcd.matrix.compare import GrammarError, parse_comparison, parse_path
+from kcd.matrix.types import SCENARIO_NAME
 from kcd.providers.routes import RouteError, parse_route
 
 __all__ = [
@@ -71,7 +72,7 @@ __all__ = [
 
 DEFAULT_TASK = "List the workspace, summarise what it holds, then call mark_task_complete."
 ANY_MODEL = "*"
-NAME_PATTERN = r"^[a-z0-9][a-z0-9_]{0,79}$"
+NAME_PATTERN = SCENARIO_NAME
 _ALIAS = re.compile(r"(primary|fallback)(\d*)\Z")
 _TEMPLATE = re.compile(r"\{(primary|fallback\d*)\}")
 

@@ -5,6 +5,7 @@
     GET  /v1/matrix/{id}/events       NDJSON: matrix.start, scenario.start, scenario.end
                                       {result: ScenarioResult}, matrix.end {info: MatrixInfo}
     POST /v1/matrix/{id}/cancel       202 MatrixInfo
+    POST /v1/scenarios/from-run       ScenarioFromRunRequest -> 200 ScenarioFromRun
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ __all__ = [
     "MatrixInfo",
     "MatrixRequest",
     "MatrixSummary",
+    "SCENARIO_NAME",
     "ScenarioFile",
+    "ScenarioFromRun",
+    "ScenarioFromRunRequest",
     "ScenarioResult",
     "StepResult",
 ]
@@ -28,6 +32,7 @@ Verdict = Literal["pass", "fail", "skip"]
 Grade = Literal["pass", "partial", "safe", "fail"]
 MatrixStatus = Literal["planned", "running", "passed", "failed", "cancelled"]  # planned: a dry run
 MAX_PARALLEL = 32
+SCENARIO_NAME = r"^[a-z0-9][a-z0-9_]{0,79}$"  # a scenario's `name`, and its file's stem
 
 
 class ScenarioFile(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -113,3 +118,22 @@ class MatrixInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
     ended_at: str | None = None
     simulator: str | None = None  # base URL of the simulator the offline scenarios used
     peer_uid: int | None = None
+
+
+class ScenarioFromRunRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The body of `POST /v1/scenarios/from-run` (`kcctl incident RUN --scenario NAME`)."""
+
+    run: str  # run id, run directory name, or absolute run directory under the runs root
+    name: Annotated[str, Meta(pattern=SCENARIO_NAME)]
+    expect_outcome: Literal["fixed", "recorded"] | None = None  # None: recorded if it completed, else fixed
+
+
+class ScenarioFromRun(msgspec.Struct, kw_only=True):
+    """A scenario file made from a run; the client writes it (the daemon writes no client path)."""
+
+    name: str
+    run_id: str | None
+    expect_outcome: Literal["fixed", "recorded"]
+    text: str  # the YAML, scrubbed
+    summary: list[str]  # what it reproduces, one line each
+

@@ -236,6 +236,10 @@ class BreakerBoard:
         self._routes: dict[str, _Route] = {}
         self._dirty: set[str] = set()
 
+    def config_for(self, route: str) -> BreakerConfig:
+        """The settings `route`'s breaker uses: its override, else the board's."""
+        return self._overrides.get(route, self._config)
+
     # ---------------------------------------------------------------- requests
 
     def admit(self, route: str) -> Admission:

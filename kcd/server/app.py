@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
+import msgspec
 
 from kcd import API_VERSION, MIN_API_VERSION, __version__
 from kcd.api.types import (
@@ -26,19 +27,22 @@ from kcd.api.types import (
     Health,
     RunList,
     RouteRef,
+    RunInfo,
     RunRequest,
     UploadInfo,
     VersionInfo,
 )
 from kcd.bundles.build import build_bundle
-from kcd.bundles.runref import local_identities, resolve_run_dir, run_facts
-from kcd.bundles.scrub import make_scrubber
+from kcd.bundles.runref import RunFacts, local_identities, resolve_run_dir, run_facts
+from kcd.bundles.scrub import Scrubber, make_scrubber
 from kcd.bundles.types import BundleRequest
 from kcd.config.agent import ConfigError, load_agent_config_text
+from kcd.config.daemon import BreakerSettings
 from kcd.errors import BadRequest, NotFound
 from kcd.execution.base import Executor
+from kcd.matrix.incident_scenario import scenario_from_run
 from kcd.matrix.runner import MatrixService
-from kcd.matrix.types import MatrixRequest
+from kcd.matrix.types import MatrixRequest, ScenarioFromRunRequest
 from kcd.observe.prometheus import CONTENT_TYPE
 from kcd.observe.redact import Redactor
 from kcd.peer_files import peer_reader
@@ -147,6 +151,7 @@ class ControlAPI:
         # ---- end of the OpenAI-compatible gateway block ----
         r.add("POST", "/v1/bundles", self.create_bundle)  # vendor bundles: see the block below
         self._matrix_routes(r)  # regression matrix and simulator: see the block below
+        r.add("POST", "/v1/scenarios/from-run", self.scenario_from_run)  # see the block below
         # ---- the run viewer (kcd.viewer): its pages, and login links for `kcctl view` ----
         r.add("POST", "/v1/viewer/sessions", self.viewer.create_session)
         self.viewer.register(r)
@@ -329,20 +334,27 @@ class ControlAPI:
     # Errors: 400 invalid_run / run_outside_runs_root / unsafe_entry_name, 404 run_not_found,
     #         413 bundle_too_large, 422 bundle_refused (a known secret would remain).
 
-    async def create_bundle(self, req: Request) -> Response:
-        body = await req.json(BundleRequest)
+    async def _owned_run(self, req: Request, ref: str,
+                         action: str) -> tuple[Path, RunFacts, RunInfo | None, Scrubber]:
+        """The run directory `ref` names (id, directory name or absolute path under the runs
+        root), once the caller may `action` it, with the scrubber for what leaves it.
+        BundleError 400/404 for a bad or unknown reference; 403 for another user's run."""
         s = self.s
-        runs_root = s.runs_root
-        by_id = s.runs.get(body.run) if _ID.fullmatch(body.run) else None
-        # BundleError (400/404/413/422) from any step below is the answer.
-        run_dir = await anyio.to_thread.run_sync(resolve_run_dir, runs_root, by_id.run_dir if by_id else body.run)
+        by_id = s.runs.get(ref) if _ID.fullmatch(ref) else None
+        run_dir = await anyio.to_thread.run_sync(resolve_run_dir, s.runs_root, by_id.run_dir if by_id else ref)
         facts = await anyio.to_thread.run_sync(run_facts, run_dir)
         info = by_id or (s.runs.get(facts.run_id) if facts.run_id else None)
         owner = info.peer_uid if info is not None else facts.peer_uid
-        self.access.require_owner(self.access.caller(req.peer), owner, f"run {facts.run_id or body.run}", "bundle")
+        self.access.require_owner(self.access.caller(req.peer), owner, f"run {facts.run_id or ref}", action)
         users, homes = local_identities([req.peer.uid if req.peer else None, facts.peer_uid], s.home)
-        scrubber = make_scrubber(s.redactor, run_dir, runs_root=runs_root, state_dir=s.state_dir,
+        scrubber = make_scrubber(s.redactor, run_dir, runs_root=s.runs_root, state_dir=s.state_dir,
                                  homes=homes, users=users, config_path=facts.config_path)
+        return run_dir, facts, info, scrubber
+
+    async def create_bundle(self, req: Request) -> Response:
+        body = await req.json(BundleRequest)
+        # BundleError (400/404/413/422) from any step below is the answer.
+        run_dir, facts, info, scrubber = await self._owned_run(req, body.run, "bundle")
         built = await anyio.to_thread.run_sync(lambda: build_bundle(
             run_dir, scrubber, run_id=facts.run_id or (info.id if info else None),
             run_status=info.status if info else None, attachments=body.matrix))
@@ -352,6 +364,28 @@ class ControlAPI:
                                  "x-kc-run-id": run_id if _ID.fullmatch(run_id) else "",
                                  "content-disposition": f'attachment; filename="{built.name}"'})
 
+
+    # ---- regression scenarios from runs (`kcctl incident RUN --scenario NAME`) ---------------
+    # POST /v1/scenarios/from-run {"run": <run id | run dir name | absolute run dir>,
+    #                              "name": "<[a-z0-9_]+>", "expect_outcome": "fixed" | "recorded" | null}
+    # -> 200 ScenarioFromRun {name, run_id, expect_outcome, text (the YAML), summary}. Owner or
+    #    operator, like a bundle; the client writes the file. Errors: 400 invalid_request (name),
+    #    invalid_run / run_outside_runs_root, 403, 404 run_not_found, 422 cannot_generate /
+    #    scenario_refused (a known secret would remain).
+
+    async def scenario_from_run(self, req: Request) -> Response:
+        body = await req.json(ScenarioFromRunRequest)
+        run_dir, _facts, _info, scrubber = await self._owned_run(req, body.run, "make a scenario from")
+        board = self.s.breakers
+
+        def breaker_for(route: str) -> BreakerSettings:
+            config = board.config_for(route) if board is not None else None
+            return BreakerSettings(**msgspec.structs.asdict(config)) if config is not None else BreakerSettings()
+
+        made = await anyio.to_thread.run_sync(scenario_from_run, run_dir, body, scrubber, breaker_for)
+        return json_response(made)
+
+    # ---- end of the scenarios-from-runs block ----
 
     # ---- regression matrix (`kcctl matrix`; kcd.matrix) --------------------------------------
     # POST /v1/matrix                MatrixRequest -> 201 MatrixInfo (400 config_error / no_scenario)
