@@ -167,11 +167,13 @@ def _opened_in_run(rec: RunRecords, chain: list[str]) -> dict[str, int]:
     Retry-After): route -> how many of its turns had failed by then. Fewer than the threshold
     means earlier runs' failures counted too; they are not in the records."""
     out: dict[str, int] = {}
+    seen: set[str] = set()
     for a in rec.attempts:
-        if a.route in chain and a.route not in out and not a.ok and a.breaker == "open" \
-                and a.retry_after_s is None:
-            out[a.route] = len({b.turn for b in rec.attempts
-                                if b.route == a.route and not b.ok and b.seq <= a.seq})
+        if a.route in chain and a.route not in seen and not a.ok and a.breaker == "open":
+            seen.add(a.route)  # the first opening decides; a Retry-After opens by itself
+            if a.retry_after_s is None:
+                out[a.route] = len({b.turn for b in rec.attempts
+                                    if b.route == a.route and not b.ok and b.seq <= a.seq})
     return out
 
 
