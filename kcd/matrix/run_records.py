@@ -113,16 +113,21 @@ def _events(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def _body(run_dir: Path, stem: str) -> str | None:
-    """The body as received: the base64 copy when kept, else the raw excerpt."""
-    raw: bytes | None = None
+    """The body as received: the base64 copy when it agrees with the text excerpt (the run's
+    redaction may have masked a secret's base64 inside it, which decodes to garbage), else
+    the excerpt, which the run already redacted as text."""
+    folder = run_dir / "raw" / "responses"
     try:
-        raw = base64.b64decode(b"".join((run_dir / "raw" / "responses" / f"{stem}.body.b64").read_bytes().split()),
-                               validate=True)
+        excerpt: bytes | None = (folder / f"{stem}.raw_excerpt.txt").read_bytes()
+    except OSError:
+        excerpt = None
+    try:
+        full = base64.b64decode(b"".join((folder / f"{stem}.body.b64").read_bytes().split()), validate=True)
     except (OSError, binascii.Error, ValueError):
-        try:
-            raw = (run_dir / "raw" / "responses" / f"{stem}.raw_excerpt.txt").read_bytes()
-        except OSError:
-            return None
+        full = None
+    raw = full if full is not None and (excerpt is None or full.startswith(excerpt.rstrip())) else excerpt
+    if raw is None:
+        return None
     return raw[:MAX_BODY_BYTES].decode("utf-8", "replace")
 
 

@@ -76,6 +76,7 @@ RUN_RESOURCES = [
     ("GET", "/v1/runs/{id}/changes", b""),
     ("GET", "/v1/runs/{id}/workspace", b""),
     ("POST", "/v1/bundles", b'{"run": "{id}"}'),
+    ("POST", "/v1/scenarios/from-run", b'{"run": "{id}", "name": "from_their_run"}'),
     ("POST", "/v1/runs/{id}/cancel", b""),
 ]
 
