@@ -137,12 +137,8 @@ def _describe(name: str, params: dict[str, Any]) -> str:
 
 def _routes(rec: RunRecords, chain: list[str]) -> dict[str, Any]:
     routes: dict[str, Any] = {"primary": chain[0], "fallbacks": chain[1:]}
-    if rec.stream is not None:
-        routes["stream"] = rec.stream
-    if rec.native_tools is not None:
-        routes["native_tools"] = rec.native_tools
-    if rec.max_steps is not None:
-        routes["max_steps"] = rec.max_steps
+    routes.update((k, v) for k, v in (("stream", rec.stream), ("native_tools", rec.native_tools),
+                                      ("max_steps", rec.max_steps)) if v is not None)
     timeouts = {k: rec.timeouts[k] for k in TIMEOUTS if k in rec.timeouts}
     retry = {k: rec.retry[k] for k in RETRY if k in rec.retry}
     if timeouts:
