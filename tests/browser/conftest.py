@@ -222,7 +222,9 @@ def viewer_daemon(request) -> Iterator[ViewerDaemon]:
         stack.callback(sim.close)
         stranger = stack.enter_context(_stranger(root))
         config = root / "kcd.yaml"
-        lines = ["viewer:", "  tcp:", "    port: 0"]
+        # the viewer's own loopback listener on an ephemeral port (its default); metric samples
+        # every second so the daemon page's charts have points within the test
+        lines = ["viewer:", "  sample_interval_s: 1"]
         if stranger:
             lines = ["mode: system", f"operators_group: {stranger['group']}", *lines]
         config.write_text("\n".join(lines) + "\n")
