@@ -2,8 +2,8 @@
 
 The browser is launched once per session from the system's `chromium` (no browser
 download); each test gets fresh contexts. Every context fails its test on a JavaScript
-console error, an uncaught page error, or a request to any host but 127.0.0.1 (the viewer
-must work offline). Screenshots go to the test's `tmp_path`, named after the step.
+console error (a CSP refusal of injected script is one), an uncaught page error, a dialog,
+or a request to any host but 127.0.0.1 (the viewer must work offline). Screenshots go to the test's `tmp_path`, named after the step.
 """
 
 from __future__ import annotations
@@ -92,6 +92,11 @@ class BrowserUser:
     def _watch(self, page) -> None:
         page.on("console", lambda msg: self._console(page, msg))
         page.on("pageerror", lambda exc: self.problems.append(f"page error on {page.url}: {exc}"))
+        page.on("dialog", self._dialog)  # only injected script opens one: the viewer never does
+
+    def _dialog(self, dialog) -> None:
+        self.problems.append(f"a {dialog.type} dialog opened: {dialog.message!r}")
+        dialog.dismiss()
 
     def _console(self, page, msg) -> None:
         if msg.type != "error":

@@ -16,11 +16,16 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 
+expect = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')").expect
+
 from ..integration.conftest import CANARY_KEYS, CONFIGS
 from ..integration.resilience_support import GROK, OPENAI_MINI, OR_MINI, read_json, run_json, write_config
 
 SCRIPT = Path(__file__).resolve().parents[1] / "integration" / "configs" / "script.yaml"
 TERMINAL = re.compile(r"^(completed|failed|cancelled)$")
+# Model-chosen text and tool output reach the page: as markup it would run script (a CSP
+# refusal is a console error), open a dialog, or fetch from another host; all fail the test.
+PAYLOAD = '<script>alert("kc-xss")</script><img src="http://xss.invalid/kc.png" onerror="alert(1)">'
 
 
 def _run_id(run_dir: Path) -> str:
@@ -61,6 +66,7 @@ def _login(user, url: str):
     origin = urlsplit(url)
     assert urlsplit(page.url).netloc == origin.netloc and urlsplit(page.url).path.startswith("/ui/"), page.url
     assert "token=" not in page.url  # the one-time token does not stay in the address bar
+    assert "default-src 'self'" in (response.headers.get("content-security-policy") or ""), response.headers
     cookies = user.context.cookies()
     assert cookies and all(c["httpOnly"] and c["sameSite"] == "Strict" for c in cookies), cookies
     return page
@@ -121,6 +127,9 @@ def test_runs_list_shows_the_runs_and_filters_narrow_it(viewer_daemon, runs, bro
     assert {r["route"] for r in by_route.values()} == {route}
     page = user.open(f"{_origin(page.url)}/ui/?status=completed&route=mock%2Fdev", page=page)
     assert runs["demo"] in _rows(page) and runs["fallback"] not in _rows(page)
+    page = user.open(f"{_origin(page.url)}/ui/?exit_reason=provider_error", page=page)
+    assert runs["failed"] in _rows(page) and not {runs["demo"], runs["fallback"]} & set(_rows(page))
+    assert {r["exitReason"] for r in _rows(page).values()} == {"provider_error"}
 
 
 def _set_field(form, name: str, value: str) -> None:
@@ -192,8 +201,10 @@ def test_raw_file_links_open_as_text(viewer_daemon, runs, browser_user):
 
 def test_a_live_run_page_updates_without_reloading(viewer_daemon, runs, browser_user):
     d = viewer_daemon
-    steps = [{"name": "run_shell", "arguments": {"command": f"sleep 1.5; echo step{i}"}} for i in range(5)]
-    started = d.kcctl("run", str(SCRIPT), "--task", json.dumps(steps), "--json", "--detach")
+    steps = [{"name": "run_shell", "arguments": {"command": f"sleep 1.5; echo step{i}"}} for i in range(4)]
+    steps.insert(2, {"name": "run_shell", "arguments": {"command": f"echo '{PAYLOAD}'"}})
+    task = json.dumps(steps) + "\n\n" + PAYLOAD  # the script agent reads the first paragraph
+    started = d.kcctl("run", str(SCRIPT), "--task", task, "--json", "--detach")
     run_id = json.loads(started.stdout)["id"]
     user = browser_user("operator")
     page = _login(user, d.view_url(run_id))
@@ -202,33 +213,33 @@ def test_a_live_run_page_updates_without_reloading(viewer_daemon, runs, browser_
     run = page.locator("main#run")
     assert run.get_attribute("data-status") == "running", "the run ended before its page opened"
     assert run.get_attribute("data-live") == "true"
-    first = page.locator("#events li[data-seq]").count()
+    events = page.locator("#events li[data-seq]")
+    first = events.count()
     user.shot(page, "live-running")
 
-    deadline = time.monotonic() + 60
-    seen_more = False
-    while time.monotonic() < deadline:
-        if page.locator("#events li[data-seq]").count() > first:
-            seen_more = True
-        if TERMINAL.match(run.get_attribute("data-status") or ""):
-            break
-        page.wait_for_timeout(200)
-    status = run.get_attribute("data-status")
-    assert TERMINAL.match(status or ""), f"still {status} after 60 s"
-    assert seen_more or page.locator("#events li[data-seq]").count() > first
+    expect(events).not_to_have_count(first, timeout=30_000)  # new events, pushed to the open page
+    expect(run).to_have_attribute("data-status", TERMINAL, timeout=60_000)
     assert navigations == [], f"the page reloaded: {navigations}"
-    assert status == "completed"
+    assert run.get_attribute("data-status") == "completed"
     assert run.get_attribute("data-live") == "false"
-    assert page.locator("#run-status").inner_text().strip() == "completed"
-    seqs = [int(s) for s in page.locator("#events li[data-seq]").evaluate_all("els => els.map(e => e.dataset.seq)")]
-    assert seqs == sorted(set(seqs)), seqs  # in order, none twice
-    # the fragments were refreshed too: every turn's attempt and every tool call is on the page
+    expect(page.locator("#run-status")).to_have_text("completed")
+    # the fragments were refreshed too: every turn's attempt and every tool call with its result
+    expect(page.locator('#tools .tool-call[data-tool="run_shell"] .tool-result')).to_have_count(len(steps),
+                                                                                                 timeout=10_000)
+    expect(page.locator('#tools .tool-call[data-tool="mark_task_complete"]')).to_have_count(1)
     assert page.locator("#timeline-chart g.attempt").count() >= len(steps) + 1
-    assert page.locator('#tools .tool-call[data-tool="run_shell"]').count() == len(steps)
+    assert PAYLOAD in page.locator("#tools").inner_text()  # shown as text, not run
+    seqs = [int(s) for s in events.evaluate_all("els => els.map(e => e.dataset.seq)")]
+    assert seqs == sorted(set(seqs)) and len(seqs) > first, seqs  # in order, none twice
+    types = events.evaluate_all("els => els.map(e => e.dataset.type || e.textContent)")
+    assert "run.end" in types[-1], types[-3:]
     user.shot(page, "live-ended")
     # a reload agrees with what the live page showed
     page.reload()
-    assert page.locator("#events li[data-seq]").count() == len(seqs)
+    assert events.count() == len(seqs)
+    assert PAYLOAD in page.locator("#tools").inner_text() and PAYLOAD in page.locator("main#run").inner_text()
+    page = user.open(f"{_origin(page.url)}/ui/", page=page)
+    assert _rows(page)[run_id]["status"] == "completed"  # the list, with the payload task, renders clean
 
 
 # ---- ownership -------------------------------------------------------------------------------
