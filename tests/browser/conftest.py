@@ -121,11 +121,15 @@ class BrowserUser:
         assert response.status == status, (url, response.status, page.content()[:2000])
         return page
 
-    def shot(self, page, step: str) -> Path:
-        """A full-page screenshot kept in the test's tmp dir as `NN-<user>-<step>.png`."""
+    def shot(self, what, step: str) -> Path:
+        """A screenshot of a page (all of it) or of one element (a Locator), kept in the test's
+        tmp dir as `NN-<user>-<step>.png`."""
         self._shot_count += 1
         path = self.shots / f"{self._shot_count:02d}-{self.name}-{re.sub(r'[^a-z0-9_-]+', '-', step.lower())}.png"
-        page.screenshot(path=str(path), full_page=True)
+        if hasattr(what, "main_frame"):
+            what.screenshot(path=str(path), full_page=True)
+        else:
+            what.screenshot(path=str(path))
         return path
 
 
@@ -229,7 +233,11 @@ def viewer_daemon(request) -> Iterator[ViewerDaemon]:
         config = root / "kcd.yaml"
         # the viewer's own loopback listener on an ephemeral port (its default); metric samples
         # every second so the daemon page's charts have points within the test
-        lines = ["viewer:", "  sample_interval_s: 1"]
+        lines = ["viewer:", "  sample_interval_s: 1",
+                 # the grok route opens after two failed turns and stays open for the module: the
+                 # runs include a breaker-open skip, and the daemon page an open route
+                 "breaker_overrides:", "  openrouter/x-ai/grok-4-fast:",
+                 "    {threshold: 2, window_s: 600, cooldown_s: 600, cap_s: 600, jitter: 0}"]
         if stranger:
             lines = ["mode: system", f"operators_group: {stranger['group']}", *lines]
         config.write_text("\n".join(lines) + "\n")

@@ -34,7 +34,9 @@ def _run_id(run_dir: Path) -> str:
 
 @pytest.fixture(scope="module")
 def runs(viewer_daemon, tmp_path_factory) -> dict[str, str]:
-    """The module's finished runs by role: {"demo", "fallback", "failed"} -> run id."""
+    """The module's finished runs by role -> run id: "demo" (mock/dev), "fallback" (grok fails
+    every call, gpt-4o-mini serves; grok's breaker opens), "skipped" (grok skipped while open),
+    "failed" (its only route fails every call)."""
     d = viewer_daemon
     configs = tmp_path_factory.mktemp("configs")
     ids: dict[str, str] = {}
@@ -48,6 +50,14 @@ def runs(viewer_daemon, tmp_path_factory) -> dict[str, str]:
         d.sim.reset()
     assert end["data"]["status"] == "completed", end
     ids["fallback"] = _run_id(run_dir)
+    # the primary's breaker is open now (kcd.yaml above): this run skips it without a request
+    d.sim.fault(GROK, "unavailable_persistent")
+    try:
+        end, run_dir = run_json(d.kcd, configs / "fallback.yaml")
+    finally:
+        d.sim.reset()
+    assert end["data"]["status"] == "completed", end
+    ids["skipped"] = _run_id(run_dir)
     d.sim.fault(OR_MINI, "unavailable_persistent")
     try:
         end, run_dir = run_json(d.kcd, write_config(configs / "failing.yaml", OR_MINI))
@@ -169,8 +179,24 @@ def test_fallback_run_timeline_shows_both_routes_and_the_marker(viewer_daemon, r
     assert page.locator("section#tools .tool-call .tool-result").count() >= 1
     assert page.locator("section#diff").count() == 1
     user.shot(page, "fallback-run")
-    page.locator("section#timeline").screenshot(path=str(user.shots / "fallback-timeline.png"))
+    user.shot(page.locator("section#timeline"), "fallback-timeline")
     _no_secrets(page)
+
+
+def test_breaker_open_run_shows_the_skip_and_the_marker(viewer_daemon, runs, browser_user):
+    user = browser_user("operator")
+    run_id = runs["skipped"]
+    page = _login(user, viewer_daemon.view_url(run_id))
+    chart = page.locator("svg#timeline-chart")
+    assert chart.locator(f'g.attempt[data-route="{GROK}"]').count() == 0  # not one request to it
+    skips = chart.locator("g.skip")
+    assert skips.count() >= 1, page.locator("#timeline").inner_html()[:3000]
+    assert skips.first.bounding_box()
+    fallback = chart.locator(f'g.attempt[data-route="{OPENAI_MINI}"]')
+    assert fallback.count() >= 1 and fallback.first.get_attribute("data-kind") == "fallback"
+    marker = page.locator('section#conversation .marker[data-marker="circuit-open"]')
+    assert marker.count() >= 1 and GROK in marker.first.inner_text()
+    user.shot(page.locator("section#timeline"), "skip-timeline")
 
 
 def test_raw_file_links_open_as_text(viewer_daemon, runs, browser_user):
@@ -282,6 +308,7 @@ def test_daemon_page_shows_routes_breakers_and_metric_charts(viewer_daemon, runs
         "rows => Object.fromEntries(rows.map(r => [r.dataset.route, r.dataset.state]))")
     assert {GROK, OPENAI_MINI, OR_MINI} <= set(routes), routes
     assert set(routes.values()) <= {"closed", "open", "half_open"}, routes
+    assert routes[GROK] == "open" and routes[OPENAI_MINI] == "closed", routes
     assert page.locator("section#probes").count() == 1
     charts = page.locator("section#metrics svg.metric-chart[data-metric]")
     assert charts.count() >= 1
