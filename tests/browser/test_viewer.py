@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
@@ -28,7 +27,15 @@ TERMINAL = re.compile(r"^(completed|failed|cancelled)$")
 PAYLOAD = '<script>alert("kc-xss")</script><img src="http://xss.invalid/kc.png" onerror="alert(1)">'
 
 
-def _run_id(run_dir: Path) -> str:
+def _finished(d, config: Path, status: str, *, failing: str | None = None, task: str = "list the workspace") -> str:
+    """Run `config` to its end (with `failing` answering 503 to every call); its run id."""
+    if failing:
+        d.sim.fault(failing, "unavailable_persistent")
+    try:
+        end, run_dir = run_json(d.kcd, config, task)
+    finally:
+        d.sim.reset()
+    assert end["data"]["status"] == status, end
     return read_json(run_dir / "result.json")["run_id"]
 
 
@@ -39,33 +46,14 @@ def runs(viewer_daemon, tmp_path_factory) -> dict[str, str]:
     "failed" (its only route fails every call)."""
     d = viewer_daemon
     configs = tmp_path_factory.mktemp("configs")
-    ids: dict[str, str] = {}
-    end, run_dir = run_json(d.kcd, CONFIGS / "demo.yaml", "list the files")
-    assert end["data"]["status"] == "completed", end
-    ids["demo"] = _run_id(run_dir)
-    d.sim.fault(GROK, "unavailable_persistent")
-    try:
-        end, run_dir = run_json(d.kcd, write_config(configs / "fallback.yaml", GROK, [OPENAI_MINI]))
-    finally:
-        d.sim.reset()
-    assert end["data"]["status"] == "completed", end
-    ids["fallback"] = _run_id(run_dir)
-    # the primary's breaker is open now (kcd.yaml above): this run skips it without a request
-    d.sim.fault(GROK, "unavailable_persistent")
-    try:
-        end, run_dir = run_json(d.kcd, configs / "fallback.yaml")
-    finally:
-        d.sim.reset()
-    assert end["data"]["status"] == "completed", end
-    ids["skipped"] = _run_id(run_dir)
-    d.sim.fault(OR_MINI, "unavailable_persistent")
-    try:
-        end, run_dir = run_json(d.kcd, write_config(configs / "failing.yaml", OR_MINI))
-    finally:
-        d.sim.reset()
-    assert end["data"]["status"] == "failed", end
-    ids["failed"] = _run_id(run_dir)
-    return ids
+    fallback = write_config(configs / "fallback.yaml", GROK, [OPENAI_MINI])
+    return {
+        "demo": _finished(d, CONFIGS / "demo.yaml", "completed", task="list the files"),
+        "fallback": _finished(d, fallback, "completed", failing=GROK),
+        # grok's breaker is open now (the daemon's breaker override): skipped without a request
+        "skipped": _finished(d, fallback, "completed", failing=GROK),
+        "failed": _finished(d, write_config(configs / "failing.yaml", OR_MINI), "failed", failing=OR_MINI),
+    }
 
 
 def _login(user, url: str):
