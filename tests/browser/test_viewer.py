@@ -106,23 +106,21 @@ def test_runs_list_shows_the_runs_and_filters_narrow_it(viewer_daemon, runs, bro
     _no_secrets(page)
 
     # the form narrows by status...
-    form = page.locator("form#filters")
-    _set_field(form, "status", "failed")
-    with page.expect_navigation():
-        form.evaluate("f => f.requestSubmit()")
+    _submit_filters(page, status="failed")
     assert "status=failed" in page.url
     failed = _rows(page)
     user.shot(page, "filtered-failed")
     assert runs["failed"] in failed and not {runs["demo"], runs["fallback"]} & set(failed), failed
     assert {r["status"] for r in failed.values()} == {"failed"}
 
-    # ...and by route, also as a plain query parameter
+    # ...and by route
     route = rows[runs["fallback"]]["route"]
     assert route in (GROK, OPENAI_MINI), rows[runs["fallback"]]
-    page = user.open(f"{_origin(page.url)}/ui/?route={quote(route, safe='')}", page=page)
+    _submit_filters(page, status="", route=route)
     by_route = _rows(page)
     assert runs["fallback"] in by_route and runs["demo"] not in by_route, by_route
     assert {r["route"] for r in by_route.values()} == {route}
+    # the same parameters work typed into the URL
     page = user.open(f"{_origin(page.url)}/ui/?status=completed&route=mock%2Fdev", page=page)
     assert runs["demo"] in _rows(page) and runs["fallback"] not in _rows(page)
     page = user.open(f"{_origin(page.url)}/ui/?exit_reason=provider_error", page=page)
@@ -130,12 +128,17 @@ def test_runs_list_shows_the_runs_and_filters_narrow_it(viewer_daemon, runs, bro
     assert {r["exitReason"] for r in _rows(page).values()} == {"provider_error"}
 
 
-def _set_field(form, name: str, value: str) -> None:
-    field = form.locator(f'[name="{name}"]')
-    if field.evaluate("e => e.tagName") == "SELECT":
-        field.select_option(value)
-    else:
-        field.fill(value)
+def _submit_filters(page, **values: str) -> None:
+    """Fill the filter form's fields as a person would and submit it (a GET navigation)."""
+    form = page.locator("form#filters")
+    for name, value in values.items():
+        field = form.locator(f'[name="{name}"]')
+        if field.evaluate("e => e.tagName") == "SELECT":
+            field.select_option(value)
+        else:
+            field.fill(value)
+    with page.expect_navigation():
+        form.locator('[type="submit"]').click()
 
 
 # ---- one run's page --------------------------------------------------------------------------
