@@ -287,6 +287,9 @@ def test_another_users_run_is_refused(viewer_daemon, runs, browser_user):
         assert r.status == 403, (path, r.status, r.text()[:300])
     page = stranger.open(f"{origin}/ui/?status=completed&route={quote(GROK, safe='')}", page=page)
     assert runs["fallback"] not in _rows(page)
+    # and `kcctl view THEIR_RUN` makes no link at all
+    refused = d.kcctl("view", runs["fallback"], uid=uid, check=False)
+    assert refused.returncode != 0 and "/ui/login" not in refused.stdout + refused.stderr, refused
 
 
 # ---- the daemon page -------------------------------------------------------------------------
