@@ -125,6 +125,7 @@ class Daemon:
         self.sessions = SessionTable(session_ttl_s=vw.session_ttl_s, login_ttl_s=vw.login_ttl_s)
         self.history = MetricsHistory(self.metrics, interval_s=vw.sample_interval_s, points=vw.history_points)
         self.viewer_url: str | None = None  # set in run() once the viewer's TCP listener is bound
+        self.viewer_local_only = True  # the viewer's listener serves loopback only (not allow_remote)
 
     def log_exception(self, exc: BaseException) -> None:
         log.error("unhandled error in a request handler", exc_info=exc)
@@ -150,7 +151,7 @@ class Daemon:
             home=self.env.get("HOME"), stopping=lambda: self.stopping, metrics_text=self.metrics_text,
             reload=self.reload, request_stop=self.request_stop, log_exception=self.log_exception,
             simulator_url=self.simulator_url, sessions=self.sessions, history=self.history,
-            viewer_url=lambda: self.viewer_url)
+            viewer_url=lambda: self.viewer_url, viewer_local_only=self.viewer_local_only)
 
     def request_stop(self, why: str) -> None:
         if not self._stop.is_set():
@@ -330,6 +331,7 @@ class Daemon:
             url_host = "127.0.0.1" if listen_host in ("0.0.0.0", "::") else listen_host
             self.viewer_url = f"http://{f'[{url_host}]' if ':' in url_host else url_host}:{listen_port}"
             configured = gw.tcp.host if tcp_sock is not None else vw.host
+            self.viewer_local_only = not (gw.tcp.allow_remote if tcp_sock is not None else vw.allow_remote)
             viewer_hosts = allowed_hosts(listen_port, [configured if ":" not in configured else f"[{configured}]"])
         sockets = activated_sockets()
         if not sockets and cfg.mode == "user" and cfg.socket.parent == user_runtime_dir(dict(self.env)):

@@ -97,6 +97,7 @@ class ControlServices:
     log_exception: Callable[[BaseException], None]
     simulator_url: Callable[[], Awaitable[str]]
     viewer_url: Callable[[], str | None]  # http://HOST:PORT of the viewer's TCP listener, None when off
+    viewer_local_only: bool  # that listener is loopback-only: bind sessions to the browser's local uid
 
 
 def _bool(value: str | None) -> bool:
@@ -123,7 +124,7 @@ class ControlAPI:
         self.viewer = ViewerAPI(ViewerServices(
             runs=services.runs, access=self.access, sessions=services.sessions, history=services.history,
             breakers=services.breakers, probes=services.probes, base_url=services.viewer_url,
-            facts=self._viewer_facts, scrub=services.redactor.bytes))
+            facts=self._viewer_facts, scrub=services.redactor.bytes, bind_browser=services.viewer_local_only))
 
     def asgi(self) -> App:
         r = Router()

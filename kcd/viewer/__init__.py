@@ -4,6 +4,7 @@ Served on the control socket (the peer's uid applies) and on a loopback TCP list
 (a viewer session cookie applies), with the ownership rules of `kcd.server.access`.
 
 - `sessions.py`: one-time login tokens and session cookies, stored as digests;
+- `tcpowner.py`: the local uid owning a loopback TCP client (sessions are honoured only from their own user);
 - `confine.py`: which run files may be served, opened without leaving the run directory;
 - `rundata.py`: a run directory's events read into attempts, skips, tool calls and markers;
 - `timeline.py`: the per-turn attempt chart as inline SVG;

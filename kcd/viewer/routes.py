@@ -33,6 +33,7 @@ from kcd.viewer.markup import SECURITY_HEADERS, error_page, html_response, page
 from kcd.viewer.rundata import RunRecord, load_run
 from kcd.viewer.sessions import SessionTable
 from kcd.viewer.sse import FollowingResponse, sse_messages
+from kcd.viewer.tcpowner import loopback_peer_uid
 
 __all__ = ["COOKIE", "ViewerAPI", "ViewerServices"]
 
@@ -55,6 +56,9 @@ class ViewerServices:
     base_url: Callable[[], str | None]  # http://127.0.0.1:PORT of the TCP listener, None when off
     facts: Callable[[], Mapping[str, Any]]  # a few health facts for the daemon page
     scrub: Callable[[bytes], bytes]  # the daemon's redactor, for streamed bodies
+    # True when the TCP listener is loopback-only: a session is then honoured only from a
+    # connection its own user (or root) owns (`tcpowner`: cookies are shared by every port).
+    bind_browser: bool = True
 
 
 def _html_errors(handler: Handler) -> Handler:
@@ -116,9 +120,20 @@ class ViewerAPI:
             grant = self.s.sessions.session(_cookie(req))
             if grant is None:
                 raise Unauthorized("login_required", "no valid viewer session: open the link `kcctl view` prints")
+            self._same_user(req, grant.uid)
             caller = Caller(uid=grant.uid, operator=grant.operator)
         access.require_user(caller)
         return caller
+
+    def _same_user(self, req: Request, uid: int | None) -> None:
+        """A session (or login link) is honoured only from its own user's programs, or root's."""
+        if not self.s.bind_browser:
+            return
+        owner = loopback_peer_uid(req.scope.get("client"), req.scope.get("server"))
+        if owner is None or (owner != uid and owner != 0):
+            raise Unauthorized("login_required", "this viewer session was issued to another local user than the "
+                                                 "one whose program is connecting: run `kcctl view` as the user "
+                                                 "who runs the browser")
 
     def _run(self, req: Request, run_id: str) -> RunInfo:
         caller = self.caller(req)
@@ -172,7 +187,9 @@ class ViewerAPI:
         redeemed = self.s.sessions.redeem_login(q.get("token"))
         if redeemed is None:
             raise Unauthorized("login_required", "this login link is invalid, expired or already used")
-        cookie, _ = redeemed
+        cookie, grant = redeemed
+        if req.peer is None:
+            self._same_user(req, grant.uid)  # a leaked link is spent, and refused, in a stranger's hands
         max_age = int(self.s.sessions.session_ttl_s)
         body = page("Signed in", f'<main id="login"><a href="{target}">continue</a></main>')
         return html_response(body, 303, {

@@ -5,9 +5,11 @@ to). Real local users, created by `test_access`'s fixtures (CI runs as root; ski
 
 from __future__ import annotations
 
+import encodings.idna  # noqa: F401  (loaded as root, before connecting as the test users)
 import os
 import re
 import shutil
+import socket
 from urllib.parse import urlsplit
 
 import httpx
@@ -81,3 +83,52 @@ def test_a_user_mode_daemons_viewer_serves_its_user_only(kcd, kcd_root, users) -
     assert status == 403 and _code(body) == "forbidden"
     status, _ = browser_for(kcd, users["stranger"])
     assert status == 403
+
+
+def tcp_get_as(uid: int, base: str, path: str, cookie: str | None = None) -> tuple[int, bytes, str]:
+    """One GET over TCP from a socket opened with `uid` as the effective uid: the kernel then
+    records that uid as the socket's owner, as for a browser that user runs."""
+    host, port = urlsplit(base).hostname, urlsplit(base).port
+    os.seteuid(uid)
+    try:
+        s = socket.create_connection((host, port), timeout=30)
+    finally:
+        os.seteuid(0)
+    with s:
+        head = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n"
+        s.sendall((head + (f"Cookie: kc_viewer={cookie}\r\n" if cookie else "") + "\r\n").encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head_bytes, _, body = data.partition(b"\r\n\r\n")
+    return int(head_bytes.split()[1]), body, head_bytes.decode("latin-1")
+
+
+def test_a_session_cookie_replayed_by_another_local_user_is_refused(system_kcd, users) -> None:  # noqa: F811
+    """Browsers send 127.0.0.1's cookies to every port: another local user who collects the
+    owner's cookie (a page of theirs on their own port) must not be able to replay it."""
+    daemon = system_kcd
+    mine = _start_run(daemon, users["owner"])
+    _wait_done(daemon, mine)
+    status, payload = request_as(users["owner"], daemon.socket, "POST", "/v1/viewer/sessions",
+                                 msgspec.json.encode({"run": mine}))
+    assert status == 200
+    link = urlsplit(msgspec.json.decode(payload)["url"])
+    base = f"{link.scheme}://{link.netloc}"
+    # the owner's browser logs in and reads the run
+    status, _, head = tcp_get_as(users["owner"], base, f"{link.path}?{link.query}")
+    assert status == 303
+    cookie = re.search(r"kc_viewer=([^;]+)", head).group(1)
+    status, body, _ = tcp_get_as(users["owner"], base, f"/ui/runs/{mine}", cookie)
+    assert status == 200 and f'data-run-id="{mine}"'.encode() in body
+    # the stranger replays the cookie from their own process: refused, whatever the path
+    for path in (f"/ui/runs/{mine}", f"/ui/runs/{mine}/files/meta/events.jsonl", "/ui/"):
+        status, body, _ = tcp_get_as(users["stranger"], base, path, cookie)
+        assert status == 401 and _code(body) == "login_required" and mine.encode() not in body, path
+    # ... and so is an operator's process: a session is its own user's
+    assert tcp_get_as(users["operator"], base, f"/ui/runs/{mine}", cookie)[0] == 401
+    # a login link that leaked to the stranger is spent and refused in their hands
+    status, payload = request_as(users["owner"], daemon.socket, "POST", "/v1/viewer/sessions", b"{}")
+    leaked = urlsplit(msgspec.json.decode(payload)["url"])
+    assert tcp_get_as(users["stranger"], base, f"{leaked.path}?{leaked.query}")[0] == 401
+    assert tcp_get_as(users["owner"], base, f"{leaked.path}?{leaked.query}")[0] == 401
