@@ -271,6 +271,8 @@ class Call:
         wrappers = ({self.main_pid} | set(_children(self.main_pid))) if isolated else set()
         # Counted before the first kill: killing a namespace's outer takes everything in it along.
         seen = {p for p in self.group.members() if p != me} if self.group is not None else set()
+        if isolated:  # bwrap's outer can exit before its pid-1 init: then the init is ours, not its
+            wrappers |= {p for p in seen if _is_namespace_init(p)}
         if self.main_status is None:
             _kill(self.main_pid)
         if self.group is not None:  # authoritative: every process of the call is a member
@@ -303,6 +305,19 @@ def _kill(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _is_namespace_init(pid: int) -> bool:
+    """Whether `pid` is pid 1 of a pid namespace below ours (the sandbox's init, a wrapper)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("NSpid:"):
+                    ids = line.split()[1:]
+                    return len(ids) > 1 and ids[-1] == "1"
+    except OSError:
+        pass
+    return False
 
 
 def _children(pid: int) -> list[int]:
