@@ -39,9 +39,11 @@ def find_chromium() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """One headless Chromium for the session, closed by its own handle."""
+    """One headless Chromium per module, closed by its own handle. Not per session: Playwright's
+    sync API keeps an event loop running in the main thread while it is started, and every
+    later test that calls anyio.run/asyncio.run (tests/unit/...) would fail after this package."""
     executable = find_chromium()
     if executable is None:
         pytest.skip("no chromium on PATH (Debian: apt-get install chromium; .ci/run installs it)")
