@@ -7,7 +7,7 @@ a warm `kcctl` call's wall time (docs/benchmarks.md §1).
 
 Exit codes: 0 success (a run that completed), 1 a run that ended without completing,
 2 usage or config errors, 3 the daemon is unreachable or died while answering (a
-followed run's stream cut off by a crash).
+followed run's stream cut off by a crash), 4 `kcctl replay`: the replay diverged.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "matrix": "Run the provider regression matrix through the daemon.",
     "metrics": "The daemon's live metrics (Prometheus text); `metrics export` summarises telemetry files.",
     "probes": "Capability probe results per route (streaming, native tools, JSON mode) and their age.",
+    "replay": "Re-run a recorded run offline and report where tool results diverge.",
     "routes": "Circuit breakers per route: state, recent failures, lockout left, last error.",
     "run": "Start an agent run and stream its progress.",
     "runs": "Inspect and control runs.",

@@ -37,6 +37,7 @@ from kcd.observe.telemetry import Probe, TelemetrySink, circuit_event, default_c
 from kcd.providers.breaker import BreakerBoard, BreakerConfig, Transition
 from kcd.providers.dispatcher import Dispatcher
 from kcd.providers.probes import ProbeManager, ProbeResult
+from kcd.replay.service import ReplayService
 from kcd.retention import prune_uploads_forever
 from kcd.runs import RunManager
 from kcd.sandbox.host import ToolHost
@@ -144,6 +145,7 @@ class Daemon:
         return ControlServices(
             runs=self.runs, uploads=self.uploads, executor=self.executor, probes=self.probes,
             breakers=self.breakers, matrix=lambda: self.matrix, redactor=self.redactor,
+            replays=ReplayService(self.runs, self.uploads, self.simulator_url),
             chat_completions=self.openai.chat_completions, list_models=self.openai.list_models,
             mode=cfg.mode, operators_group=cfg.operators_group, max_body_bytes=cfg.max_body_bytes,
             max_upload_bytes=cfg.max_upload_bytes, socket=cfg.socket, runs_root=cfg.runs_root,

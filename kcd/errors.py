@@ -21,6 +21,7 @@ Anything else that escapes a handler is a 500 `internal_error`.
         ├── TooLarge        413
         │   └── BodyTooLarge     kcd.server.http         body_too_large
         ├── Unprocessable   422
+        │   └── RecordingUnusable  kcd.replay.recording  recording_incomplete / recording_corrupt
         ├── Unavailable     503
         ├── RunRejected          kcd.runs                400 by default; forbidden 403,
         │                                                run_active 409, shutting_down 503

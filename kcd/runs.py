@@ -17,7 +17,7 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +49,12 @@ from kcd.workspaces.uploads import UploadError, UploadStore
 log = logging.getLogger("kcd.runs")
 
 
+# Called while a run is finalised, before result.json and `run.end`: (run dir, workspace,
+# result) -> the result to record. A replay writes its report here (kcd.replay.service).
+OnFinish = Callable[[Path, Path, "RunResult"], Awaitable["RunResult"]]
+ON_FINISH_TIMEOUT_S = 60.0
+
+
 class RunRejected(KcError):
     """The request is refused; nothing was started (400 unless the raise says otherwise)."""
 
@@ -64,6 +70,7 @@ class ActiveRun:
     agent: AgentRun | None = None
     result: RunResult | None = None  # None until the work ends, and when it was cancelled
     telemetry_ended: bool = False
+    on_finish: OnFinish | None = None
 
 
 # Admission runs in one worker thread, for up to ADMISSION_BATCH queued submissions per hop;
@@ -90,6 +97,8 @@ class _Admission:
 
     req: RunRequest
     peer: PeerInfo | None
+    replay_of: str | None = None
+    on_finish: OnFinish | None = None
     done: anyio.Event = field(default_factory=anyio.Event)
     abandoned: bool = False
     info: RunInfo | None = None
@@ -199,8 +208,9 @@ class RunManager:
             limiter = self._limiters[name] = anyio.CapacityLimiter(tokens)
         return limiter
 
-    async def submit(self, req: RunRequest, peer: PeerInfo | None) -> RunInfo:
-        """Validate and start one run.
+    async def submit(self, req: RunRequest, peer: PeerInfo | None, *, replay_of: str | None = None,
+                     on_finish: OnFinish | None = None) -> RunInfo:
+        """Validate and start one run (`replay_of`, `on_finish`: a replay, kcd.replay.service).
 
         Everything that reads or writes files (the seed checks, the config load, the run
         directory, its first files and its event log) happens in a worker thread, for a batch
@@ -217,7 +227,7 @@ class RunManager:
             raise RunRejected("invalid_request", "max_steps must be at least 1")
         if req.workspace and req.workspace_upload:
             raise RunRejected("invalid_request", "give workspace or workspace_upload, not both")
-        job = _Admission(req, peer)
+        job = _Admission(req, peer, replay_of=replay_of, on_finish=on_finish)
         self._queue.append(job)
         if not self._admitting:
             self._admitting = True
@@ -258,7 +268,7 @@ class RunManager:
                 outcomes.append(None)
                 continue
             try:
-                outcomes.append(self._prepare(job.req, job.peer))
+                outcomes.append(self._prepare(job.req, job.peer, job.replay_of))
             except Exception as exc:  # RunRejected, or a failure the handler reports as a 500
                 outcomes.append(exc)
         return outcomes
@@ -276,7 +286,7 @@ class RunManager:
         for job, outcome in zip(batch, outcomes):
             if isinstance(outcome, _Prepared):
                 try:
-                    job.info = self._start(job.req, job.peer, outcome)
+                    job.info = self._start(job.req, job.peer, outcome, job.on_finish)
                 except Exception as exc:
                     log.exception("run %s could not be started", outcome.info.id)
                     job.error = exc
@@ -284,8 +294,9 @@ class RunManager:
                 job.error = outcome
             job.done.set()
 
-    def _start(self, req: RunRequest, peer: PeerInfo | None, p: _Prepared) -> RunInfo:
-        active = ActiveRun(info=p.info, events=p.events)
+    def _start(self, req: RunRequest, peer: PeerInfo | None, p: _Prepared,
+               on_finish: OnFinish | None = None) -> RunInfo:
+        active = ActiveRun(info=p.info, events=p.events, on_finish=on_finish)
         self._active[p.info.id] = active
         for warning in p.loaded.warnings:
             p.events.emit("warning", message=warning)
@@ -300,7 +311,7 @@ class RunManager:
         self._tg.start_soon(self._run, active, spec, p.seed, peer, name=f"run-{p.info.id}")
         return p.info
 
-    def _prepare(self, req: RunRequest, peer: PeerInfo | None) -> _Prepared:
+    def _prepare(self, req: RunRequest, peer: PeerInfo | None, replay_of: str | None = None) -> _Prepared:
         """The file work of admitting a run, in a worker thread: checks (RunRejected), then the
         run directory with conversation/index.json, meta/launch.json and the event log (its
         wake-up event binds to the event loop on first use)."""
@@ -334,7 +345,8 @@ class RunManager:
         info = RunInfo(id=run_id, status="running", run_dir=str(run_dir), created_at=now,
                        started_at=now, config_path=req.config_path, route=route.id,
                        task=req.task[:200], peer_uid=peer.uid if peer else None,
-                       peer_pid=peer.pid if peer else None, warnings=list(loaded.warnings))
+                       peer_pid=peer.pid if peer else None, warnings=list(loaded.warnings),
+                       replay_of=replay_of)
         if upload is not None:  # the upload becomes the run's seed snapshot
             os.replace(upload, run_dir / SEED_ARCHIVE)
         rundir = RunDir(run_dir, self.redactor.bytes)
@@ -430,6 +442,13 @@ class RunManager:
             await rundir.write_text("workspace.diff", diff)
         except Exception as exc:  # a diff failure must not lose the result
             active.events.emit("warning", message=f"workspace.diff not written: {exc}")
+        if active.on_finish is not None:
+            try:
+                with anyio.fail_after(ON_FINISH_TIMEOUT_S):
+                    result = await active.on_finish(rundir.path, spec.workspace, result)
+            except Exception as exc:  # the run's own record comes first
+                log.exception("run %s: its finishing step failed", info.id)
+                active.events.emit("warning", message=f"finishing step failed: {type(exc).__name__}: {exc}")
         metrics = agent.metrics.snapshot() if agent is not None else RunMetrics().snapshot()
         rundir.write_json_sync("meta/provider_metrics.json", metrics)
         rundir.write_json_sync("result.json", result_document(
@@ -446,7 +465,8 @@ class RunManager:
             "daemon_pid": os.getpid(),
             "timings": {"created_at": info.created_at, "started_at": info.started_at,
                         "ended_at": ended, "duration_s": round(elapsed, 3)},
-            "warnings": info.warnings, "resolved_config": spec.loaded.merged})
+            "warnings": info.warnings, "resolved_config": spec.loaded.merged,
+            **({"replay_of": info.replay_of} if info.replay_of else {})})
         final = active.info = msgspec.structs.replace(
             info, status=status, ended_at=ended, exit_reason=result.exit_reason,
             completed=result.completed, steps=result.steps,

@@ -2,7 +2,8 @@
 
 Exit codes: 0 success (a run that completed), 1 a run that ended without completing or a
 command that failed, 2 usage or config errors, 3 the daemon is unreachable or died while
-answering (a followed run's stream cut off by a crash).
+answering (a followed run's stream cut off by a crash), 4 `kcctl replay`: the replay's tool
+results diverged from the recorded ones (kcctl.commands.replay).
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ EXIT_REASONS = (
     "finalise_error",  # the run ended but its artifacts could not be written
     "interrupted",  # kcd died during the run; finished from its files at the next start
     "executor_unavailable",  # the tool executor (a Ray cluster) could not run the turn's calls
+    "replay_exhausted",  # a replay (kcctl replay) asked for more model turns than were recorded
 )
 
 
@@ -134,6 +135,7 @@ class RunInfo(msgspec.Struct, omit_defaults=True):
     # Set when `logging.retention.max_runs` deleted the run directory (kcd/retention.py);
     # the row stays so `kcctl runs show` can say so.
     pruned_at: str | None = None
+    replay_of: str | None = None  # the recorded run this run replays (`kcctl replay`)
 
 
 class RunList(msgspec.Struct):
@@ -197,3 +199,46 @@ class RunChanges(msgspec.Struct):
     run_id: str
     changes: list[FileChange]
     diff: str
+
+
+class ReplayRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """`POST /v1/runs/{id}/replay`: replay against the recorded seed, or another tree."""
+
+    workspace: str | None = None  # a directory on the daemon host instead of the recorded seed
+    workspace_upload: str | None = None  # an upload id from POST /v1/workspaces (kcctl's way)
+
+
+class ReplayDivergence(msgspec.Struct, omit_defaults=True):
+    """One place where the replay's tool results differ from the recorded ones.
+
+    kind: "result" (a field of a call's result differs), "call" (the call itself: present on
+    one side only, another tool or arguments, rejected on one side), "turns" (one run took
+    more turns than the other)."""
+
+    turn: int
+    kind: str
+    field: str  # a path into the result row: "out", "data.content", "ok", "data.items[2].name"
+    recorded: str  # excerpts around the first difference; "(absent)" when missing
+    replayed: str
+    call_index: int | None = None  # 0-based within the turn
+    tool: str | None = None
+
+
+class ReplayReport(msgspec.Struct, omit_defaults=True):
+    """`replay.json` in the replay's run directory, and `GET /v1/runs/{id}/replay`."""
+
+    recorded_run: str
+    replay_run: str
+    identical: bool
+    turns_compared: int
+    calls_compared: int
+    recorded_turns: int
+    replayed_turns: int
+    recorded_exit_reason: str | None
+    replayed_exit_reason: str | None
+    workspace: str  # "recorded seed" or the tree given instead
+    responses_recorded: int
+    responses_served: int
+    normalised: list[str]  # what was treated as volatile before comparing
+    divergences: list[ReplayDivergence] = []
+    divergences_total: int = 0  # before the list was capped

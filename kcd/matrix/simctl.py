@@ -1,4 +1,4 @@
-"""One scenario's simulator namespace, driven over loopback HTTP.
+"""A simulator namespace (a matrix scenario's, a replay's), driven over loopback HTTP.
 
 The matrix talks to the simulator the way any client would (`/ns/<name>/_sim/...`),
 so it works the same with the daemon's embedded simulator and with a
@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import msgspec
 
 from kcd.matrix.scenario import ANY_MODEL, FaultRef
 from kcd.providers.routes import parse_route
@@ -55,6 +56,13 @@ class SimNamespace:
     async def counts(self) -> dict[str, int]:
         """Chat requests per model (as sent, without a +fault suffix) since `program`."""
         return dict((await self._call("GET", "stats")).get("by_model") or {})
+
+    async def load_script(self, load: Any) -> dict[str, Any]:
+        """A recorded script (`kcd.simulator.recorded.ScriptLoad`) for this namespace's `replay` model."""
+        return (await self._call("POST", "script", msgspec.to_builtins(load)))["script"]
+
+    async def script_status(self) -> dict[str, Any] | None:
+        return (await self._call("GET", "script"))["script"]
 
     async def drop(self) -> None:
         await self._call("DELETE", "faults")

@@ -25,6 +25,7 @@ from kcd.api.types import (
     ErrorDetail,
     ExecutorInfo,
     Health,
+    ReplayRequest,
     RunList,
     RouteRef,
     RunInfo,
@@ -50,6 +51,7 @@ from kcd.providers.breaker import BreakerBoard
 from kcd.providers.dispatcher import ChainEntry
 from kcd.providers.probes import ProbeManager
 from kcd.providers.routes import parse_route
+from kcd.replay.service import ReplayService, read_report
 from kcd.runs import RunManager
 from kcd.server.access import AccessPolicy
 from kcd.server.http import App, Handler, Request, Response, Router, StreamResponse, json_response
@@ -73,6 +75,7 @@ class ControlServices:
     probes: ProbeManager
     breakers: BreakerBoard | None
     matrix: Callable[[], MatrixService]  # made on first use
+    replays: ReplayService
     redactor: Redactor  # every non-streamed body; bundle scrubbing
     chat_completions: Handler  # the OpenAI-compatible endpoint's two routes on the socket
     list_models: Handler
@@ -156,6 +159,7 @@ class ControlAPI:
         # ---- the run viewer (kcd.viewer): its pages, and login links for `kcctl view` ----
         r.add("POST", "/v1/viewer/sessions", self.viewer.create_session)
         self.viewer.register(r)
+        self._replay_routes(r)  # replays of recorded runs: see the block below
         return App(r, max_body=self.s.max_body_bytes, on_error=self.s.log_exception,
                    scrub=self.s.redactor.bytes)
 
@@ -443,6 +447,33 @@ class ControlAPI:
         return json_response({"base_url": base_url, "control_url": f"{base_url.removesuffix('/v1')}/_sim"})
 
     # ---- end of the regression matrix block ----
+
+    # ---- replays (`kcctl replay`; kcd.replay) -------------------------------------------------
+    # POST /v1/runs/{id}/replay    ReplayRequest -> 201 RunInfo of the new run (replay_of: id).
+    #                              Owner or operator. 404 run_not_found, 409 run_active,
+    #                              422 recording_incomplete / recording_corrupt / no_seed.
+    # GET  /v1/runs/{id}/replay    ReplayReport of a finished replay run (its replay.json);
+    #                              404 replay_not_found while running or for a run not a replay.
+
+    def _replay_routes(self, r: Router) -> None:
+        r.add("POST", "/v1/runs/{run_id}/replay", self.create_replay)
+        r.add("GET", "/v1/runs/{run_id}/replay", self.get_replay)
+
+    async def create_replay(self, req: Request) -> Response:
+        info = self._run_or_404(req.path_params["run_id"], req, "replay")
+        body = await req.json(ReplayRequest)
+        return json_response(await self.s.replays.start(info, body, req.peer), status=201)
+
+    async def get_replay(self, req: Request) -> Response:
+        info = self._run_or_404(req.path_params["run_id"], req, "read the replay report of")
+        report = await anyio.to_thread.run_sync(read_report, Path(info.run_dir))
+        if report is None:
+            what = "has not ended yet" if info.replay_of and not self.s.runs.is_terminal(info) else (
+                "has no replay report" if info.replay_of else "is not a replay")
+            raise NotFound("replay_not_found", f"run {info.id} {what}")
+        return json_response(report)
+
+    # ---- end of the replays block ----
 
 def _event_loop_name() -> str:
     loop = asyncio.get_running_loop()

@@ -32,6 +32,10 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True):
     content: str | None = None
     tool_calls: list[CallSpec] = []  # native calls; text-mode calls live in `content`
     finish_reason: str | None = None  # None: "tool_calls" if there are calls, else "stop"
+    # A recorded reply (kcd.simulator.recorded) keeps the ids and argument text the model sent,
+    # even arguments that are not JSON; empty: ids are numbered, arguments encoded.
+    call_ids: list[str] = []
+    raw_arguments: list[str] = []
 
     @property
     def finish(self) -> str:

@@ -5,7 +5,8 @@ the ``/_sim/...`` control API (`control`). A plain ASGI callable (no
 framework). The model field picks the behaviour: a registered name (``dev``),
 else its last segment (``sim/dev``), else ``dev``, so the simulator can stand
 in for OpenRouter or OpenAI models (``x-ai/grok-4-fast``, ``gpt-4o-mini``).
-Only names starting with ``unknown`` or ``nope`` are 404s. The
+Only names starting with ``unknown`` or ``nope`` are 404s, and ``replay`` when
+the namespace has no recorded script loaded (`recorded`). The
 ``x-kc-sim-behaviour`` header picks another registered behaviour for one
 request. A fault (`faults`) is chosen by the ``x-kc-sim-fault`` header, a
 ``+fault`` model suffix, or a programmed plan, in that order. Every response
@@ -36,6 +37,7 @@ from kcd.simulator.control import CONTROL_PREFIXES, SimulatorState, control
 from kcd.simulator.delivery import Delivery, Exchange, WellFormed
 from kcd.simulator.faults import FAULT_HEADER, FaultError, FaultRun, FaultSpec, FAULTS, choose
 from kcd.simulator.namespaces import NamespaceError, Namespaces, split_namespace
+from kcd.simulator.recorded import SCRIPT_MODEL, ScriptExhausted
 
 __all__ = ["BEHAVIOUR_HEADER", "FAULT_HEADER", "SimulatorApp", "SimulatorState", "create_app"]
 
@@ -213,7 +215,11 @@ class SimulatorApp:
             model, fault, source = choose(headers.get(FAULT_HEADER), sent)
         except FaultError as exc:
             return sent, None, None, None, exc
-        found = self._behaviour(model, override)
+        if not override and SCRIPT_MODEL in (model, model.rsplit("/", 1)[-1]):
+            # The namespace's recorded script, when one is loaded; never a stand-in agent.
+            found = (SCRIPT_MODEL, state.script) if state.script is not None else None
+        else:
+            found = self._behaviour(model, override)
         if found is None:
             return model, None, None, None, None
         if fault is None:
@@ -278,6 +284,10 @@ class SimulatorApp:
         name, behaviour = found
         try:
             reply = behaviour.reply(request)
+        except ScriptExhausted as exc:
+            await _respond(tracked, 400, wire.error_body(str(exc), "invalid_request_error", "replay_exhausted"),
+                           request_id)
+            return
         except Exception as exc:  # a broken script must not take the server down
             await _respond(tracked, 500, wire.error_body(f"behaviour {name!r} failed: {exc!r}",
                                                          "server_error", "behaviour_failed"), request_id)

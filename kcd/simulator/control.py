@@ -25,6 +25,9 @@ and under ``/ns/<name>/...`` for one namespace's own state, see `namespaces`):
     ``{"requests": [...]}``, oldest first, the last `max_log` chat requests.
 ``GET /_sim/stats``
     ``{"total": N, "by_model": {model: N}, "by_fault": {fault: N}}``.
+``POST /_sim/script``, ``GET /_sim/script``
+    load a recorded script (`recorded.ScriptLoad`) for the model ``replay``; its cursor
+    (``{"script": {"turns", "served", "over_asked", "exhausted", "source"} | null}``).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import msgspec
 
 from kcd.simulator import wire
 from kcd.simulator.faults import FaultError, FaultSpec, catalogue, resolve
+from kcd.simulator.recorded import RecordedScript, ScriptLoad
 
 __all__ = ["CONTROL_PREFIXES", "FaultPlans", "SimulatorState", "control"]
 
@@ -97,6 +101,7 @@ class SimulatorState:
         self.chat_total = 0  # chat requests since the last reset; the log's `seq`
         self.total = 0  # every HTTP request, any route; never reset (request ids)
         self.plans = FaultPlans()
+        self.script: RecordedScript | None = None  # a replayed run's responses (`recorded`)
         self._applied: dict[tuple[str, str], int] = {}  # (fault, model) -> applications
 
     def next_request_id(self) -> str:
@@ -128,6 +133,7 @@ class SimulatorState:
         self.by_fault.clear()
         self.chat_total = 0
         self.plans.clear()
+        self.script = None
         self._applied.clear()
 
     def stats(self) -> dict[str, Any]:
@@ -171,10 +177,20 @@ def _program(state: SimulatorState, body: bytes) -> tuple[int, Any]:
     return 200, {"queued": queued, "plans": state.plans.snapshot()}
 
 
+def _load_script(state: SimulatorState, body: bytes) -> tuple[int, Any]:
+    try:
+        load = msgspec.json.decode(body, type=ScriptLoad)
+    except msgspec.DecodeError as exc:  # ValidationError included
+        return _bad(f"not a script: {exc}", "invalid_script")
+    state.script = RecordedScript(load)
+    return 200, {"script": state.script.status()}
+
+
 def control(state: SimulatorState, method: str, path: str, body: bytes) -> tuple[int, Any]:
     """Answer one ``/_sim/...`` request: (status, JSON-ready body)."""
     route = path.split("/_sim/", 1)[1]
-    allowed = {"faults": ("GET", "POST", "DELETE"), "requests": ("GET",), "stats": ("GET",)}.get(route)
+    allowed = {"faults": ("GET", "POST", "DELETE"), "requests": ("GET",), "stats": ("GET",),
+               "script": ("GET", "POST")}.get(route)
     if allowed is None:
         return 404, wire.error_body(f"no control route {path}", "invalid_request_error", "not_found")
     if method not in allowed:
@@ -184,6 +200,10 @@ def control(state: SimulatorState, method: str, path: str, body: bytes) -> tuple
         return 200, {"requests": state.log()}
     if route == "stats":
         return 200, state.stats()
+    if route == "script":
+        if method == "POST":
+            return _load_script(state, body)
+        return 200, {"script": state.script.status() if state.script else None}
     if method == "GET":
         return 200, {"faults": catalogue(), "plans": state.plans.snapshot()}
     if method == "DELETE":

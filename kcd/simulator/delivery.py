@@ -94,9 +94,9 @@ class Exchange:
             model=self.model,
             completion_id=self.completion_id,
             created=self.created,
-            ids=wire.call_ids(self.request, len(reply.tool_calls)),
+            ids=reply.call_ids or wire.call_ids(self.request, len(reply.tool_calls)),
             usage=wire.usage_for(self.request, reply) if usage else None,
-            arguments=arguments,
+            arguments=arguments or reply.raw_arguments or None,
         )
 
     def chunks(
@@ -108,11 +108,11 @@ class Exchange:
             model=self.model,
             completion_id=self.completion_id,
             created=self.created,
-            ids=wire.call_ids(self.request, len(reply.tool_calls)),
+            ids=reply.call_ids or wire.call_ids(self.request, len(reply.tool_calls)),
             usage=wire.usage_for(self.request, reply)
             if (self.include_usage if usage is None else usage)
             else None,
-            arguments=arguments,
+            arguments=arguments or reply.raw_arguments or None,
         )
 
     def chunk_head(self) -> dict[str, Any]:
