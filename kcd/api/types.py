@@ -208,7 +208,7 @@ class ReplayRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     workspace_upload: str | None = None  # an upload id from POST /v1/workspaces (kcctl's way)
 
 
-class ReplayDivergence(msgspec.Struct, omit_defaults=True):
+class ReplayDivergence(msgspec.Struct):
     """One place where the replay's tool results differ from the recorded ones.
 
     kind: "result" (a field of a call's result differs), "call" (the call itself: present on
@@ -224,7 +224,7 @@ class ReplayDivergence(msgspec.Struct, omit_defaults=True):
     tool: str | None = None
 
 
-class ReplayReport(msgspec.Struct, omit_defaults=True):
+class ReplayReport(msgspec.Struct):
     """`replay.json` in the replay's run directory, and `GET /v1/runs/{id}/replay`."""
 
     recorded_run: str

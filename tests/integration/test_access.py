@@ -77,6 +77,7 @@ RUN_RESOURCES = [
     ("GET", "/v1/runs/{id}/workspace", b""),
     ("POST", "/v1/bundles", b'{"run": "{id}"}'),
     ("POST", "/v1/scenarios/from-run", b'{"run": "{id}", "name": "from_their_run"}'),
+    ("POST", "/v1/runs/{id}/replay", b"{}"),  # a replay is a new run of the caller's (201)
     ("POST", "/v1/runs/{id}/cancel", b""),
 ]
 
@@ -93,7 +94,7 @@ def test_every_run_resource_is_the_owners_and_the_operators_only(system_kcd, use
         assert users["group"] in payload["error"]["message"]  # the rule names who may
         for who in ("owner", "operator"):
             status, payload = request_as(users[who], daemon.socket, method, p, b)
-            assert status in (200, 202), (who, method, p, status, payload[:300])
+            assert status in (200, 201, 202), (who, method, p, status, payload[:300])
 
 
 def test_listings_show_only_what_the_caller_may_read(system_kcd, users) -> None:
