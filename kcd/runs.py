@@ -466,6 +466,9 @@ class RunManager:
             "timings": {"created_at": info.created_at, "started_at": info.started_at,
                         "ended_at": ended, "duration_s": round(elapsed, 3)},
             "warnings": info.warnings, "resolved_config": spec.loaded.merged,
+            # Where its relative paths pointed (each resolved against the file that wrote it,
+            # which resolved_config no longer says): a replay loads the config from elsewhere.
+            "resolved_paths": {"packs": spec.loaded.pack_paths, "tool_dirs": spec.loaded.tool_dirs},
             **({"replay_of": info.replay_of} if info.replay_of else {})})
         final = active.info = msgspec.structs.replace(
             info, status=status, ended_at=ended, exit_reason=result.exit_reason,

@@ -7,6 +7,10 @@ way to reach the recorded provider. The recorded route's params, timeouts, retry
 context window carry over, and the tool mode and streaming are the ones the recorded
 run actually used (after its capability probes), so probes are off. A
 `dialect_profiles` entry that matched the recorded route is kept for the new one.
+
+Relative pack paths and tool directories were resolved against the file that wrote
+them (a base the config `extends`), which the merged config no longer says; they are
+written absolute, as the recorded run resolved them.
 """
 
 from __future__ import annotations
@@ -30,10 +34,28 @@ def _same_route(written: Any, route_id: str) -> bool:
         return False
 
 
+def _absolute_paths(cfg: dict[str, Any], pack_paths: dict[str, str], tool_dirs: list[str]) -> None:
+    prompts = cfg.get("prompts")
+    packs = prompts.get("packs") if isinstance(prompts, dict) else None
+    for pack, keys in (packs or {}).items():
+        if isinstance(keys, dict):
+            for key in keys:
+                keys[key] = pack_paths.get(f"@pack({pack}).{key}", keys[key])
+    tools = cfg.get("tools")
+    if tool_dirs and isinstance(tools, dict):
+        if tools.get("defs_dir") is not None:  # it stands for registry.paths[0] (agent_checks.tool_dirs)
+            tools["defs_dir"] = tool_dirs[0]
+        registry = tools.setdefault("registry", {})
+        if isinstance(registry, dict):
+            registry["paths"] = list(tool_dirs)
+
+
 def replay_config(resolved: dict[str, Any], *, route: str, base_url: str, native_tools: bool,
-                  stream: bool) -> dict[str, Any]:
+                  stream: bool, pack_paths: dict[str, str] | None = None,
+                  tool_dirs: list[str] | None = None) -> dict[str, Any]:
     """The recorded `resolved_config` rewritten for a replay on the script at `base_url`."""
     cfg = copy.deepcopy(resolved)
+    _absolute_paths(cfg, pack_paths or {}, tool_dirs or [])
     providers = cfg.get("providers") if isinstance(cfg.get("providers"), dict) else {}
     recorded = next((m for m in providers.get("models") or () if isinstance(m, dict)
                      and _same_route(m.get("id"), route)), {})

@@ -44,6 +44,10 @@ class Recording(msgspec.Struct, kw_only=True):
     turns: list[RecordedTurn]
     seed_archive: str | None  # the recorded seed, or
     seed_dir: str | None  # the directory it was seeded from (same-host API runs)
+    # Pack files ("@pack(p).key" -> path) and tool directories as the run resolved them;
+    # None for runs recorded before run.json kept them.
+    pack_paths: dict[str, str] | None = None
+    tool_dirs: list[str] | None = None
 
 
 def _json(path: Path, what: str) -> Any:
@@ -99,10 +103,12 @@ def load_recording(run_dir: Path) -> Recording:
             break  # the last turn ended without an answer (a provider error, a cancel)
         turns.append(recorded_turn(_json(path, f"the model's response of turn {n}"), path))
     archive = run_dir / SEED_ARCHIVE
+    paths = meta.get("resolved_paths") if isinstance(meta.get("resolved_paths"), dict) else {}
     return Recording(
         run_id=str(meta.get("run_id") or result.get("run_id") or run_dir.name), run_dir=str(run_dir),
         config_path=meta.get("config_path"), resolved_config=config, route=str(meta.get("route") or ""),
         task=meta["task"], max_steps=int(meta.get("max_steps") or launch.get("max_steps") or steps or 1),
         stream=bool(start.get("stream", meta.get("stream"))), native_tools=bool(start.get("native_tools")),
         steps=steps, exit_reason=exit_reason, turns=turns,
-        seed_archive=str(archive) if archive.is_file() else None, seed_dir=launch.get("seed_dir"))
+        seed_archive=str(archive) if archive.is_file() else None, seed_dir=launch.get("seed_dir"),
+        pack_paths=paths.get("packs"), tool_dirs=paths.get("tool_dirs"))

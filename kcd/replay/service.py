@@ -29,11 +29,12 @@ from kcd.api.types import PeerInfo, ReplayReport, ReplayRequest, RunInfo, RunReq
 from kcd.errors import Conflict, NotFound, Unprocessable
 from kcd.matrix.simctl import SimNamespace, SimulatorError
 from kcd.observe.rundir import RunDir
+from kcd.peer_files import peer_reader
 from kcd.replay.compare import MAX_DIVERGENCES, NORMALISED, compare_turns
 from kcd.replay.config import replay_config
 from kcd.replay.recording import Recording, load_recording
 from kcd.replay.results import read_results
-from kcd.runs import RunManager
+from kcd.runs import RunManager, RunRejected, load_config_for_request
 from kcd.simulator.recorded import ScriptLoad
 from kcd.workspaces.uploads import UploadStore
 
@@ -103,6 +104,8 @@ class ReplayService:
         if body.workspace and body.workspace_upload:
             raise Unprocessable("invalid_request", "give workspace or workspace_upload, not both")
         rec = await anyio.to_thread.run_sync(load_recording, Path(info.run_dir))  # RecordingUnusable: 422
+        if rec.pack_paths is None and rec.config_path:
+            rec = await anyio.to_thread.run_sync(_paths_from_config_file, rec, peer)
         seed, label = await anyio.to_thread.run_sync(self._seed, rec, body)
         sim = (await self.simulator_url()).removesuffix("/v1")
         http = httpx.AsyncClient(trust_env=False)  # loopback only; closed when the replay finishes
@@ -110,7 +113,8 @@ class ReplayService:
         try:
             await ns.load_script(ScriptLoad(turns=rec.turns, source=rec.run_id))
             config = replay_config(rec.resolved_config, route=rec.route, base_url=ns.api_base,
-                                   native_tools=rec.native_tools, stream=rec.stream)
+                                   native_tools=rec.native_tools, stream=rec.stream,
+                                   pack_paths=rec.pack_paths, tool_dirs=rec.tool_dirs)
             req = RunRequest(config_text=json.dumps(config), config_path=rec.config_path, task=rec.task,
                              max_steps=rec.max_steps, stream=rec.stream, workspace=seed.workspace,
                              workspace_upload=seed.workspace_upload)
@@ -139,6 +143,20 @@ class ReplayService:
             rec, _run_id(run_dir), run_dir, workspace, result, label, int(status.get("served") or 0)))
         await RunDir(run_dir, self.runs.redactor.bytes).write_json(REPORT, report)
         return result
+
+
+def _paths_from_config_file(rec: Recording, peer: PeerInfo | None) -> Recording:
+    """A run recorded before run.json kept its resolved paths: resolve them as the config
+    file (read as the caller could) resolves them now; as recorded when it no longer loads."""
+    path = Path(rec.config_path or "")
+    may_read = peer_reader(peer)
+    if may_read is not None and may_read(path) is not None:  # not the caller's to read: as recorded
+        return rec
+    try:
+        loaded = load_config_for_request(path.read_text(encoding="utf-8"), rec.config_path, peer)
+    except (OSError, UnicodeDecodeError, RunRejected):
+        return rec
+    return msgspec.structs.replace(rec, pack_paths=loaded.pack_paths, tool_dirs=loaded.tool_dirs)
 
 
 def _run_id(run_dir: Path) -> str:

@@ -202,3 +202,33 @@ def test_the_replay_uses_the_recorded_seed_not_the_tree_as_it_is_now(kcd, tmp_pa
     (tree / "README.md").write_text("changed after the run\n")
     code, report = replay_json(kcd, recorded)
     assert code == 0 and report["workspace"] == "recorded seed", report
+
+
+def test_a_text_mode_run_replays_and_diverges_on_its_text_results(kcd, tmp_path: Path) -> None:
+    """Text-mode tool calls (parsed from the reply's text, results relayed as a user message)
+    replay too; their results are compared from artifacts/tool_results."""
+    config = tmp_path / "demo_text.yaml"
+    config.write_text((DEMO.read_text().replace("extends: base_v2.yaml", f"extends: {CONFIGS / 'base_v2.yaml'}")
+                       .replace("use_native: true", "use_native: false")))
+    proc = kcd.kcctl("run", str(config), "--task", TASK, "--workspace", str(C_PROJECT), "--json", check=True)
+    end = json.loads(proc.stdout.splitlines()[-1])
+    assert end["data"]["exit_reason"] == "mark_task_complete"
+    recorded_dir = Path(end["data"]["run_dir"])
+    assert not (recorded_dir / "provider_native" / "tool_results").exists()
+    assert list((recorded_dir / "artifacts" / "tool_results" / "turn_2").iterdir())
+
+    code, report = replay_json(kcd, end["run_id"])
+    assert code == 0 and report["identical"] and report["calls_compared"] == 3, report
+    # Its packs come from base_v2.yaml's directory, not the config's: a run recorded before
+    # run.json kept the resolved paths replays too (they are resolved from the config file).
+    meta = read_json(recorded_dir / "meta" / "run.json")
+    assert meta.pop("resolved_paths")["packs"]
+    (recorded_dir / "meta" / "run.json").write_text(json.dumps(meta))
+    assert replay_json(kcd, end["run_id"])[0] == 0
+
+    changed = tmp_path / "tree"
+    shutil.copytree(C_PROJECT, changed)
+    (changed / "README.md").write_text("# something else\n")
+    code, report = replay_json(kcd, end["run_id"], "--workspace", str(changed))
+    assert code == EXIT_DIVERGED
+    assert [(d["turn"], d["tool"], d["field"]) for d in report["divergences"]] == [(2, "read_file", "out")]

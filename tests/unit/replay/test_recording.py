@@ -89,3 +89,14 @@ def test_the_replay_config_has_one_keyless_route_and_keeps_the_rest() -> None:
     assert cfg["dialect_profiles"] == {REPLAY_ROUTE: {"preferred_dialects": ["pythonic"]}}
     assert cfg["tools"] == resolved["tools"] and cfg["max_iterations"] == 9
     assert resolved["providers"]["default_model"] == "openrouter/x-ai/grok-4-fast"  # not modified
+
+
+def test_relative_pack_paths_and_tool_dirs_are_written_as_the_run_resolved_them() -> None:
+    resolved = {"providers": {}, "prompts": {"packs": {"base": {"system": "prompts/system.md"}}},
+                "tools": {"defs_dir": "defs", "registry": {"include": ["read_file"]}}}
+    cfg = replay_config(resolved, route="mock/dev", base_url="http://127.0.0.1:1/v1", native_tools=True,
+                        stream=False, pack_paths={"@pack(base).system": "/etc/kc/prompts/system.md"},
+                        tool_dirs=["/etc/kc/defs", "/opt/more"])
+    assert cfg["prompts"]["packs"]["base"]["system"] == "/etc/kc/prompts/system.md"
+    assert cfg["tools"]["defs_dir"] == "/etc/kc/defs"
+    assert cfg["tools"]["registry"] == {"include": ["read_file"], "paths": ["/etc/kc/defs", "/opt/more"]}
