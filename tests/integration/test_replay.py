@@ -232,3 +232,40 @@ def test_a_text_mode_run_replays_and_diverges_on_its_text_results(kcd, tmp_path:
     code, report = replay_json(kcd, end["run_id"], "--workspace", str(changed))
     assert code == EXIT_DIVERGED
     assert [(d["turn"], d["tool"], d["field"]) for d in report["divergences"]] == [(2, "read_file", "out")]
+
+
+def test_a_sandbox_change_diverges_at_the_shell_turn(make_kcd, kcd_root: Path) -> None:
+    """What a replay is for: the same recorded run, replayed on a daemon whose sandbox
+    changed, shows where the shell's answers changed."""
+    recorder = make_kcd("--executor", "in-process")
+    proc = recorder.kcctl("run", str(Path(__file__).parent / "configs" / "shell.yaml"), "--task",
+                          "ls -1 / | wc -l; cat /proc/1/comm", "--json", check=True)
+    end = json.loads(proc.stdout.splitlines()[-1])
+    recorded_dir = Path(end["data"]["run_dir"])
+    isolation = read_json(recorded_dir / "provider_native" / "tool_results" / "turn_1.json")[0]["data"]["isolation"]
+    if isolation == "process":
+        pytest.skip("this host gives tool calls process containment only: nothing weaker to change to")
+    same_code, _ = replay_json(recorder, end["run_id"])
+    recorder.stop()
+    assert same_code == 0
+
+    config = kcd_root / "weaker.yaml"
+    config.write_text("sandbox:\n  isolation: process\n")
+    replayer = make_kcd("--config", str(config), "--executor", "in-process")
+    code, report = replay_json(replayer, end["run_id"])
+    assert code == EXIT_DIVERGED
+    fields = {(d["turn"], d["call_index"], d["tool"], d["field"]): d for d in report["divergences"]}
+    changed = fields[(1, 0, "run_shell", "data.isolation")]
+    assert (changed["recorded"], changed["replayed"]) == (isolation, "process")
+    assert (1, 0, "run_shell", "out") in fields  # the command saw another machine
+    assert {d["turn"] for d in report["divergences"]} == {1}
+
+
+@pytest.mark.ray
+def test_the_demo_run_on_ray_replays_without_divergence(ray_kcd) -> None:
+    """`make demo`'s path: tool calls as Ray tasks (their node id is normalised away)."""
+    recorded = record_demo(ray_kcd)
+    proc = ray_kcd.kcctl("replay", recorded)
+    assert proc.returncode == 0, proc.stdout + proc.stderr + ray_kcd.log()[-3000:]
+    assert "✓ no divergence in 3 turn(s) / 3 tool call(s)" in proc.stdout
+    assert "executor=ray" in proc.stdout
