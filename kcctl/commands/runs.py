@@ -41,7 +41,8 @@ def runs_list(client: Client, limit: int, status_: str | None, as_json: bool) ->
     for r in rows:
         click.echo(f"{r['id']:<13} {r['status']:<11} {r.get('exit_reason') or '-':<20} "
                    f"{r.get('steps') if r.get('steps') is not None else '-':>5}  {r.get('route') or '-':<28} "
-                   f"{r['created_at']}{'  (pruned)' if r.get('pruned_at') else ''}")
+                   f"{r['created_at']}{'  (pruned)' if r.get('pruned_at') else ''}"
+                   f"{'  (replay of ' + r['replay_of'] + ')' if r.get('replay_of') else ''}")
 
 
 @runs.command("show")

@@ -126,12 +126,17 @@ class ReplayService:
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await _close(ns, http)
+            if seed.workspace_upload and not body.workspace_upload:  # our copy of the seed, not taken
+                (self.uploads.root / f"{seed.workspace_upload}.tar").unlink(missing_ok=True)
             raise
 
     async def _finish(self, rec: Recording, ns: SimNamespace, http: httpx.AsyncClient, run_dir: Path,
                       workspace: Path, result: RunResult, label: str) -> RunResult:
         try:
             status = await ns.script_status() or {}
+        except SimulatorError as exc:  # the simulator went away (a shutdown): compare anyway
+            log.warning("replay namespace %s: no cursor: %s", ns.name, exc)
+            status = {}
         finally:
             await _close(ns, http)
         if status.get("exhausted") and result.exit_kind == "provider_error":

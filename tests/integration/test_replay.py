@@ -82,6 +82,8 @@ def test_replaying_the_demo_run_reports_no_divergence(kcd) -> None:
         assert client.get(f"/v1/runs/{recorded}/replay").json()["error"]["code"] == "replay_not_found"
     detached = kcd.kcctl("replay", recorded, "--no-follow", "--json", check=True)
     assert json.loads(detached.stdout)["replay_of"] == recorded
+    listing = kcd.kcctl("runs", "list", check=True).stdout
+    assert f"(replay of {recorded})" in listing
 
 
 def test_a_changed_readme_diverges_at_the_read_file_turn(kcd, tmp_path: Path) -> None:
