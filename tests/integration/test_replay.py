@@ -247,20 +247,20 @@ def test_a_sandbox_change_diverges_at_the_shell_turn(make_kcd, kcd_root: Path) -
     isolation = read_json(recorded_dir / "provider_native" / "tool_results" / "turn_1.json")[0]["data"]["isolation"]
     if isolation == "process":
         pytest.skip("this host gives tool calls process containment only: nothing weaker to change to")
-    same_code, _ = replay_json(recorder, end["run_id"])
+    same_code, same = replay_json(recorder, end["run_id"])
     recorder.stop()
-    assert same_code == 0
+    assert same_code == 0, same
 
     config = kcd_root / "weaker.yaml"
     config.write_text("sandbox:\n  isolation: process\n")
     replayer = make_kcd("--config", str(config), "--executor", "in-process")
     code, report = replay_json(replayer, end["run_id"])
-    assert code == EXIT_DIVERGED
+    assert code == EXIT_DIVERGED, report
     fields = {(d["turn"], d["call_index"], d["tool"], d["field"]): d for d in report["divergences"]}
     changed = fields[(1, 0, "run_shell", "data.isolation")]
     assert (changed["recorded"], changed["replayed"]) == (isolation, "process")
-    assert (1, 0, "run_shell", "out") in fields  # the command saw another machine
-    assert {d["turn"] for d in report["divergences"]} == {1}
+    assert (1, 0, "run_shell", "out") in fields, report  # the command saw another machine
+    assert {d["turn"] for d in report["divergences"]} == {1}, report
 
 
 @pytest.mark.ray
