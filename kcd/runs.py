@@ -539,7 +539,7 @@ class RunManager:
     def list(self, limit: int = 50, status: str | None = None, owner: int | None = None,
              **filters: str | None) -> list[RunInfo]:
         """The newest runs; with `owner`, only that uid's; `filters`: route, exit_reason, since,
-        until (`StateStore.list_runs`)."""
+        until, replay_of (`StateStore.list_runs`)."""
         return self.store.list_runs(limit=limit, status=status, owner=owner, **filters)
 
     def cancel(self, run_id: str) -> RunInfo | None:

@@ -88,9 +88,9 @@ class StateStore:
 
     def list_runs(self, limit: int = 50, status: str | None = None, owner: int | None = None, *,
                   route: str | None = None, exit_reason: str | None = None, since: str | None = None,
-                  until: str | None = None) -> list[RunInfo]:
+                  until: str | None = None, replay_of: str | None = None) -> list[RunInfo]:
         """Newest first; `since`/`until` bound `created_at` (ISO 8601 UTC, compared as text, so
-        a prefix such as `2026-01-31` works)."""
+        a prefix such as `2026-01-31` works); `replay_of`: the replays of that run."""
         where, args = [], []
         if status:
             where.append("status=?")
@@ -98,7 +98,7 @@ class StateStore:
         if owner is not None:
             where.append("json_extract(CAST(info AS TEXT), '$.peer_uid')=?")
             args.append(owner)
-        for key, value in (("route", route), ("exit_reason", exit_reason)):
+        for key, value in (("route", route), ("exit_reason", exit_reason), ("replay_of", replay_of)):
             if value:
                 where.append(f"json_extract(CAST(info AS TEXT), '$.{key}')=?")
                 args.append(value)

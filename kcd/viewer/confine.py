@@ -22,7 +22,7 @@ __all__ = ["MAX_FILE_BYTES", "list_files", "read_confined", "served"]
 MAX_FILE_BYTES = 8 * 1024 * 1024
 _FILES = frozenset({"result.json", "workspace.diff", "meta/events.jsonl", "meta/provider_metrics.json",
                     "meta/capability_probes.json", "conversation/conversation.md", "conversation/index.json",
-                    "prompts/compiled_system.md"})
+                    "prompts/compiled_system.md", "replay.json"})
 _DIRS = ("meta/requests/", "raw/requests/", "raw/responses/", "provider_native/tool_calls/",
          "provider_native/tool_results/", "provider_native/tools_provided/", "errors/")
 

@@ -8,24 +8,30 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 from urllib.parse import quote
 
+import msgspec
+
 from kcd.api.types import Event, RunInfo
 from kcd.viewer.markup import attr, esc
-from kcd.viewer.rundata import RunRecord
+from kcd.viewer.replays import ReplayView, replay_of_line, replays_list, report_attrs, report_section
+from kcd.viewer.rundata import RunRecord, Skip
 from kcd.viewer.sparkline import sparkline_svg
-from kcd.viewer.timeline import route_tags, timeline_svg
+from kcd.viewer.timeline import in_time_order, route_tags, timeline_svg
 
 __all__ = ["FRAGMENTS", "daemon_page", "fragment", "run_page", "runs_page"]
 
-FRAGMENTS = ("timeline", "tools", "conversation", "diff", "files", "summary")
+FRAGMENTS = ("timeline", "tools", "conversation", "diff", "files", "summary", "replay")
 MAX_TEXT = 2 * 1024 * 1024  # transcript and diff shown up to this many characters
 _MARKER = re.compile(r"^\[([a-z_-]+)\]( .*)?$")
 FILTERS = ("status", "route", "exit_reason", "since", "until")
 LIST_ATTR = ' list="statuses"'
 STATUSES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
+# The event fields an `#events` line shows, in order. The page hands them to viewer.js in
+# `<ol id="events" data-keys>`, so a line appended live shows what a reload shows.
+EVENT_KEYS = ("turn", "attempt", "route", "status", "name", "marker", "exit_reason", "message")
 
 
 def _run_href(run_id: str) -> str:
@@ -44,13 +50,24 @@ def _filters_form(values: Mapping[str, str]) -> str:
             '<button type="submit">Filter</button> <a href="/ui/">clear</a></form>')
 
 
-def runs_page(runs: list[RunInfo], filters: Mapping[str, str], *, limit: int, who: str) -> str:
+def _replay_mark(r: RunInfo, openable: Collection[str]) -> str:
+    if not r.replay_of:
+        return ""
+    recorded = (f'<a href={attr(_run_href(r.replay_of))}>{esc(r.replay_of)}</a>' if r.replay_of in openable
+                else esc(r.replay_of))
+    return f' <span class="replay-mark">replay of {recorded}</span>'
+
+
+def runs_page(runs: list[RunInfo], filters: Mapping[str, str], *, limit: int, who: str,
+              openable: Collection[str] = ()) -> str:
+    """The runs list; a replay is marked with the run it replays (a link when in `openable`)."""
     rows = []
     for r in runs:
+        replay = f" data-replay-of={attr(r.replay_of)}" if r.replay_of else ""
         rows.append(
             f'<tr class="run" data-run-id={attr(r.id)} data-status={attr(r.status)} data-route={attr(r.route or "")} '
-            f'data-exit-reason={attr(r.exit_reason or "")}>'
-            f'<td><a class="run-link" href={attr(_run_href(r.id))}>{esc(r.id)}</a></td>'
+            f'data-exit-reason={attr(r.exit_reason or "")}{replay}>'
+            f'<td><a class="run-link" href={attr(_run_href(r.id))}>{esc(r.id)}</a>{_replay_mark(r, openable)}</td>'
             f'<td class="status status-{esc(r.status)}">{esc(r.status)}</td><td>{esc(r.route)}</td>'
             f"<td>{esc(r.exit_reason)}</td><td>{esc(r.steps)}</td><td>{esc(r.created_at)}</td>"
             f"<td>{esc(r.peer_uid)}</td><td class=\"task\">{esc((r.task or '')[:120])}</td></tr>")
@@ -66,28 +83,29 @@ def runs_page(runs: list[RunInfo], filters: Mapping[str, str], *, limit: int, wh
 
 # ---- the run page -------------------------------------------------------------------------
 
-def _summary(info: RunInfo, live: bool) -> str:
+def _summary(info: RunInfo, live: bool, replay: ReplayView) -> str:
     facts = [("route", info.route), ("exit reason", info.exit_reason), ("steps", info.steps),
              ("completed", info.completed), ("created", info.created_at), ("ended", info.ended_at),
              ("owner uid", info.peer_uid), ("error", info.error)]
     rows = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in facts if v is not None)
     return (f'<h1>Run {esc(info.id)} <span id="run-status" class="status status-{esc(info.status)}">'
             f'{esc(info.status)}</span>{" <span class=live>live</span>" if live else ""}</h1>'
-            f'<p class="task">{esc(info.task)}</p><dl class="facts">{rows}</dl>')
+            f'{replay_of_line(replay)}<p class="task">{esc(info.task)}</p><dl class="facts">{rows}</dl>')
 
 
 def _attempts_table(record: RunRecord) -> str:
     rows = []
     for t in record.turns:
-        for a in t.attempts:
+        for r in in_time_order(t):  # the chart's order: a skip before the fallback it caused
+            if isinstance(r, Skip):
+                rows.append(f'<tr class="skip" data-turn="{r.turn}"><td>{r.turn}</td><td>-</td><td>skip</td>'
+                            f'<td>{esc(r.route)}</td><td colspan="5">{esc(r.text)}</td><td>open</td></tr>')
+                continue
             rows.append(
-                f'<tr data-turn="{a.turn}" data-attempt="{a.attempt}"><td>{a.turn}</td><td>{a.attempt}</td>'
-                f"<td>{esc(a.kind)}</td><td>{esc(a.route)}</td><td>{esc(a.status)}</td><td>{esc(a.error)}</td>"
-                f"<td>{a.latency_s:.3f}</td><td>{'' if a.ttft_s is None else f'{a.ttft_s:.3f}'}</td>"
-                f"<td>{'' if a.retry_in_s is None else f'{a.retry_in_s:.2f}'}</td><td>{esc(a.breaker)}</td></tr>")
-        for s in t.skips:
-            rows.append(f'<tr class="skip" data-turn="{s.turn}"><td>{s.turn}</td><td>-</td><td>skip</td>'
-                        f'<td>{esc(s.route)}</td><td colspan="5">{esc(s.text)}</td><td>open</td></tr>')
+                f'<tr data-turn="{r.turn}" data-attempt="{r.attempt}"><td>{r.turn}</td><td>{r.attempt}</td>'
+                f"<td>{esc(r.kind)}</td><td>{esc(r.route)}</td><td>{esc(r.status)}</td><td>{esc(r.error)}</td>"
+                f"<td>{r.latency_s:.3f}</td><td>{'' if r.ttft_s is None else f'{r.ttft_s:.3f}'}</td>"
+                f"<td>{'' if r.retry_in_s is None else f'{r.retry_in_s:.2f}'}</td><td>{esc(r.breaker)}</td></tr>")
     return ('<table id="attempts"><thead><tr><th>turn</th><th>attempt</th><th>kind</th><th>route</th>'
             "<th>status</th><th>error</th><th>latency s</th><th>TTFT s</th><th>retry in s</th><th>breaker</th>"
             f"</tr></thead><tbody>{''.join(rows)}</tbody></table>")
@@ -149,17 +167,24 @@ def _files(run_id: str, files: list[str]) -> str:
     return f"<h2>Raw files</h2><ul class=\"files\">{items}</ul>"
 
 
+def _brief_value(value: object) -> str:
+    """A string as is, anything else as JSON: what viewer.js shows for the same value."""
+    return value if isinstance(value, str) else msgspec.json.encode(value).decode()
+
+
 def _event_item(ev: Event) -> str:
     d = ev.data if isinstance(ev.data, dict) else {}
-    brief = " ".join(f"{k}={d[k]}" for k in ("turn", "attempt", "route", "status", "name", "marker", "exit_reason")
-                     if d.get(k) is not None)
+    brief = " ".join(f"{k}={_brief_value(d[k])}" for k in EVENT_KEYS if d.get(k) is not None)
     return (f'<li data-seq="{ev.seq}" data-type={attr(ev.type)}><span class="seq">{ev.seq}</span> '
-            f'<span class="type">{esc(ev.type)}</span> {esc(brief)}</li>')
+            f'<span class="type">{esc(ev.type)}</span> <span class="brief">{esc(brief)}</span></li>')
 
 
 def fragment(name: str, *, info: RunInfo, live: bool, record: RunRecord, conversation: str | None,
-             diff: str | None, files: list[str]) -> str:
+             diff: str | None, files: list[str], replay: ReplayView | None = None) -> str:
     """The inner HTML of one section of the run page (`name` in FRAGMENTS)."""
+    replay = replay or ReplayView()
+    if name == "replay":
+        return report_section(replay, live) if replay.recorded else ""
     if name == "timeline":
         return _timeline(record)
     if name == "tools":
@@ -170,24 +195,31 @@ def fragment(name: str, *, info: RunInfo, live: bool, record: RunRecord, convers
         return _diff(diff)
     if name == "files":
         return _files(info.id, files)
-    return _summary(info, live)
+    return _summary(info, live, replay)
 
 
 def run_page(*, info: RunInfo, live: bool, record: RunRecord, conversation: str | None, diff: str | None,
-             files: list[str]) -> str:
+             files: list[str], replay: ReplayView | None = None) -> str:
+    replay = replay or ReplayView()
+
     def part(name: str) -> str:
-        return fragment(name, info=info, live=live, record=record, conversation=conversation, diff=diff, files=files)
+        return fragment(name, info=info, live=live, record=record, conversation=conversation, diff=diff, files=files,
+                        replay=replay)
+
+    report = (f'<section id="replay"{report_attrs(replay)}>{part("replay")}</section>'
+              if replay.recorded else "")
 
     events = "".join(_event_item(ev) for ev in record.events[-500:])
     return (f'<main id="run" data-run-id={attr(info.id)} data-status={attr(info.status)} '
             f'data-live="{"true" if live else "false"}" data-last-seq="{record.last_seq}">'
-            f'<section id="summary">{part("summary")}</section>'
+            f'<section id="summary">{part("summary")}</section>{report}{replays_list(replay)}'
             f'<section id="timeline">{part("timeline")}</section>'
             f'<div class="columns"><section id="conversation">{part("conversation")}</section>'
             f'<section id="tools">{part("tools")}</section></div>'
             f'<section id="diff">{part("diff")}</section>'
             f'<section id="files">{part("files")}</section>'
-            f'<section id="event-log"><h2>Events</h2><ol id="events">{events}</ol></section></main>')
+            f'<section id="event-log"><h2>Events</h2><ol id="events" data-keys={attr(" ".join(EVENT_KEYS))}>'
+            f"{events}</ol></section></main>")
 
 
 # ---- the daemon page ----------------------------------------------------------------------

@@ -30,6 +30,7 @@ from kcd.viewer import pages
 from kcd.viewer.confine import list_files, read_confined
 from kcd.viewer.history import MetricsHistory
 from kcd.viewer.markup import SECURITY_HEADERS, error_page, html_response, page
+from kcd.viewer.replays import ReplayView, load_report
 from kcd.viewer.rundata import RunRecord, load_run
 from kcd.viewer.sessions import SessionTable
 from kcd.viewer.sse import FollowingResponse, sse_messages
@@ -40,6 +41,7 @@ __all__ = ["COOKIE", "ViewerAPI", "ViewerServices"]
 COOKIE = "kc_viewer"
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _WHEN = re.compile(r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?Z?)?")
+MAX_REPLAYS_LISTED = 20  # on a recorded run's page, newest first
 _STATIC = {"viewer.css": "text/css; charset=utf-8", "viewer.js": "text/javascript; charset=utf-8"}
 
 
@@ -136,12 +138,20 @@ class ViewerAPI:
                                                  "who runs the browser")
 
     def _run(self, req: Request, run_id: str) -> RunInfo:
+        return self._caller_and_run(req, run_id)[1]
+
+    def _caller_and_run(self, req: Request, run_id: str) -> tuple[Caller, RunInfo]:
         caller = self.caller(req)
         info = self.s.runs.get(run_id) if _ID.fullmatch(run_id) else None
         if info is None:
             raise NotFound("run_not_found", f"no run with id {run_id!r}")
         self.s.access.require_owner(caller, info.peer_uid, f"run {run_id}", "view")
-        return info
+        return caller, info
+
+    def _may_open(self, caller: Caller, run_id: str) -> bool:
+        """Whether `caller` may open run `run_id`'s page (the same rule as `_run`)."""
+        info = self.s.runs.get(run_id) if _ID.fullmatch(run_id) else None
+        return info is not None and self.s.access.may_see(caller, info.peer_uid)
 
     # ---- the session endpoint (control socket only) --------------------------------------------
 
@@ -209,10 +219,16 @@ class ViewerAPI:
             route=filters["route"] or None, exit_reason=filters["exit_reason"] or None,
             since=filters["since"].replace(" ", "T") or None, until=filters["until"].replace(" ", "T") or None)
         who = "all runs (operator)" if caller.operator else f"runs of uid {caller.uid}"
-        return html_response(page("Runs", pages.runs_page(runs, filters, limit=limit, who=who)))
+        openable = {r.replay_of for r in runs if r.replay_of and self._may_open(caller, r.replay_of)}
+        return html_response(page("Runs", pages.runs_page(runs, filters, limit=limit, who=who, openable=openable)))
 
-    async def _view(self, info: RunInfo) -> dict[str, Any]:
+    async def _view(self, caller: Caller, info: RunInfo) -> dict[str, Any]:
         run_dir = Path(info.run_dir)
+        replay = ReplayView(
+            recorded=info.replay_of,
+            recorded_visible=bool(info.replay_of) and self._may_open(caller, info.replay_of or ""),
+            replays=self.s.runs.list(limit=MAX_REPLAYS_LISTED, owner=None if caller.operator else caller.uid,
+                                     replay_of=info.id))
 
         def read() -> tuple[RunRecord, str | None, str | None, list[str]]:
             def text(rel: str) -> str | None:
@@ -221,22 +237,24 @@ class ViewerAPI:
                 except KcError:
                     return None
             files = list_files(run_dir) if run_dir.is_dir() else []
+            if info.replay_of:
+                replay.report, replay.report_error = load_report(run_dir)
             return load_run(run_dir), text("conversation/conversation.md"), text("workspace.diff"), files
 
         record, conversation, diff, files = await anyio.to_thread.run_sync(read)
         return dict(info=info, live=not self.s.runs.is_terminal(info), record=record,
-                    conversation=conversation, diff=diff, files=files)
+                    conversation=conversation, diff=diff, files=files, replay=replay)
 
     async def run_page(self, req: Request) -> Response:
-        info = self._run(req, req.path_params["run_id"])
-        return html_response(page(f"Run {info.id}", pages.run_page(**await self._view(info))))
+        caller, info = self._caller_and_run(req, req.path_params["run_id"])
+        return html_response(page(f"Run {info.id}", pages.run_page(**await self._view(caller, info))))
 
     async def fragment(self, req: Request) -> Response:
-        info = self._run(req, req.path_params["run_id"])
+        caller, info = self._caller_and_run(req, req.path_params["run_id"])
         name = req.path_params["name"]
         if name not in pages.FRAGMENTS:
             raise NotFound("not_found", f"no fragment {name!r}")
-        return html_response(pages.fragment(name, **await self._view(info)))
+        return html_response(pages.fragment(name, **await self._view(caller, info)))
 
     async def events(self, req: Request) -> Response:
         """Server-Sent Events from the run's event stream: one `message` per event (its JSON),

@@ -50,6 +50,7 @@ class Skip(msgspec.Struct, kw_only=True):
     route: str
     text: str
     at_s: float = 0.0
+    after_attempts: int = 0  # attempts of the turn logged before it: its place among equal start times
 
 
 class Turn(msgspec.Struct, kw_only=True):
@@ -145,7 +146,8 @@ def parse_events(events: list[Event], ttft: dict[tuple[int, int], float] | None 
                 t = turn_of(n, at)
                 m = _SKIP_ROUTE.search(text)
                 rel = at - starts[n] if at is not None and n in starts else 0.0
-                t.skips.append(Skip(turn=n, route=m.group(1) if m else "?", text=text, at_s=max(rel, 0.0)))
+                t.skips.append(Skip(turn=n, route=m.group(1) if m else "?", text=text, at_s=max(rel, 0.0),
+                                   after_attempts=len(t.attempts)))
         elif ev.type == "tool.call":
             call_id = _str(d.get("call_id")) or f"seq{ev.seq}"
             tools[call_id] = ToolCall(turn=n, call_id=call_id, name=_str(d.get("name")) or "?",

@@ -5,6 +5,10 @@ legible); a bar per attempt from its start to its end, the time to first token a
 inside it, the wait before the next retry as a dashed line after it, and a mark for each
 route skipped because its breaker was open. Each group carries the data attributes the
 browser tests read, and a `<title>` with the details for a hover.
+
+Labels ("R1 503") go above their bar; one that would overlap the previous label of its row
+goes below the bar instead, and one that would overlap there too is left out (its group says
+`data-label="none"`: the hover and the table under the chart have every value).
 """
 
 from __future__ import annotations
@@ -12,10 +16,55 @@ from __future__ import annotations
 from kcd.viewer.markup import attr, esc
 from kcd.viewer.rundata import Attempt, Skip, Turn
 
-__all__ = ["route_tags", "timeline_svg"]
+__all__ = ["in_time_order", "label_width", "route_tags", "start_s", "timeline_svg"]
 
 WIDTH, LABEL, ROW, BAR, TOP = 960, 170, 44, 16, 14  # TOP: room above each bar for its label
 PLOT = WIDTH - LABEL - 70
+# viewer.css draws labels at 10px; 6.2 units a character is wider than its digits and capitals,
+# so an estimate that says "no overlap" is true in the browser too.
+CHAR_W, LABEL_GAP = 6.2, 4.0
+ABOVE, BELOW = -3.0, BAR + 12.0  # label baselines relative to the bar's top
+
+
+def start_s(row: Attempt | Skip) -> float:
+    """When an attempt started (or a skip happened), seconds after its turn started."""
+    return row.at_s if isinstance(row, Skip) else max(row.end_s - row.latency_s, 0.0)
+
+
+def in_time_order(turn: Turn) -> list[Attempt | Skip]:
+    """The turn's attempts and skips by start time; equal times by attempt number, a skip
+    before the attempt logged after it (the fallback it caused)."""
+    rows: list[Attempt | Skip] = [*turn.attempts, *turn.skips]
+    return sorted(rows, key=lambda r: (start_s(r), r.after_attempts + 0.5 if isinstance(r, Skip) else r.attempt))
+
+
+def label_width(text: str) -> float:
+    return len(text) * CHAR_W
+
+
+class _Labels:
+    """One row's label lanes (above and below the bars): the right edge of each lane's last label."""
+
+    def __init__(self) -> None:
+        self.right = {ABOVE: float("-inf"), BELOW: float("-inf")}
+
+    def place(self, x: float, text: str) -> float | None:
+        """The baseline offset for a label at `x`, or None when both lanes are taken there."""
+        for lane in (ABOVE, BELOW):
+            if x >= self.right[lane] + LABEL_GAP:
+                self.right[lane] = x + label_width(text)
+                return lane
+        return None
+
+
+def _label(x: float, y: float, lane: float | None, text: str) -> str:
+    if lane is None:
+        return ""
+    return f'<text class="attempt-label" x="{x:.1f}" y="{y + lane:.1f}">{esc(text)}</text>'
+
+
+def _lane_name(lane: float | None) -> str:
+    return "none" if lane is None else ("above" if lane == ABOVE else "below")
 
 
 def _status(a: Attempt) -> str:
@@ -28,18 +77,21 @@ def _x(t: float, span: float) -> float:
     return LABEL + (t / span) * PLOT if span > 0 else LABEL
 
 
-def _attempt(a: Attempt, y: float, span: float, tag: str) -> str:
-    start = max(a.end_s - a.latency_s, 0.0)
+def _attempt(a: Attempt, y: float, span: float, tag: str, labels: _Labels) -> str:
+    start = start_s(a)
     x0, x1 = _x(start, span), _x(a.end_s, span)
     width = max(x1 - x0, 3.0)
     cls = f"attempt {'ok' if a.ok else 'failed'} kind-{a.kind}"
+    text = f"{tag} {_status(a)}"
+    lane = labels.place(x0, text)
     title = (f"turn {a.turn} attempt {a.attempt} ({a.kind}) {a.route}: {_status(a)}"
              f"{' ' + a.error if a.error and a.status else ''}, latency {a.latency_s:.3f}s"
              + (f", TTFT {a.ttft_s:.3f}s" if a.ttft_s is not None else "")
              + (f", retry in {a.retry_in_s:.2f}s" if a.retry_in_s else "")
              + f", breaker {a.breaker or '?'}")
     parts = [f'<g class={attr(cls)} data-turn="{a.turn}" data-attempt="{a.attempt}" data-route={attr(a.route)} '
-             f'data-status={attr(_status(a))} data-kind={attr(a.kind)} data-breaker={attr(a.breaker or "")}>',
+             f'data-status={attr(_status(a))} data-kind={attr(a.kind)} data-breaker={attr(a.breaker or "")} '
+             f'data-label="{_lane_name(lane)}">',
              f"<title>{esc(title)}</title>",
              f'<rect x="{x0:.1f}" y="{y:.1f}" width="{width:.1f}" height="{BAR}" rx="2"></rect>']
     if a.ttft_s is not None and 0 < a.ttft_s < a.latency_s:
@@ -49,15 +101,17 @@ def _attempt(a: Attempt, y: float, span: float, tag: str) -> str:
         xr = _x(a.end_s + a.retry_in_s, span)
         parts.append(f'<line class="retry-wait" x1="{x0 + width:.1f}" x2="{xr:.1f}" y1="{y + BAR / 2:.1f}" '
                      f'y2="{y + BAR / 2:.1f}"></line>')
-    parts.append(f'<text class="attempt-label" x="{x0:.1f}" y="{y - 3:.1f}">{esc(tag)} {esc(_status(a))}</text></g>')
+    parts.append(f"{_label(x0, y, lane, text)}</g>")
     return "".join(parts)
 
 
-def _skip(s: Skip, y: float, span: float, tag: str) -> str:
+def _skip(s: Skip, y: float, span: float, tag: str, labels: _Labels) -> str:
     x = _x(s.at_s, span)
-    return (f'<g class="skip" data-turn="{s.turn}" data-route={attr(s.route)} data-breaker="open">'
-            f"<title>{esc(s.text)}</title>"
-            f'<text class="attempt-label" x="{x - 6:.1f}" y="{y - 3:.1f}">{esc(tag)} open</text>'
+    text = f"{tag} open"
+    lane = labels.place(x - 6, text)
+    return (f'<g class="skip" data-turn="{s.turn}" data-route={attr(s.route)} data-breaker="open" '
+            f'data-label="{_lane_name(lane)}">'
+            f"<title>{esc(s.text)}</title>{_label(x - 6, y, lane, text)}"
             f'<path d="M{x - 6:.1f},{y:.1f} L{x + 6:.1f},{y + BAR:.1f} M{x + 6:.1f},{y:.1f} L{x - 6:.1f},{y + BAR:.1f}">'
             f"</path></g>")
 
@@ -85,8 +139,9 @@ def timeline_svg(turns: list[Turn]) -> str:
                     f'<text class="label" x="4" y="{y + BAR - 4}">{esc(label)}</text>'
                     f'<line class="axis" x1="{LABEL}" x2="{LABEL + PLOT}" y1="{y + BAR + 4}" y2="{y + BAR + 4}"></line>'
                     f'<text class="scale" x="{LABEL + PLOT + 6}" y="{y + BAR - 4}">{span:.3g}s</text>')
-        rows.extend(_attempt(a, y, span, tags[a.route]) for a in turn.attempts)
-        rows.extend(_skip(s, y, span, tags[s.route]) for s in turn.skips)
+        labels = _Labels()  # placed left to right, so each label only looks at the lanes' last ones
+        rows.extend(_skip(r, y, span, tags[r.route], labels) if isinstance(r, Skip)
+                    else _attempt(r, y, span, tags[r.route], labels) for r in in_time_order(turn))
         rows.append("</g>")
     empty = "" if turns else f'<text class="empty" x="{LABEL}" y="25">no attempts yet</text>'
     return (f'<svg id="timeline-chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {height}" '

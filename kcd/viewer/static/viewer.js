@@ -11,12 +11,15 @@
   let timer = null;
 
   function refresh(names) {
-    for (const name of names) {
+    for (const name of names.filter((n) => document.getElementById(n))) {
       fetch(base + "/fragment/" + name, { credentials: "same-origin" })
         .then((r) => (r.ok ? r.text() : null))
         .then((html) => {
           const section = document.getElementById(name);
-          if (html !== null && section) section.innerHTML = html; // server-rendered and escaped
+          if (html === null || !section) return;
+          section.innerHTML = html; // server-rendered and escaped
+          const state = section.querySelector(":scope > .replay-report");
+          if (state) Object.assign(section.dataset, state.dataset); // data-divergences once written
         })
         .catch(() => {});
     }
@@ -28,15 +31,25 @@
     }
   }
 
+  // The fields a line shows come from the page (pages.EVENT_KEYS), as do the server's lines.
+  const keys = (list.dataset.keys || "").split(" ").filter((k) => k);
+
+  function span(cls, text) {
+    const s = document.createElement("span");
+    s.className = cls;
+    s.textContent = text; // event data is the model's and the tools': text, never markup
+    return s;
+  }
+
   function append(ev) {
     if (list.querySelector('li[data-seq="' + ev.seq + '"]')) return;
     const li = document.createElement("li");
     li.dataset.seq = String(ev.seq);
     li.dataset.type = ev.type;
     const d = ev.data || {};
-    const brief = ["turn", "attempt", "route", "status", "name", "marker", "exit_reason"]
-      .filter((k) => d[k] !== undefined && d[k] !== null).map((k) => k + "=" + d[k]).join(" ");
-    li.textContent = ev.seq + " " + ev.type + " " + brief;
+    const brief = keys.filter((k) => d[k] !== undefined && d[k] !== null)
+      .map((k) => k + "=" + (typeof d[k] === "string" ? d[k] : JSON.stringify(d[k]))).join(" ");
+    li.append(span("seq", String(ev.seq)), " ", span("type", ev.type), " ", span("brief", brief));
     list.appendChild(li);
   }
 
@@ -47,7 +60,7 @@
       const span = document.getElementById("run-status");
       if (span) { span.textContent = status; span.className = "status status-" + status; }
     }
-    refresh(["summary", "timeline", "tools", "conversation", "diff", "files"]);
+    refresh(["summary", "timeline", "tools", "conversation", "diff", "files", "replay"]);
   }
 
   const source = new EventSource(base + "/events?since=" + (main.dataset.lastSeq || "0"));
