@@ -30,3 +30,19 @@ def test_filters_combine_and_until_includes_the_day_it_names(tmp_path: Path) -> 
     assert ids(route="mock/dev", owner=1) == ["d", "a"]
     assert ids(route="' OR 1=1 --") == []
     store.close()
+
+
+def test_replay_of_lists_a_runs_replays_by_owner(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.db")
+    store.save_runs([RunInfo(id="rec", status="completed", run_dir="/r/rec", created_at="2026-01-01T00:00:00Z",
+                             peer_uid=1),
+                     RunInfo(id="r1", status="completed", run_dir="/r/r1", created_at="2026-01-01T00:01:00Z",
+                             peer_uid=1, replay_of="rec"),
+                     RunInfo(id="r2", status="running", run_dir="/r/r2", created_at="2026-01-01T00:02:00Z",
+                             peer_uid=0, replay_of="rec"),
+                     RunInfo(id="other", status="completed", run_dir="/r/o", created_at="2026-01-01T00:03:00Z",
+                             peer_uid=1, replay_of="r1")])
+    assert [r.id for r in store.list_runs(replay_of="rec")] == ["r2", "r1"]
+    assert [r.id for r in store.list_runs(replay_of="rec", owner=1)] == ["r1"]
+    assert store.list_runs(replay_of="' OR 1=1 --") == []
+    store.close()

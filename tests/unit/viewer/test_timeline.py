@@ -9,8 +9,8 @@ from pathlib import Path
 
 from kcd.api.types import Event
 from kcd.observe.eventlog import read_events
-from kcd.viewer.rundata import parse_events
-from kcd.viewer.timeline import timeline_svg
+from kcd.viewer.rundata import Skip, parse_events
+from kcd.viewer.timeline import in_time_order, label_width, timeline_svg
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "viewer" / "fallback_breaker_events.jsonl"
 NS = "{http://www.w3.org/2000/svg}"
@@ -71,3 +71,69 @@ def test_torn_and_odd_events_are_tolerated() -> None:
     assert len(record.turns) == 1 and record.turns[0].attempts[0].latency_s == 0.0
     assert re.search(r'data-turn="0"', timeline_svg(record.turns))
     assert timeline_svg([]).count("no attempts yet") == 1
+
+
+UNAVAILABLE = FIXTURE.with_name("fallback_unavailable_events.jsonl")  # grok 503s three times, gpt-4o-mini serves
+
+
+def _labels(root: ET.Element) -> list[tuple[str, float, float, str]]:
+    """(turn, x, baseline y, text) of every label drawn above or below a bar."""
+    out = []
+    for turn in root.iter(f"{NS}g"):
+        if turn.get("class") != "turn":
+            continue
+        for t in turn.iter(f"{NS}text"):
+            if t.get("class") == "attempt-label":
+                out.append((turn.get("data-turn"), float(t.get("x")), float(t.get("y")), t.text))
+    return out
+
+
+def test_labels_of_close_bars_do_not_overlap() -> None:
+    """Turn 1 of the recorded fallback run: the last 503 and the fallback's 200 start 9 units
+    apart, and used to read "R1 503R2 200" on one line."""
+    for fixture in (UNAVAILABLE, FIXTURE):
+        root = _svg(read_events(fixture))
+        labels = _labels(root)
+        for i, (turn, x, y, text) in enumerate(labels):
+            for turn2, x2, y2, text2 in labels[i + 1:]:
+                if (turn, y) == (turn2, y2):
+                    assert x2 >= x + label_width(text) or x >= x2 + label_width(text2), (fixture.name, labels)
+    root = _svg(read_events(UNAVAILABLE))
+    turn1 = [(x, y, text) for turn, x, y, text in _labels(root) if turn == "1"]
+    assert [text for _, _, text in turn1] == ["R1 503", "R1 503", "R1 503", "R2 200"]
+    assert turn1[2][1] != turn1[3][1]  # the fallback's label is staggered below its bar, still shown
+    groups = [g for g in root.iter(f"{NS}g") if g.get("data-label")]
+    assert all(g.get("data-label") in ("above", "below", "none") for g in groups)
+    # a group whose label was left out draws no text; every other draws exactly one
+    for g in groups:
+        assert len([t for t in g.iter(f"{NS}text")]) == (0 if g.get("data-label") == "none" else 1)
+
+
+def test_a_third_label_at_the_same_place_is_left_out() -> None:
+    events = [Event(seq=1, ts="2026-01-01T00:00:00.000Z", run_id="r", type="turn.start", data={"turn": 1})]
+    for k in range(1, 4):  # three attempts within a millisecond, then a long one
+        events.append(Event(seq=k + 1, ts=f"2026-01-01T00:00:00.00{k}Z", run_id="r", type="llm.attempt",
+                            data={"turn": 1, "attempt": k, "route": "a", "ok": False, "status": 503,
+                                  "latency_s": 0.0005}))
+    events.append(Event(seq=9, ts="2026-01-01T00:00:05.000Z", run_id="r", type="llm.attempt",
+                        data={"turn": 1, "attempt": 4, "route": "b", "ok": True, "status": 200, "latency_s": 1.0}))
+    root = _svg(events)
+    lanes = [g.get("data-label") for g in root.iter(f"{NS}g") if "attempt" in (g.get("class") or "").split()]
+    assert lanes == ["above", "below", "none", "above"]
+
+
+def test_rows_are_in_time_order_with_the_skip_before_the_fallback_it_caused() -> None:
+    turn2 = parse_events(read_events(FIXTURE)).turns[1]
+    order = [("skip", r.route) if isinstance(r, Skip) else (r.kind, r.route) for r in in_time_order(turn2)]
+    assert order == [("primary", "openrouter/x-ai/grok-4-fast"), ("skip", "openrouter/x-ai/grok-4-fast"),
+                     ("fallback", "openai/gpt-4o-mini")]
+    # equal start times: attempt number, and a skip before the attempt logged after it
+    same = [Event(seq=1, ts="2026-01-01T00:00:00.000Z", run_id="r", type="turn.start", data={"turn": 1}),
+            Event(seq=2, ts="2026-01-01T00:00:00.000Z", run_id="r", type="llm.attempt",
+                  data={"turn": 1, "attempt": 1, "route": "a", "ok": False, "status": 503, "latency_s": 0.0}),
+            Event(seq=3, ts="2026-01-01T00:00:00.000Z", run_id="r", type="policy",
+                  data={"turn": 1, "marker": "circuit-open", "text": "Skipping direct call for route a (x)"}),
+            Event(seq=4, ts="2026-01-01T00:00:00.000Z", run_id="r", type="llm.attempt",
+                  data={"turn": 1, "attempt": 2, "route": "b", "ok": True, "status": 200, "latency_s": 0.0})]
+    rows = in_time_order(parse_events(same).turns[0])
+    assert [getattr(r, "attempt", "skip") for r in rows] == [1, "skip", 2]
