@@ -251,9 +251,14 @@ def test_a_live_run_page_updates_without_reloading(viewer_daemon, runs, browser_
     types = events.evaluate_all("els => els.map(e => e.dataset.type || e.textContent)")
     assert "run.end" in types[-1], types[-3:]
     user.shot(page, "live-ended")
-    # a reload agrees with what the live page showed
+    lines = "els => els.map(e => [e.dataset.seq, e.dataset.type, e.textContent])"
+    live_lines = events.evaluate_all(lines)
+    # a reload agrees with what the live page showed, line for line: viewer.js takes the
+    # fields an event line shows from the page (data-keys), so the two cannot drift apart
     page.reload()
     assert events.count() == len(seqs)
+    assert events.evaluate_all(lines) == live_lines
+    assert "message" in page.locator("#events").get_attribute("data-keys").split()
     assert PAYLOAD in page.locator("#tools").inner_text() and PAYLOAD in page.locator("main#run").inner_text()
     page = user.open(f"{_origin(page.url)}/ui/", page=page)
     assert _rows(page)[run_id]["status"] == "completed"  # the list, with the payload task, renders clean

@@ -302,3 +302,42 @@ def test_the_daemon_page_charts_the_sampled_metrics(make_kcd, kcd_root):
     assert re.search(r"\(max [1-9]", attempts_chart), attempts_chart  # the run's attempts show up
     assert '<tr data-route="mock/dev" data-state="closed">' in page
     assert '<section id="probes">' in page
+
+
+def test_a_replay_page_shows_its_divergence_and_links_the_recorded_run(kcd, tmp_path):
+    """`kcctl replay RUN --workspace DIR` with a README that differs (and carries markup): the
+    replay's page names the turn, call, tool and field where it diverged, as text."""
+    from .test_replay import C_PROJECT, EXIT_DIVERGED, record_demo, replay_json
+
+    recorded = record_demo(kcd)
+    changed = tmp_path / "c_project"
+    shutil.copytree(C_PROJECT, changed)
+    readme = changed / "README.md"
+    readme.write_text(readme.read_text().replace("A toy filesystem in C", f"A toy filesystem in {EVIL}"))
+    code, report = replay_json(kcd, recorded, "--workspace", str(changed))
+    assert code == EXIT_DIVERGED and report["divergences"], report
+    replay = report["replay_run"]
+
+    with kcd.http() as sock:  # over the control socket: the peer uid is the owner's
+        html = sock.get(f"/ui/runs/{replay}").text
+        assert f'<p id="replay-of" data-replay-of="{recorded}">replay of ' \
+               f'<a class="replay-of" href="/ui/runs/{recorded}">{recorded}</a>' in html
+        total = report["divergences_total"]
+        assert f'<section id="replay" data-state="written" data-divergences="{total}">' in html
+        rows = re.findall(r'<tr class="divergence" data-turn="(\d+)" data-call="(\d*)" data-tool="([^"]*)" '
+                          r'data-kind="([^"]*)" data-field="([^"]*)">', html)
+        assert rows and rows[0] == ("2", "0", "read_file", "result", report["divergences"][0]["field"]), rows
+        assert {turn for turn, *_ in rows} == {"2"}  # the listing at turn 1 did not diverge
+        assert "<script>alert(1)" not in html and "<img src=x" not in html
+        assert "A toy filesystem in &lt;script&gt;alert(1)&lt;/script&gt;" in html  # the replayed excerpt, as text
+        fragment = sock.get(f"/ui/runs/{replay}/fragment/replay").text
+        assert fragment.startswith(f'<div class="replay-report" data-state="written" data-divergences="{total}">')
+        assert sock.get(f"/ui/runs/{replay}/files/replay.json").json()["replay_run"] == replay
+        # the recorded run's page lists its replay; the runs list marks it
+        recorded_page = sock.get(f"/ui/runs/{recorded}").text
+        assert '<section id="replays">' in recorded_page
+        assert f'<a class="replay-run" href="/ui/runs/{replay}">' in recorded_page
+        assert 'id="replay"' not in recorded_page and 'id="replay-of"' not in recorded_page
+        listing = sock.get("/ui/").text
+        assert re.search(rf'<tr class="run" data-run-id="{replay}" [^>]*data-replay-of="{recorded}">', listing)
+        assert f'replay of <a href="/ui/runs/{recorded}">{recorded}</a>' in listing
