@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import encodings.idna  # noqa: F401  (loaded as root, before connecting as the test users)
 import os
+import pwd
 import re
 import shutil
 import socket
+import subprocess
 from urllib.parse import urlsplit
 
 import httpx
@@ -132,3 +134,42 @@ def test_a_session_cookie_replayed_by_another_local_user_is_refused(system_kcd, 
     leaked = urlsplit(msgspec.json.decode(payload)["url"])
     assert tcp_get_as(users["stranger"], base, f"{leaked.path}?{leaked.query}")[0] == 401
     assert tcp_get_as(users["owner"], base, f"{leaked.path}?{leaked.query}")[0] == 401
+
+
+def test_replay_links_and_lists_follow_the_access_rule(system_kcd, users) -> None:  # noqa: F811
+    """An operator replays the owner's run: the owner's page does not list the operator's
+    replay; once the operator is demoted, their replay's page names the recorded run but no
+    longer links it, and the runs list does not either."""
+    daemon = system_kcd
+    recorded = _start_run(daemon, users["owner"])
+    _wait_done(daemon, recorded)
+    status, payload = request_as(users["operator"], daemon.socket, "POST", f"/v1/runs/{recorded}/replay", b"{}")
+    assert status == 201, payload
+    replay = msgspec.json.decode(payload)["id"]
+    _wait_done(daemon, replay)
+
+    def page(who: str, path: str) -> tuple[int, str]:
+        status, body = request_as(users[who], daemon.socket, "GET", path)
+        return status, body.decode()
+
+    status, html = page("operator", f"/ui/runs/{replay}")
+    assert status == 200 and f'<a class="replay-of" href="/ui/runs/{recorded}">' in html
+    assert '<section id="replay" data-state="written" data-divergences="0">' in html
+    assert f'<a class="replay-run" href="/ui/runs/{replay}">' in page("operator", f"/ui/runs/{recorded}")[1]
+    status, html = page("owner", f"/ui/runs/{recorded}")
+    assert status == 200 and replay not in html and 'id="replays"' not in html
+    assert replay not in page("owner", "/ui/")[1]
+    for who in ("owner", "stranger"):
+        assert page(who, f"/ui/runs/{replay}")[0] == 403
+        assert page(who, f"/ui/runs/{replay}/fragment/replay")[0] == 403
+    name = pwd.getpwuid(users["operator"]).pw_name
+    subprocess.run(["gpasswd", "-d", name, users["group"]], check=True, capture_output=True)
+    try:
+        status, html = page("operator", f"/ui/runs/{replay}")
+        assert status == 200 and f'data-replay-of="{recorded}"' in html and "not yours to view" in html
+        assert f'href="/ui/runs/{recorded}"' not in html
+        listing = page("operator", "/ui/")[1]
+        assert f'data-replay-of="{recorded}"' in listing and f'href="/ui/runs/{recorded}"' not in listing
+        assert page("operator", f"/ui/runs/{recorded}")[0] == 403
+    finally:
+        subprocess.run(["gpasswd", "-a", name, users["group"]], check=True, capture_output=True)
