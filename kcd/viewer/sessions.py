@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable
 
 import msgspec
@@ -34,18 +35,30 @@ def _digest(token: str) -> bytes:
 
 
 class _Tokens:
-    """Digest -> grant, bounded: expired entries go first, then the oldest."""
+    """Digest -> grant, bounded so that one local user asking for links in a loop evicts only
+    their own: past `per_uid` a uid's oldest entry goes; past `limit` (many uids), the oldest
+    entry of whichever uid holds the most. Expired entries go first."""
 
-    def __init__(self, limit: int, clock: Callable[[], float]):
+    def __init__(self, limit: int, per_uid: int, clock: Callable[[], float]):
         self.limit = limit
+        self.per_uid = per_uid
         self.clock = clock
         self.entries: dict[bytes, Grant] = {}
+
+    def _evict_oldest_of(self, uid: int | None) -> None:
+        for digest, grant in self.entries.items():  # insertion order: the oldest first
+            if grant.uid == uid:
+                del self.entries[digest]
+                return
 
     def add(self, grant: Grant) -> str:
         now = self.clock()
         self.entries = {d: g for d, g in self.entries.items() if g.expires > now}
-        while len(self.entries) >= self.limit:
-            self.entries.pop(next(iter(self.entries)))  # insertion order: the oldest
+        held = Counter(g.uid for g in self.entries.values())
+        if held[grant.uid] >= self.per_uid:
+            self._evict_oldest_of(grant.uid)
+        elif len(self.entries) >= self.limit:
+            self._evict_oldest_of(held.most_common(1)[0][0])
         token = secrets.token_urlsafe(32)
         digest = _digest(token)
         self.entries[digest] = msgspec.structs.replace(grant, digest=digest)
@@ -70,13 +83,13 @@ class SessionTable:
     """Login tokens (one use, `login_ttl_s`) and sessions (`session_ttl_s`), in memory only:
     a daemon restart logs every viewer out, which is the safe direction."""
 
-    def __init__(self, *, session_ttl_s: float, login_ttl_s: float, limit: int = 4096,
+    def __init__(self, *, session_ttl_s: float, login_ttl_s: float, limit: int = 4096, per_uid: int = 64,
                  clock: Callable[[], float] = time.monotonic):
         self.session_ttl_s = session_ttl_s
         self.login_ttl_s = login_ttl_s
         self.clock = clock
-        self._logins = _Tokens(limit, clock)
-        self._sessions = _Tokens(limit, clock)
+        self._logins = _Tokens(limit, per_uid, clock)
+        self._sessions = _Tokens(limit, per_uid, clock)
 
     def issue_login(self, uid: int | None, operator: bool) -> str:
         return self._logins.add(Grant(uid=uid, operator=operator, expires=self.clock() + self.login_ttl_s))

@@ -64,3 +64,28 @@ def test_the_table_is_bounded() -> None:
         t.issue_login(1, False)
     assert len(t._logins.entries) <= 8
     assert t.redeem_login(first) is None  # the oldest went first
+
+
+def test_one_user_asking_in_a_loop_evicts_only_their_own_links_and_sessions() -> None:
+    # A local user flooding `kcctl view` (POST /v1/viewer/sessions) must not log others out.
+    clock = Clock()
+    t = SessionTable(session_ttl_s=600, login_ttl_s=60, limit=16, per_uid=4, clock=clock)
+    victim_login = t.issue_login(1000, False)
+    victim_cookie, _ = t.redeem_login(t.issue_login(1000, False))
+    for _ in range(100):
+        t.issue_login(2000, False)
+        redeemed = t.redeem_login(t.issue_login(2000, False))
+        assert redeemed is not None
+    assert t.session(victim_cookie) is not None and t.redeem_login(victim_login) is not None
+    assert sum(g.uid == 2000 for g in t._sessions.entries.values()) == 4
+
+
+def test_many_flooding_users_evict_the_biggest_holder_not_a_quiet_one() -> None:
+    clock = Clock()
+    t = SessionTable(session_ttl_s=600, login_ttl_s=60, limit=8, per_uid=4, clock=clock)
+    quiet = t.issue_login(1000, False)
+    for uid in (2001, 2002, 2003):
+        for _ in range(4):
+            t.issue_login(uid, False)
+    assert len(t._logins.entries) <= 8
+    assert t.redeem_login(quiet) is not None
