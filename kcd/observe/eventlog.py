@@ -147,8 +147,8 @@ def heartbeat_line(run_id: str, seq: int) -> bytes:
     return _encoder.encode(Event(seq=seq, ts=utc_now(), run_id=run_id, type="heartbeat")) + b"\n"
 
 
-def read_event_lines(path: Path, since: int = 0) -> list[bytes]:
-    """Replay a finished run's events from disk (after a daemon restart)."""
+def _read_whole(path: Path, since: int = 0) -> list[tuple[bytes, Event]]:
+    """(line, event) for each whole event after `since`, decoded once; torn lines skipped."""
     if not path.exists():
         return []
     out = []
@@ -161,13 +161,18 @@ def read_event_lines(path: Path, since: int = 0) -> list[bytes]:
             except msgspec.DecodeError:
                 continue  # a torn last line after a crash
             if event.seq > since:
-                out.append(raw if raw.endswith(b"\n") else raw + b"\n")
+                out.append((raw, event))
     return out
+
+
+def read_event_lines(path: Path, since: int = 0) -> list[bytes]:
+    """Replay a finished run's events from disk (after a daemon restart)."""
+    return [raw if raw.endswith(b"\n") else raw + b"\n" for raw, _ in _read_whole(path, since)]
 
 
 def read_events(path: Path) -> list[Event]:
     """Every whole event on disk, in file order; torn lines after a crash are skipped."""
-    return [_decoder.decode(line) for line in read_event_lines(path)]
+    return [event for _, event in _read_whole(path)]
 
 
 def append_event(path: Path, run_id: str, seq: int, type_: str, data: dict[str, Any],

@@ -17,15 +17,24 @@ import msgspec
 from kcd.api.types import Event, RunInfo
 from kcd.viewer.markup import attr, esc
 from kcd.viewer.replays import ReplayView, replay_of_line, replays_list, report_attrs, report_section
-from kcd.viewer.rundata import RunRecord, Skip
+from kcd.viewer.rundata import RunRecord, Skip, Turn
 from kcd.viewer.sparkline import sparkline_svg
 from kcd.viewer.timeline import in_time_order, route_tags, timeline_svg
 
-__all__ = ["FRAGMENTS", "daemon_page", "fragment", "run_page", "runs_page"]
+__all__ = ["FRAGMENTS", "PAGE", "daemon_page", "fragment", "run_page", "runs_page", "shown_files"]
 
 FRAGMENTS = ("timeline", "tools", "conversation", "diff", "files", "summary", "replay")
+PAGE = (*FRAGMENTS, "events", "replays")  # what the whole run page shows
 MAX_TEXT = 2 * 1024 * 1024  # transcript and diff shown up to this many characters
+# A long run's page stays a few hundred KiB, and a live refresh (every event, debounced) a few
+# ms: the chart and its table show the last turns, the tools section the last turns' calls, the
+# files section the last files of each per-turn directory. Each cut says so and links the raw file.
+MAX_CHART_TURNS = 100
+MAX_TOOL_TURNS = 50
+MAX_FILES_PER_DIR = 50
+EVENTS_FILE = "meta/events.jsonl"
 _MARKER = re.compile(r"^\[([a-z_-]+)\]( .*)?$")
+_DIGITS = re.compile(r"(\d+)")
 FILTERS = ("status", "route", "exit_reason", "since", "until")
 LIST_ATTR = ' list="statuses"'
 STATUSES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
@@ -36,6 +45,10 @@ EVENT_KEYS = ("turn", "attempt", "route", "status", "name", "marker", "exit_reas
 
 def _run_href(run_id: str) -> str:
     return f"/ui/runs/{quote(run_id, safe='')}"
+
+
+def _raw_link(run_id: str, rel: str) -> str:
+    return f'<a class="raw-link" href={attr(_run_href(run_id) + "/files/" + quote(rel))}>{esc(rel)}</a>'
 
 
 def _filters_form(values: Mapping[str, str]) -> str:
@@ -93,9 +106,9 @@ def _summary(info: RunInfo, live: bool, replay: ReplayView) -> str:
             f'{replay_of_line(replay)}<p class="task">{esc(info.task)}</p><dl class="facts">{rows}</dl>')
 
 
-def _attempts_table(record: RunRecord) -> str:
+def _attempts_table(turns: list[Turn]) -> str:
     rows = []
-    for t in record.turns:
+    for t in turns:
         for r in in_time_order(t):  # the chart's order: a skip before the fallback it caused
             if isinstance(r, Skip):
                 rows.append(f'<tr class="skip" data-turn="{r.turn}"><td>{r.turn}</td><td>-</td><td>skip</td>'
@@ -111,18 +124,32 @@ def _attempts_table(record: RunRecord) -> str:
             f"</tr></thead><tbody>{''.join(rows)}</tbody></table>")
 
 
-def _timeline(record: RunRecord) -> str:
+def _timeline(record: RunRecord, run_id: str) -> str:
+    turns = record.turns[-MAX_CHART_TURNS:]
+    cut = (f'<p class="note" id="timeline-cut" data-shown="{len(turns)}" data-turns="{len(record.turns)}">'
+           f"The chart and the table show the last {len(turns)} of {len(record.turns)} turns; every attempt is "
+           f"in {_raw_link(run_id, EVENTS_FILE)}.</p>" if len(turns) < len(record.turns) else "")
     routes = " · ".join(f'<span class="route-tag">{esc(tag)}</span> {esc(route)}'
-                        for route, tag in route_tags(record.turns).items())
+                        for route, tag in route_tags(turns).items())
     legend = ('<p class="legend"><span class="key ok">ok</span> <span class="key failed">failed</span> '
               '<span class="key fallback">fallback</span> <span class="key skip">breaker-open skip</span> '
               f"tick: first token · dashes: wait before the retry</p><p class=\"routes\">{routes}</p>")
-    return f"<h2>Timeline</h2>{legend}{timeline_svg(record.turns)}{_attempts_table(record)}"
+    return f"<h2>Timeline</h2>{legend}{cut}{timeline_svg(turns)}{_attempts_table(turns)}"
 
 
-def _tools(record: RunRecord) -> str:
+def _tools(record: RunRecord, run_id: str) -> str:
+    turns = sorted({c.turn for c in record.tools})
+    calls = record.tools
+    cut = ""
+    if len(turns) > MAX_TOOL_TURNS:
+        first = turns[-MAX_TOOL_TURNS]
+        calls = [c for c in record.tools if c.turn >= first]
+        cut = (f'<p class="note" id="tools-cut" data-shown="{len(calls)}" data-calls="{len(record.tools)}">'
+               f"The tool calls of the last {MAX_TOOL_TURNS} of {len(turns)} turns are shown ({len(calls)} of "
+               f"{len(record.tools)} calls); every call and result is in {_raw_link(run_id, EVENTS_FILE)} "
+               "and under provider_native/ in the raw files.</p>")
     items = []
-    for c in record.tools:
+    for c in calls:
         state = "pending" if c.ok is None else ("ok" if c.ok else "error")
         items.append(
             f'<div class="tool-call" data-turn="{c.turn}" data-tool={attr(c.name)} data-call-id={attr(c.call_id)}>'
@@ -130,21 +157,22 @@ def _tools(record: RunRecord) -> str:
             f'<span class="turn">turn {c.turn}</span></div>'
             f'<div class="tool-result" data-state="{state}"><pre>{esc(c.output if c.output is not None else "…")}'
             "</pre></div></div>")
-    return "<h2>Tool calls</h2>" + ("".join(items) or '<p class="empty">No tool calls yet.</p>')
+    return "<h2>Tool calls</h2>" + cut + ("".join(items) or '<p class="empty">No tool calls yet.</p>')
 
 
 def _conversation(text: str | None) -> str:
     if text is None:
         return '<h2>Conversation</h2><p class="empty">No transcript yet.</p>'
     lines = []
-    for line in text[:MAX_TEXT].splitlines():
-        m = _MARKER.match(line)
+    # Escaped in one call, then marked: escaping keeps line breaks, `[marker]` and `**`.
+    for line in esc(text[:MAX_TEXT]).splitlines():
+        m = _MARKER.match(line) if line[:1] == "[" else None
         if m:
-            lines.append(f'<span class="marker" data-marker={attr(m.group(1))}>{esc(line)}</span>')
-        elif line.startswith("**") and line.endswith("**") and len(line) > 4:
-            lines.append(f'<span class="section">{esc(line[2:-2])}</span>')
+            lines.append(f'<span class="marker" data-marker="{m.group(1)}">{line}</span>')
+        elif line[:2] == "**" and line.endswith("**") and len(line) > 4:
+            lines.append(f'<span class="section">{line[2:-2]}</span>')
         else:
-            lines.append(esc(line))
+            lines.append(line)
     cut = '\n<span class="note">(truncated)</span>' if len(text) > MAX_TEXT else ""
     return f'<h2>Conversation</h2><pre class="transcript">{chr(10).join(lines)}{cut}</pre>'
 
@@ -153,18 +181,43 @@ def _diff(text: str | None) -> str:
     if not text:
         return '<h2>Workspace diff</h2><p class="empty">No changes (or the run has not ended).</p>'
     out = []
-    for line in text[:MAX_TEXT].splitlines():
+    for line in esc(text[:MAX_TEXT]).splitlines():  # escaping keeps line breaks, `+`, `-` and `@@`
         cls = "add" if line.startswith("+") else "del" if line.startswith("-") else \
             "hunk" if line.startswith("@@") else ""
-        out.append(f'<span class="{cls}">{esc(line)}</span>' if cls else esc(line))
+        out.append(f'<span class="{cls}">{line}</span>' if cls else line)
     return f'<h2>Workspace diff</h2><pre class="diff">{chr(10).join(out)}</pre>'
+
+
+def _natural(name: str) -> list[tuple[int, str]]:
+    """turn_2 before turn_10."""
+    return [(int(p), "") if p.isdigit() else (-1, p) for p in _DIGITS.split(name)]
+
+
+def shown_files(files: list[str]) -> tuple[list[str], dict[str, int]]:
+    """The files listed: of a directory with more than MAX_FILES_PER_DIR, its last ones by turn
+    (the files in it left out counted per directory)."""
+    by_dir: dict[str, list[str]] = {}
+    for f in files:
+        by_dir.setdefault(f.rpartition("/")[0], []).append(f)
+    shown, hidden = [], {}
+    for d, names in by_dir.items():
+        if d and len(names) > MAX_FILES_PER_DIR:
+            names = sorted(names, key=_natural)
+            hidden[d] = len(names) - MAX_FILES_PER_DIR
+            names = names[-MAX_FILES_PER_DIR:]
+        shown.extend(names)
+    return shown, hidden
 
 
 def _files(run_id: str, files: list[str]) -> str:
     base = _run_href(run_id)
+    shown, hidden = shown_files(files)
     items = "".join(f'<li><a class="raw-file" href={attr(base + "/files/" + quote(f))}>{esc(f)}</a></li>'
-                    for f in files)
-    return f"<h2>Raw files</h2><ul class=\"files\">{items}</ul>"
+                    for f in shown)
+    cut = "".join(f'<p class="note files-cut" data-dir={attr(d)} data-hidden="{n}">{n} earlier files in '
+                  f"{esc(d)}/ are not listed; each is served at {esc(base)}/files/{esc(d)}/NAME.</p>"
+                  for d, n in hidden.items())
+    return f"<h2>Raw files</h2>{cut}<ul class=\"files\">{items}</ul>"
 
 
 def _brief_value(value: object) -> str:
@@ -186,9 +239,9 @@ def fragment(name: str, *, info: RunInfo, live: bool, record: RunRecord, convers
     if name == "replay":
         return report_section(replay, live) if replay.recorded else ""
     if name == "timeline":
-        return _timeline(record)
+        return _timeline(record, info.id)
     if name == "tools":
-        return _tools(record)
+        return _tools(record, info.id)
     if name == "conversation":
         return _conversation(conversation)
     if name == "diff":

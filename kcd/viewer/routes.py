@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -36,7 +36,7 @@ from kcd.viewer.sessions import SessionTable
 from kcd.viewer.sse import FollowingResponse, sse_messages
 from kcd.viewer.tcpowner import loopback_peer_uid
 
-__all__ = ["COOKIE", "ViewerAPI", "ViewerServices"]
+__all__ = ["COOKIE", "ViewerAPI", "ViewerServices", "read_view"]
 
 COOKIE = "kc_viewer"
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -61,6 +61,32 @@ class ViewerServices:
     # True when the TCP listener is loopback-only: a session is then honoured only from a
     # connection its own user (or root) owns (`tcpowner`: cookies are shared by every port).
     bind_browser: bool = True
+
+
+def read_view(info: RunInfo, parts: Collection[str], *, live: bool,
+              replay: ReplayView | None = None) -> dict[str, Any]:
+    """The arguments of `pages.run_page` / `pages.fragment` for `parts` (names in `pages.PAGE`),
+    reading only the files those parts show: a live page refreshes its timeline, tools and
+    conversation on every few events, and each refresh reads just its own. Blocking: call it in
+    a worker thread."""
+    run_dir = Path(info.run_dir)
+    replay = replay or ReplayView()
+
+    def text(rel: str) -> str | None:
+        try:
+            return read_confined(run_dir, rel, truncate=True).decode("utf-8", "replace")
+        except KcError:
+            return None
+
+    record = RunRecord(events=[], turns=[], tools=[], markers=[])
+    if {"timeline", "tools", "events"} & set(parts):
+        record = load_run(run_dir, ttft_turns=pages.MAX_CHART_TURNS if "timeline" in parts else 0)
+    if "replay" in parts and info.replay_of:
+        replay.report, replay.report_error = load_report(run_dir)
+    return dict(info=info, live=live, record=record,
+                conversation=text("conversation/conversation.md") if "conversation" in parts else None,
+                diff=text("workspace.diff") if "diff" in parts else None,
+                files=list_files(run_dir) if "files" in parts and run_dir.is_dir() else [], replay=replay)
 
 
 def _html_errors(handler: Handler) -> Handler:
@@ -222,39 +248,25 @@ class ViewerAPI:
         openable = {r.replay_of for r in runs if r.replay_of and self._may_open(caller, r.replay_of)}
         return html_response(page("Runs", pages.runs_page(runs, filters, limit=limit, who=who, openable=openable)))
 
-    async def _view(self, caller: Caller, info: RunInfo) -> dict[str, Any]:
-        run_dir = Path(info.run_dir)
+    async def _view(self, caller: Caller, info: RunInfo, parts: Collection[str]) -> dict[str, Any]:
         replay = ReplayView(
             recorded=info.replay_of,
             recorded_visible=bool(info.replay_of) and self._may_open(caller, info.replay_of or ""),
             replays=self.s.runs.list(limit=MAX_REPLAYS_LISTED, owner=None if caller.operator else caller.uid,
-                                     replay_of=info.id))
-
-        def read() -> tuple[RunRecord, str | None, str | None, list[str]]:
-            def text(rel: str) -> str | None:
-                try:
-                    return read_confined(run_dir, rel, truncate=True).decode("utf-8", "replace")
-                except KcError:
-                    return None
-            files = list_files(run_dir) if run_dir.is_dir() else []
-            if info.replay_of:
-                replay.report, replay.report_error = load_report(run_dir)
-            return load_run(run_dir), text("conversation/conversation.md"), text("workspace.diff"), files
-
-        record, conversation, diff, files = await anyio.to_thread.run_sync(read)
-        return dict(info=info, live=not self.s.runs.is_terminal(info), record=record,
-                    conversation=conversation, diff=diff, files=files, replay=replay)
+                                     replay_of=info.id) if "replays" in parts else [])
+        return await anyio.to_thread.run_sync(functools.partial(
+            read_view, info, parts, live=not self.s.runs.is_terminal(info), replay=replay))
 
     async def run_page(self, req: Request) -> Response:
         caller, info = self._caller_and_run(req, req.path_params["run_id"])
-        return html_response(page(f"Run {info.id}", pages.run_page(**await self._view(caller, info))))
+        return html_response(page(f"Run {info.id}", pages.run_page(**await self._view(caller, info, pages.PAGE))))
 
     async def fragment(self, req: Request) -> Response:
         caller, info = self._caller_and_run(req, req.path_params["run_id"])
         name = req.path_params["name"]
         if name not in pages.FRAGMENTS:
             raise NotFound("not_found", f"no fragment {name!r}")
-        return html_response(pages.fragment(name, **await self._view(caller, info)))
+        return html_response(pages.fragment(name, **await self._view(caller, info, (name,))))
 
     async def events(self, req: Request) -> Response:
         """Server-Sent Events from the run's event stream: one `message` per event (its JSON),

@@ -176,9 +176,15 @@ def _ttfts(run_dir: Path, record_keys: list[tuple[int, int]]) -> dict[tuple[int,
     return out
 
 
-def load_run(run_dir: Path) -> RunRecord:
-    """The run's record from disk (blocking: call it in a worker thread)."""
+def load_run(run_dir: Path, *, ttft_turns: int | None = None) -> RunRecord:
+    """The run's record from disk (blocking: call it in a worker thread). Times to first token
+    are read for the last `ttft_turns` turns only (all when None, none when 0): each is a file
+    of its own, and the chart draws only the last turns."""
     events = read_events(run_dir / "meta" / "events.jsonl")[:MAX_EVENTS]
-    first = parse_events(events)
-    keys = [(a.turn, a.attempt) for t in first.turns for a in t.attempts]
-    return parse_events(events, _ttfts(run_dir, keys)) if keys else first
+    record = parse_events(events)
+    turns = record.turns if ttft_turns is None else record.turns[max(len(record.turns) - ttft_turns, 0):]
+    ttft = _ttfts(run_dir, [(a.turn, a.attempt) for t in turns for a in t.attempts])
+    for t in turns:
+        for a in t.attempts:
+            a.ttft_s = ttft.get((a.turn, a.attempt))
+    return record

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 from kcd.api.types import RunInfo
@@ -46,3 +47,38 @@ def test_replay_of_lists_a_runs_replays_by_owner(tmp_path: Path) -> None:
     assert [r.id for r in store.list_runs(replay_of="rec", owner=1)] == ["r1"]
     assert store.list_runs(replay_of="' OR 1=1 --") == []
     store.close()
+
+
+def _plan(store: StateStore, **kw) -> str:
+    """The query plan of the statement `list_runs(**kw)` runs (caught as it runs, values bound)."""
+    sql: list[str] = []
+    store._db.set_trace_callback(sql.append)
+    try:
+        store.list_runs(limit=20, **kw)
+    finally:
+        store._db.set_trace_callback(None)
+    return " ".join(r[-1] for r in store._db.execute("EXPLAIN QUERY PLAN " + sql[-1]))
+
+
+def test_a_runs_replays_and_a_users_runs_are_found_by_index_not_by_scanning(tmp_path: Path) -> None:
+    # Every run page asks for its replays; without the index that read every run's JSON.
+    store = StateStore(tmp_path / "state.db")
+    store.save_runs([RunInfo(id=f"r{i}", status="completed", run_dir=f"/r/{i}", peer_uid=i % 3,
+                             created_at=f"2026-01-01T00:00:{i:02d}.000Z", replay_of="r0" if i % 5 == 4 else None)
+                     for i in range(40)])
+    assert "USING INDEX runs_replay_of" in _plan(store, replay_of="r0")
+    assert "USING INDEX runs_owner" in _plan(store, owner=1)
+    assert [r.id for r in store.list_runs(limit=20, replay_of="r0")] == ["r39", "r34", "r29", "r24", "r19", "r14",
+                                                                        "r9", "r4"]
+    assert [r.id for r in store.list_runs(limit=3, owner=1)] == ["r37", "r34", "r31"]
+
+
+def test_a_database_from_before_the_indexes_gets_them_when_opened(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    StateStore(path).save_run(RunInfo(id="a", status="completed", run_dir="/r/a", created_at="2026-01-01T00:00:00Z"))
+    with sqlite3.connect(path) as db:
+        db.execute("DROP INDEX runs_replay_of")
+        db.execute("DROP INDEX runs_owner")
+    store = StateStore(path)
+    assert "USING INDEX runs_replay_of" in _plan(store, replay_of="a")
+    assert [r.id for r in store.list_runs()] == ["a"]
