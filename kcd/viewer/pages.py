@@ -34,7 +34,7 @@ MAX_TOOL_TURNS = 50
 MAX_FILES_PER_DIR = 50
 EVENTS_FILE = "meta/events.jsonl"
 _MARKER = re.compile(r"^\[([a-z_-]+)\]( .*)?$")
-_DIGITS = re.compile(r"(\d+)")
+_DIGITS = re.compile(r"\d+")
 FILTERS = ("status", "route", "exit_reason", "since", "until")
 LIST_ATTR = ' list="statuses"'
 STATUSES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
@@ -188,9 +188,10 @@ def _diff(text: str | None) -> str:
     return f'<h2>Workspace diff</h2><pre class="diff">{chr(10).join(out)}</pre>'
 
 
-def _natural(name: str) -> list[tuple[int, str]]:
-    """turn_2 before turn_10."""
-    return [(int(p), "") if p.isdigit() else (-1, p) for p in _DIGITS.split(name)]
+def _by_turn(path: str) -> tuple[int, str]:
+    """turn_2 before turn_10: the first number in the file's name, then the name."""
+    m = _DIGITS.search(path, path.rfind("/") + 1)
+    return (int(m.group()) if m else -1, path)
 
 
 def shown_files(files: list[str]) -> tuple[list[str], dict[str, int]]:
@@ -202,7 +203,7 @@ def shown_files(files: list[str]) -> tuple[list[str], dict[str, int]]:
     shown, hidden = [], {}
     for d, names in by_dir.items():
         if d and len(names) > MAX_FILES_PER_DIR:
-            names = sorted(names, key=_natural)
+            names = sorted(names, key=_by_turn)
             hidden[d] = len(names) - MAX_FILES_PER_DIR
             names = names[-MAX_FILES_PER_DIR:]
         shown.extend(names)

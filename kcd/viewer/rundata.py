@@ -23,6 +23,7 @@ __all__ = ["Attempt", "RunRecord", "Skip", "ToolCall", "Turn", "load_run", "pars
 
 MAX_EVENTS = 20_000  # a page beyond this would not be read anyway
 _SKIP_ROUTE = re.compile(r"route (\S+) \(")
+_PLACED = frozenset({"turn.start", "llm.attempt", "policy"})  # the events placed in time (the others: no parse)
 
 
 class Attempt(msgspec.Struct, kw_only=True):
@@ -122,7 +123,7 @@ def parse_events(events: list[Event], ttft: dict[tuple[int, int], float] | None 
 
     for ev in events:
         d = ev.data if isinstance(ev.data, dict) else {}
-        at = _time(ev.ts)
+        at = _time(ev.ts) if ev.type in _PLACED else None
         n = _int(d.get("turn"))
         if ev.type == "turn.start":
             t = turn_of(n, at)
