@@ -216,6 +216,14 @@ class ControlAPI:
             self.access.require_owner(self.access.caller(req.peer), info.peer_uid, f"run {run_id}", action)
         return info
 
+    @staticmethod
+    def _files_or_404(info: RunInfo) -> RunInfo:
+        """A run whose directory retention deleted: say so, not a bare "not found"."""
+        if info.pruned_at:
+            raise NotFound("run_pruned", f"run {info.id}'s directory was deleted by retention "
+                                         f"(logging.retention.max_runs) at {info.pruned_at}; its index entry remains")
+        return info
+
     async def get_run(self, req: Request) -> Response:
         return json_response(self._run_or_404(req.path_params["run_id"], req))
 
@@ -251,7 +259,7 @@ class ControlAPI:
 
     async def run_changes(self, req: Request) -> Response:
         run_id = req.path_params["run_id"]
-        self._run_or_404(run_id, req, "read the changes of")
+        self._files_or_404(self._run_or_404(run_id, req, "read the changes of"))
         changes = await self.s.runs.changes(run_id)  # RunRejected run_active: 409
         if changes is None:
             raise NotFound("run_not_found", f"no run with id {run_id!r}")
@@ -259,7 +267,7 @@ class ControlAPI:
 
     async def run_workspace(self, req: Request) -> Response:
         """The run's final workspace as a gzip'd tar."""
-        info = self._run_or_404(req.path_params["run_id"], req, "download the workspace of")
+        info = self._files_or_404(self._run_or_404(req.path_params["run_id"], req, "download the workspace of"))
         workspace = Path(info.run_dir) / "workspace"
         if not workspace.is_dir():
             raise NotFound("workspace_not_found", f"run {info.id} has no workspace directory")
@@ -346,6 +354,9 @@ class ControlAPI:
         BundleError 400/404 for a bad or unknown reference; 403 for another user's run."""
         s = self.s
         by_id = s.runs.get(ref) if _ID.fullmatch(ref) else None
+        if by_id is not None:
+            self.access.require_owner(self.access.caller(req.peer), by_id.peer_uid, f"run {by_id.id}", action)
+            self._files_or_404(by_id)
         run_dir = await anyio.to_thread.run_sync(resolve_run_dir, s.runs_root, by_id.run_dir if by_id else ref)
         facts = await anyio.to_thread.run_sync(run_facts, run_dir)
         info = by_id or (s.runs.get(facts.run_id) if facts.run_id else None)

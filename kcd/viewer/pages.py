@@ -99,7 +99,8 @@ def runs_page(runs: list[RunInfo], filters: Mapping[str, str], *, limit: int, wh
 def _summary(info: RunInfo, live: bool, replay: ReplayView) -> str:
     facts = [("route", info.route), ("exit reason", info.exit_reason), ("steps", info.steps),
              ("completed", info.completed), ("created", info.created_at), ("ended", info.ended_at),
-             ("owner uid", info.peer_uid), ("error", info.error)]
+             ("owner uid", info.peer_uid), ("error", info.error),
+             ("pruned", f"{info.pruned_at}: the run directory was deleted by retention" if info.pruned_at else None)]
     rows = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in facts if v is not None)
     return (f'<h1>Run {esc(info.id)} <span id="run-status" class="status status-{esc(info.status)}">'
             f'{esc(info.status)}</span>{" <span class=live>live</span>" if live else ""}</h1>'

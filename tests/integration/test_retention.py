@@ -69,6 +69,14 @@ def test_max_runs_keeps_the_newest_finished_and_never_a_live_run(kcd, tmp_path: 
             assert not Path(d["run_dir"]).exists()
             assert infos[d["id"]]["status"] == "completed"  # the row keeps its outcome
             assert c.get(f"/v1/runs/{d['id']}/events").text == ""  # nothing left to replay
+            # what needs the directory says why it is gone, not a bare "not found"
+            for resp in (c.get(f"/v1/runs/{d['id']}/workspace"), c.get(f"/v1/runs/{d['id']}/changes"),
+                         c.post("/v1/bundles", json={"run": d["id"]})):
+                error = resp.json()["error"]
+                assert resp.status_code == 404 and error["code"] == "run_pruned", resp.text
+                assert "deleted by retention" in error["message"] and "max_runs" in error["message"]
+            page = c.get(f"/ui/runs/{d['id']}")
+            assert page.status_code == 200 and "deleted by retention" in page.text
         for d in new:
             assert Path(d["run_dir"], "result.json").is_file()
             assert not c.get(f"/v1/runs/{d['id']}").json().get("pruned_at")
