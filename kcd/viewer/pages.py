@@ -19,7 +19,7 @@ from kcd.viewer.markup import attr, esc
 from kcd.viewer.replays import ReplayView, replay_of_line, replays_list, report_attrs, report_section
 from kcd.viewer.rundata import RunRecord, Skip, Turn
 from kcd.viewer.sparkline import sparkline_svg
-from kcd.viewer.timeline import in_time_order, route_tags, timeline_svg
+from kcd.viewer.timeline import AXES, in_time_order, route_tags, timeline_svg
 
 __all__ = ["FRAGMENTS", "PAGE", "daemon_page", "fragment", "run_page", "runs_page", "shown_files"]
 
@@ -125,7 +125,18 @@ def _attempts_table(turns: list[Turn]) -> str:
             f"</tr></thead><tbody>{''.join(rows)}</tbody></table>")
 
 
-def _timeline(record: RunRecord, run_id: str) -> str:
+def _axis_switch(turns: list[Turn], axis: str) -> str:
+    """Links between the two scales (plain links: the page works without its script)."""
+    names = {"turn": "each turn its own", "shared": "one for all turns"}
+    current = {a: ' aria-current="true"' if a == axis else "" for a in AXES}
+    links = " · ".join(f'<a href="?axis={a}#timeline" data-axis="{a}"{current[a]}>{names[a]}</a>' for a in AXES)
+    longest = max(turns, key=lambda t: t.span_s, default=None)
+    full = (f" (full width: {longest.span_s:.3g}s, turn {longest.number})"
+            if axis == "shared" and longest is not None and longest.span_s > 0 else "")
+    return f'<p class="axis-switch" id="timeline-axis" data-axis="{axis}">time scale: {links}{full}</p>'
+
+
+def _timeline(record: RunRecord, run_id: str, axis: str = "turn") -> str:
     turns = record.turns[-MAX_CHART_TURNS:]
     cut = (f'<p class="note" id="timeline-cut" data-shown="{len(turns)}" data-turns="{len(record.turns)}">'
            f"The chart and the table show the last {len(turns)} of {len(record.turns)} turns; every attempt is "
@@ -135,7 +146,8 @@ def _timeline(record: RunRecord, run_id: str) -> str:
     legend = ('<p class="legend"><span class="key ok">ok</span> <span class="key failed">failed</span> '
               '<span class="key fallback">fallback</span> <span class="key skip">breaker-open skip</span> '
               f"tick: first token · dashes: wait before the retry</p><p class=\"routes\">{routes}</p>")
-    return f"<h2>Timeline</h2>{legend}{cut}{timeline_svg(turns)}{_attempts_table(turns)}"
+    return (f"<h2>Timeline</h2>{legend}{_axis_switch(turns, axis)}{cut}{timeline_svg(turns, axis)}"
+            f"{_attempts_table(turns)}")
 
 
 def _tools(record: RunRecord, run_id: str) -> str:
@@ -235,13 +247,14 @@ def _event_item(ev: Event) -> str:
 
 
 def fragment(name: str, *, info: RunInfo, live: bool, record: RunRecord, conversation: str | None,
-             diff: str | None, files: list[str], replay: ReplayView | None = None) -> str:
-    """The inner HTML of one section of the run page (`name` in FRAGMENTS)."""
+             diff: str | None, files: list[str], replay: ReplayView | None = None, axis: str = "turn") -> str:
+    """The inner HTML of one section of the run page (`name` in FRAGMENTS); `axis` is the
+    timeline's time scale (`timeline.AXES`)."""
     replay = replay or ReplayView()
     if name == "replay":
         return report_section(replay, live) if replay.recorded else ""
     if name == "timeline":
-        return _timeline(record, info.id)
+        return _timeline(record, info.id, axis)
     if name == "tools":
         return _tools(record, info.id)
     if name == "conversation":
@@ -254,12 +267,12 @@ def fragment(name: str, *, info: RunInfo, live: bool, record: RunRecord, convers
 
 
 def run_page(*, info: RunInfo, live: bool, record: RunRecord, conversation: str | None, diff: str | None,
-             files: list[str], replay: ReplayView | None = None) -> str:
+             files: list[str], replay: ReplayView | None = None, axis: str = "turn") -> str:
     replay = replay or ReplayView()
 
     def part(name: str) -> str:
         return fragment(name, info=info, live=live, record=record, conversation=conversation, diff=diff, files=files,
-                        replay=replay)
+                        replay=replay, axis=axis)
 
     report = (f'<section id="replay"{report_attrs(replay)}>{part("replay")}</section>'
               if replay.recorded else "")

@@ -34,6 +34,7 @@ from kcd.viewer.replays import ReplayView, load_report
 from kcd.viewer.rundata import RunRecord, load_run
 from kcd.viewer.sessions import SessionTable
 from kcd.viewer.sse import FollowingResponse, sse_messages
+from kcd.viewer.timeline import AXES
 from kcd.viewer.tcpowner import loopback_peer_uid
 
 __all__ = ["COOKIE", "ViewerAPI", "ViewerServices", "read_view"]
@@ -117,6 +118,14 @@ def _safe_next(target: str | None) -> str:
             or "/../" in target + "/" or "/./" in target + "/":
         return "/ui/"
     return target
+
+
+def _axis(req: Request) -> str:
+    """The timeline's time scale asked for (`?axis=`), per turn when absent."""
+    axis = req.query.get("axis") or "turn"
+    if axis not in AXES:
+        raise BadRequest("invalid_query", f"axis must be one of {', '.join(AXES)}")
+    return axis
 
 
 class ViewerAPI:
@@ -259,14 +268,17 @@ class ViewerAPI:
 
     async def run_page(self, req: Request) -> Response:
         caller, info = self._caller_and_run(req, req.path_params["run_id"])
-        return html_response(page(f"Run {info.id}", pages.run_page(**await self._view(caller, info, pages.PAGE))))
+        axis = _axis(req)
+        return html_response(page(f"Run {info.id}", pages.run_page(**await self._view(caller, info, pages.PAGE),
+                                                                    axis=axis)))
 
     async def fragment(self, req: Request) -> Response:
         caller, info = self._caller_and_run(req, req.path_params["run_id"])
         name = req.path_params["name"]
         if name not in pages.FRAGMENTS:
             raise NotFound("not_found", f"no fragment {name!r}")
-        return html_response(pages.fragment(name, **await self._view(caller, info, (name,))))
+        axis = _axis(req)
+        return html_response(pages.fragment(name, **await self._view(caller, info, (name,)), axis=axis))
 
     async def events(self, req: Request) -> Response:
         """Server-Sent Events from the run's event stream: one `message` per event (its JSON),

@@ -1,7 +1,7 @@
 """The per-turn attempt timeline as inline SVG (no script, no inline style: CSS classes).
 
-One row per turn, each on its own time scale (a 2 ms retry and a 30 s stall both stay
-legible); a bar per attempt from its start to its end, the time to first token as a tick
+One row per turn, each on its own time scale by default (a 2 ms retry and a 30 s stall both
+stay legible), or on one scale shared by every row (`axis="shared"`: which turns were slow); a bar per attempt from its start to its end, the time to first token as a tick
 inside it, the wait before the next retry as a dashed line after it, and a mark for each
 route skipped because its breaker was open. Each group carries the data attributes the
 browser tests read, and a `<title>` with the details for a hover.
@@ -16,7 +16,7 @@ from __future__ import annotations
 from kcd.viewer.markup import attr, esc
 from kcd.viewer.rundata import Attempt, Skip, Turn
 
-__all__ = ["in_time_order", "label_width", "route_tags", "start_s", "timeline_svg"]
+__all__ = ["AXES", "in_time_order", "label_width", "route_tags", "start_s", "timeline_svg"]
 
 WIDTH, LABEL, ROW, BAR, TOP = 960, 170, 44, 16, 14  # TOP: room above each bar for its label
 PLOT = WIDTH - LABEL - 70
@@ -24,6 +24,7 @@ PLOT = WIDTH - LABEL - 70
 # so an estimate that says "no overlap" is true in the browser too.
 CHAR_W, LABEL_GAP = 6.2, 4.0
 ABOVE, BELOW = -3.0, BAR + 12.0  # label baselines relative to the bar's top
+AXES = ("turn", "shared")  # each row on its own scale | every row on the longest turn's
 
 
 def start_s(row: Attempt | Skip) -> float:
@@ -125,25 +126,30 @@ def route_tags(turns: list[Turn]) -> dict[str, str]:
     return tags
 
 
-def timeline_svg(turns: list[Turn]) -> str:
-    """The chart for `turns` (an empty chart when there are none yet)."""
+def timeline_svg(turns: list[Turn], axis: str = "turn") -> str:
+    """The chart for `turns` (an empty chart when there are none yet). Each row's own duration is
+    printed at its right; with `axis="shared"` the full width is the longest turn's."""
+    if axis not in AXES:
+        raise ValueError(f"axis must be one of {AXES}, not {axis!r}")
     height = max(len(turns), 1) * ROW + 10
     tags = route_tags(turns)
+    shared = max((t.span_s for t in turns), default=0.0) or 1.0
     rows: list[str] = []
     for i, turn in enumerate(turns):
         y = TOP + 5 + i * ROW
-        span = turn.span_s or 1.0
+        span = shared if axis == "shared" else turn.span_s or 1.0
         routes = sorted({a.route for a in turn.attempts} | {s.route for s in turn.skips})
         label = f"turn {turn.number}" + (f" · {len(routes)} routes" if len(routes) > 1 else "")
         rows.append(f'<g class="turn" data-turn="{turn.number}">'
                     f'<text class="label" x="4" y="{y + BAR - 4}">{esc(label)}</text>'
                     f'<line class="axis" x1="{LABEL}" x2="{LABEL + PLOT}" y1="{y + BAR + 4}" y2="{y + BAR + 4}"></line>'
-                    f'<text class="scale" x="{LABEL + PLOT + 6}" y="{y + BAR - 4}">{span:.3g}s</text>')
+                    f'<text class="scale" x="{LABEL + PLOT + 6}" y="{y + BAR - 4}">{turn.span_s or 0.0:.3g}s</text>')
         labels = _Labels()  # placed left to right, so each label only looks at the lanes' last ones
         rows.extend(_skip(r, y, span, tags[r.route], labels) if isinstance(r, Skip)
                     else _attempt(r, y, span, tags[r.route], labels) for r in in_time_order(turn))
         rows.append("</g>")
     empty = "" if turns else f'<text class="empty" x="{LABEL}" y="25">no attempts yet</text>'
+    full = f' data-full-scale-s="{shared:.6g}"' if axis == "shared" else ""
     return (f'<svg id="timeline-chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {height}" '
-            f'width="{WIDTH}" height="{height}" role="img" aria-label="attempts per turn">'
+            f'width="{WIDTH}" height="{height}" role="img" aria-label="attempts per turn" data-axis="{axis}"{full}>'
             f"{empty}{''.join(rows)}</svg>")

@@ -225,6 +225,10 @@ def test_a_live_run_page_updates_without_reloading(viewer_daemon, runs, browser_
     run_id = json.loads(started.stdout)["id"]
     user = browser_user("operator")
     page = _login(user, d.view_url(run_id))
+    # switch the timeline to one scale for all turns (a plain link): the refreshes must keep it
+    with page.expect_navigation(wait_until="load"):
+        page.locator('#timeline-axis a[data-axis="shared"]').click()
+    assert urlsplit(page.url).query == "axis=shared", page.url
     navigations: list[str] = []
     page.on("framenavigated", lambda frame: frame == page.main_frame and navigations.append(frame.url))
     run = page.locator("main#run")
@@ -245,6 +249,8 @@ def test_a_live_run_page_updates_without_reloading(viewer_daemon, runs, browser_
                                                                                                  timeout=10_000)
     expect(page.locator('#tools .tool-call[data-tool="mark_task_complete"]')).to_have_count(1)
     assert page.locator("#timeline-chart g.attempt").count() >= len(steps) + 1
+    assert page.locator("#timeline-chart").get_attribute("data-axis") == "shared"  # refreshed on its scale
+    assert page.locator('#timeline-axis a[aria-current="true"]').get_attribute("data-axis") == "shared"
     assert PAYLOAD in page.locator("#tools").inner_text()  # shown as text, not run
     seqs = [int(s) for s in events.evaluate_all("els => els.map(e => e.dataset.seq)")]
     assert seqs == sorted(set(seqs)) and len(seqs) > first, seqs  # in order, none twice

@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+import pytest
 
 from .conftest import CANARY_KEYS, CONFIGS
 
@@ -245,6 +246,37 @@ def test_a_live_run_streams_its_events_to_the_page(kcd):
     # Last-Event-ID resumes where the browser left off
     resumed = client.get(f"/ui/runs/{run_id}/events", headers={"last-event-id": str(seqs[-2])}).text
     assert re.findall(r"^id: (\d+)$", resumed, re.M) == [str(seqs[-1])]
+
+
+def test_the_timeline_scale_is_per_turn_or_shared_and_an_unknown_one_is_a_400(kcd):
+    run_id = run(kcd, CONFIGS / "demo.yaml", "list the files")
+    client, target = login(kcd, run_id)
+
+    def chart(html: str) -> tuple[str | None, str | None, list[str]]:
+        svg = re.search(r'<svg id="timeline-chart"[^>]*>', html).group(0)
+        axis, full = (re.search(rf'{k}="([^"]+)"', svg) for k in ("data-axis", "data-full-scale-s"))
+        scales = re.findall(r'<text class="scale"[^>]*>([^<]+)s</text>', html)
+        return axis and axis.group(1), full and full.group(1), scales
+
+    own = client.get(target).text
+    axis, full, scales = chart(own)
+    assert axis == "turn" and full is None and len(scales) >= 2
+    assert 'href="?axis=shared#timeline" data-axis="shared">' in own
+    shared = client.get(target, params={"axis": "shared"}).text
+    axis, full, _ = chart(shared)
+    assert axis == "shared" and float(full) == pytest.approx(max(float(s) for s in scales), rel=0.01) and float(full) > 0
+    assert 'data-axis="shared" aria-current="true"' in shared and "full width: " in shared
+    # the live page's refreshes ask for the scale it was opened with: the fragment keeps it
+    fragment = client.get(f"/ui/runs/{run_id}/fragment/timeline", params={"axis": "shared"}).text
+    assert chart(fragment)[:2] == ("shared", full)
+    with kcd.http() as sock:  # over the control socket too
+        assert chart(sock.get(f"/ui/runs/{run_id}", params={"axis": "shared"}).text)[0] == "shared"
+    for bad in ("absolute", EVIL, "shared,turn"):
+        for path in (target, f"/ui/runs/{run_id}/fragment/timeline"):
+            r = client.get(path, params={"axis": bad})
+            assert r.status_code == 400 and error_code(r.text) == "invalid_query", (bad, r.text[:300])
+            assert "<script>" not in r.text and "onerror=alert" not in r.text
+    assert client.get(target).status_code == 200  # and it keeps serving
 
 
 def test_the_viewer_can_be_turned_off(make_kcd, kcd_root):

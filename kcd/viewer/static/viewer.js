@@ -7,12 +7,15 @@
   if (!main || main.dataset.live !== "true") return;
   const base = "/ui/runs/" + encodeURIComponent(main.dataset.runId);
   const list = document.getElementById("events");
+  // the timeline's time scale the page was opened with, kept by every refresh
+  const axis = new URLSearchParams(window.location.search).get("axis");
+  const query = axis ? "?axis=" + encodeURIComponent(axis) : "";
   const refreshOn = new Set(["turn.start", "llm.attempt", "llm.response", "tool.call", "tool.result", "policy"]);
   let timer = null;
 
   function refresh(names) {
     for (const name of names.filter((n) => document.getElementById(n))) {
-      fetch(base + "/fragment/" + name, { credentials: "same-origin" })
+      fetch(base + "/fragment/" + name + query, { credentials: "same-origin" })
         .then((r) => (r.ok ? r.text() : null))
         .then((html) => {
           const section = document.getElementById(name);

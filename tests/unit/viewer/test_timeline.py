@@ -7,6 +7,8 @@ import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
+
 from kcd.api.types import Event
 from kcd.observe.eventlog import read_events
 from kcd.viewer.rundata import Skip, parse_events
@@ -137,3 +139,40 @@ def test_rows_are_in_time_order_with_the_skip_before_the_fallback_it_caused() ->
                   data={"turn": 1, "attempt": 2, "route": "b", "ok": True, "status": 200, "latency_s": 0.0})]
     rows = in_time_order(parse_events(same).turns[0])
     assert [getattr(r, "attempt", "skip") for r in rows] == [1, "skip", 2]
+
+
+def _two_turns() -> list[Event]:
+    """Turn 1: one 1 s attempt. Turn 2: a failed 1 s attempt, then a 3 s one (4 s in all)."""
+    def ev(seq: int, ts: str, type_: str, **data) -> Event:
+        return Event(seq=seq, ts=f"2026-01-01T00:00:{ts}Z", run_id="r", type=type_, data=data)
+    attempt = dict(route="mock/dev", kind="primary", ok=True, status=200)
+    return [ev(1, "00.000", "turn.start", turn=1),
+            ev(2, "01.000", "llm.attempt", turn=1, attempt=1, latency_s=1.0, **attempt),
+            ev(3, "10.000", "turn.start", turn=2),
+            ev(4, "11.000", "llm.attempt", turn=2, attempt=1, latency_s=1.0, **{**attempt, "ok": False, "status": 503}),
+            ev(5, "14.000", "llm.attempt", turn=2, attempt=2, latency_s=3.0, **attempt)]
+
+
+def _widths(root: ET.Element) -> dict[tuple[str, str], float]:
+    return {(g.get("data-turn"), g.get("data-attempt")): float(g.find(f"{NS}rect").get("width"))
+            for g in root.iter(f"{NS}g") if "attempt" in (g.get("class") or "").split()}
+
+
+def test_a_shared_scale_draws_equal_durations_equally_wide_across_turns() -> None:
+    turns = parse_events(_two_turns()).turns
+    own, shared = ET.fromstring(timeline_svg(turns)), ET.fromstring(timeline_svg(turns, "shared"))
+    assert own.get("data-axis") == "turn" and own.get("data-full-scale-s") is None
+    assert shared.get("data-axis") == "shared" and shared.get("data-full-scale-s") == "4"
+    w_own, w_shared = _widths(own), _widths(shared)
+    # on its own scale turn 1's 1 s fills the row, four times turn 2's 1 s; shared, they are equal
+    assert w_own[("1", "1")] == 4 * w_own[("2", "1")]
+    assert w_shared[("1", "1")] == w_shared[("2", "1")] == w_own[("2", "1")]
+    assert w_shared[("2", "2")] == 3 * w_shared[("2", "1")]
+    # each row still prints its own duration, whatever the scale
+    for root in (own, shared):
+        assert [t.text for t in root.iter(f"{NS}text") if t.get("class") == "scale"] == ["1s", "4s"]
+
+
+def test_an_unknown_scale_is_refused() -> None:
+    with pytest.raises(ValueError, match="axis must be one of"):
+        timeline_svg(parse_events(_two_turns()).turns, "absolute")
