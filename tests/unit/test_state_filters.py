@@ -1,4 +1,5 @@
-"""StateStore.list_runs filters (the viewer's runs list): route, exit reason, time range."""
+"""StateStore queries: list_runs filters (the viewer's runs list: route, exit reason, time range),
+and retention's scope query, each answered by its index rather than a scan of every run's JSON."""
 
 from __future__ import annotations
 
@@ -82,3 +83,46 @@ def test_a_database_from_before_the_indexes_gets_them_when_opened(tmp_path: Path
     store = StateStore(path)
     assert "USING INDEX runs_replay_of" in _plan(store, replay_of="a")
     assert [r.id for r in store.list_runs()] == ["a"]
+
+
+def _scope_plan(store: StateStore, owner: int | None, config: str | None) -> str:
+    sql: list[str] = []
+    store._db.set_trace_callback(sql.append)
+    try:
+        store.finished_in_scope(owner, config)
+    finally:
+        store._db.set_trace_callback(None)
+    return " ".join(r[-1] for r in store._db.execute("EXPLAIN QUERY PLAN " + sql[-1]))
+
+
+def test_retentions_scope_query_keeps_its_meaning_and_uses_the_partial_index(tmp_path: Path) -> None:
+    # Asked after every run's end, on the event loop: a scan read every run's JSON each time.
+    store = StateStore(tmp_path / "state.db")
+
+    def run(i: int, **kw) -> RunInfo:
+        base = dict(id=f"r{i:02d}", status="completed", run_dir=f"/r/{i}", created_at=f"2026-01-01T00:00:{i:02d}Z",
+                    peer_uid=7, config_path="/c/a.yaml", exit_reason="mark_task_complete")
+        return RunInfo(**{**base, **kw})
+    store.save_runs([run(0), run(1, status="failed", exit_reason="provider_error"),
+                     run(2, status="running", exit_reason=None),
+                     run(3, status="interrupted", exit_reason=None),  # recovery not finished: not yet
+                     run(4, status="interrupted", exit_reason="interrupted"),
+                     run(5, pruned_at="2026-01-02T00:00:00Z"), run(6, peer_uid=8), run(7, config_path="/c/b.yaml"),
+                     run(8, status="cancelled", exit_reason="cancelled"),
+                     run(9, peer_uid=None, config_path=None), run(10, peer_uid=None, config_path=None)])
+    assert [r.id for r in store.finished_in_scope(7, "/c/a.yaml")] == ["r08", "r04", "r01", "r00"]
+    assert [r.id for r in store.finished_in_scope(None, None)] == ["r10", "r09"]  # inline configs, no peer
+    assert [r.id for r in store.finished_in_scope(8, "/c/a.yaml")] == ["r06"]
+    assert store.finished_in_scope(7, "' OR 1=1 --") == []
+    for owner, config in ((7, "/c/a.yaml"), (None, None)):
+        assert "USING INDEX runs_retained" in _scope_plan(store, owner, config)
+    # a run that ends, or is pruned, moves into or out of the index with its row
+    store.save_run(run(2, status="completed"))
+    store.save_run(run(0, pruned_at="2026-01-02T00:00:00Z"))
+    assert [r.id for r in store.finished_in_scope(7, "/c/a.yaml")] == ["r08", "r04", "r02", "r01"]
+    store.close()
+    with sqlite3.connect(tmp_path / "state.db") as db:  # a database from before the index
+        db.execute("DROP INDEX runs_retained")
+    store = StateStore(tmp_path / "state.db")
+    assert "USING INDEX runs_retained" in _scope_plan(store, 7, "/c/a.yaml")
+    store.close()
