@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import anyio
 import httpx
 import pytest
 
 from kcd.simulator.namespaces import NamespaceError, Namespaces, split_namespace
+
+from ..running_simulator import running_simulator
 
 pytestmark = pytest.mark.anyio
 
@@ -23,12 +24,8 @@ def anyio_backend() -> str:
 
 @pytest.fixture
 async def sim() -> AsyncIterator:
-    from kcd.simulator.server import serve_simulator
-
-    async with anyio.create_task_group() as tg:
-        handle = await tg.start(serve_simulator)
+    async with running_simulator() as handle:
         yield handle
-        tg.cancel_scope.cancel()
 
 
 @pytest.fixture

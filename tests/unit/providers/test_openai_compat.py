@@ -21,6 +21,8 @@ from kcd.simulator.delivery import Exchange
 from kcd.simulator.server import serve_asgi, serve_simulator
 from kcd.simulator import wire
 
+from ..running_simulator import running_simulator
+
 pytestmark = pytest.mark.anyio
 
 KEY = "sk-or-test-SECRET-0123456789"
@@ -128,10 +130,8 @@ async def attempt_with(handler, request: ChatRequest | None = None, **kw):
 
 @pytest.fixture
 async def sim() -> AsyncIterator:
-    async with anyio.create_task_group() as tg:
-        handle = await tg.start(serve_simulator)
+    async with running_simulator() as handle:
         yield handle
-        tg.cancel_scope.cancel()
 
 
 @pytest.fixture(params=["httpx", "aiohttp", "aiohttp-client"])

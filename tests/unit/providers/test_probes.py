@@ -19,8 +19,10 @@ from kcd.providers.probes import NOOP_TOOL_NAME, PROBE_SYSTEM, ProbeManager, Pro
 from kcd.providers.routes import parse_route
 from kcd.simulator.behaviours import Reply
 from kcd.simulator.faults import resolve
-from kcd.simulator.server import SimulatorHandle, serve_simulator
+from kcd.simulator.server import SimulatorHandle
 from kcd.state import StateStore
+
+from ..running_simulator import running_simulator
 
 pytestmark = pytest.mark.anyio
 
@@ -44,10 +46,8 @@ class Clock:
 
 @pytest.fixture
 async def sim() -> AsyncIterator[SimulatorHandle]:
-    async with anyio.create_task_group() as tg:
-        handle = await tg.start(lambda **kw: serve_simulator(scripts={"prose": Prose()}, **kw))
+    async with running_simulator(scripts={"prose": Prose()}) as handle:
         yield handle
-        tg.cancel_scope.cancel()
 
 
 def make_dispatcher(sim: SimulatorHandle, env: Mapping[str, str] | None = None) -> Dispatcher:

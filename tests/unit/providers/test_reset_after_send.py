@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import anyio
 import httpx
 import pytest
 
@@ -21,6 +20,8 @@ from kcd.providers.retry import RetryPolicy, decide
 from kcd.providers.routes import parse_route
 from kcd.providers.types import ChatMessage, ChatRequest
 from kcd.simulator.faults import unused_port
+
+from ..running_simulator import running_simulator
 
 pytestmark = pytest.mark.anyio
 
@@ -35,12 +36,8 @@ MESSAGES = [ChatMessage(role="user", content="Enumerate the workspace.")]
 
 @pytest.fixture(scope="module")
 async def sim() -> AsyncIterator:
-    from kcd.simulator.server import serve_simulator
-
-    async with anyio.create_task_group() as tg:
-        handle = await tg.start(serve_simulator)
+    async with running_simulator() as handle:
         yield handle
-        tg.cancel_scope.cancel()
 
 
 @pytest.fixture

@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
-import anyio
 import httpx
 import pytest
 
 from kcd.providers.sse import SSEParser
 from kcd.simulator.behaviours import Reply, parse_listing, pick_file
+
+from ..running_simulator import running_simulator
 
 pytestmark = pytest.mark.anyio
 
@@ -44,12 +45,8 @@ class Boom:
 
 @pytest.fixture
 async def sim() -> AsyncIterator:
-    from kcd.simulator.server import serve_simulator
-
-    async with anyio.create_task_group() as tg:
-        handle = await tg.start(lambda **kw: serve_simulator(scripts={"boom": Boom()}, **kw))
+    async with running_simulator(scripts={"boom": Boom()}) as handle:
         yield handle
-        tg.cancel_scope.cancel()
 
 
 @pytest.fixture

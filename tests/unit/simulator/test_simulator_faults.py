@@ -19,6 +19,8 @@ import pytest
 from kcd.providers.sse import SSEParser
 from kcd.simulator.faults import FAULTS, unused_port
 
+from ..running_simulator import running_simulator
+
 pytestmark = pytest.mark.anyio
 
 TOOLS = [{"type": "function", "function": {"name": n, "description": n, "parameters": {"type": "object"}}}
@@ -33,12 +35,8 @@ DRAIN_LIMIT_S = 5.0  # no test response may take longer (the faults' default hol
 @pytest.fixture(scope="module")
 async def sim() -> AsyncIterator:
     """One server for the module; `http` resets its state before every test."""
-    from kcd.simulator.server import serve_simulator
-
-    async with anyio.create_task_group() as tg:
-        handle = await tg.start(serve_simulator)
+    async with running_simulator() as handle:
         yield handle
-        tg.cancel_scope.cancel()
 
 
 @pytest.fixture
