@@ -16,7 +16,9 @@ Then, in this process, median of `--rounds`:
              (a non-operator's list), and the replays-of query every run page makes;
 
 and, for `--http-turns`, the real round trip of the run page and the timeline fragment over a
-`kcd serve` control socket (the runs put in its state index before it starts).
+`kcd serve` control socket (the runs put in its state index before it starts), and what those
+page loads cost everyone else: `GET /v1/health` latency on another connection, idle and while
+a client loads the run page over and over.
 
     flock /tmp/kc-bench.lock .venv/bin/python bench/bench_viewer.py [--sizes 10,100,1000]
         [--runs 1000,10000] [--rounds 5] [--http-turns 1000] [--source DIR]
@@ -38,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -60,6 +63,7 @@ SOURCE = (ARGS.source if ARGS else REPO).resolve()
 sys.path.insert(0, str(SOURCE))
 
 import httpx  # noqa: E402
+from _common import pct  # noqa: E402
 
 from kcd.api.types import RunInfo  # noqa: E402
 from kcd.state import StateStore  # noqa: E402
@@ -249,6 +253,35 @@ def fill_store(path: Path, n: int, run_dir: Path) -> StateStore:
 
 # ---- over the socket ------------------------------------------------------------------------
 
+def health_under_load(sock: Path, page: str, rounds: int) -> dict[str, list[float]]:
+    """`GET /v1/health` every 10 ms on its own connection, idle and while another client loads
+    `page` over and over: what a page load costs everyone else on the daemon's event loop."""
+    def probe(stop: threading.Event, seconds: float) -> list[float]:
+        out: list[float] = []
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://kcd", timeout=60) as c:
+            end = time.monotonic() + seconds
+            while time.monotonic() < end and not stop.is_set():
+                t0 = time.perf_counter()
+                c.get("/v1/health").raise_for_status()
+                out.append(time.perf_counter() - t0)
+                time.sleep(0.01)
+        return out
+
+    idle = probe(threading.Event(), 2.0)
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://kcd", timeout=60) as c:
+            for _ in range(rounds * 4):
+                c.get(page).raise_for_status()
+        stop.set()
+    loader = threading.Thread(target=load)
+    loader.start()
+    busy = probe(stop, 120.0)
+    loader.join()
+    return {"idle": idle, "loading pages": busy}
+
+
 def http_round_trip(work: Path, run_dir: Path, run_id: str, rounds: int) -> dict[str, tuple]:
     state = work / "state"
     state.mkdir()
@@ -278,6 +311,7 @@ def http_round_trip(work: Path, run_dir: Path, run_id: str, rounds: int) -> dict
             r = client.get(path)
             assert r.status_code == 200, (r.status_code, r.text[:300])
             out[name] = timed(lambda: client.get(path).raise_for_status(), rounds) + (len(r.content),)
+        out["health"] = health_under_load(sock, f"/ui/runs/{run_id}", rounds)
         return out
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -332,9 +366,13 @@ def main() -> None:
                 build_run(template, d, n, f"bench{n}")
             res = http_round_trip(work / "http", d, f"bench{n}", a.rounds) if (work / "http").mkdir() is None else {}
             print()
+            health = res.pop("health", {})
             for name, t in res.items():
                 print(f"HTTP over the socket, {n} turns, {name}: median {t[0] * 1000:.1f} ms "
                       f"(min {t[1] * 1000:.1f}, max {t[2] * 1000:.1f}), {t[3] / 1024:.0f} KiB")
+            for name, lat in health.items():
+                print(f"GET /v1/health, {name}: {len(lat)} calls, median {pct(lat, 50) * 1000:.1f} ms, "
+                      f"p99 {pct(lat, 99) * 1000:.1f}, max {max(lat) * 1000:.1f}")
 
 
 if __name__ == "__main__":
