@@ -303,9 +303,9 @@ class ViewerAPI:
     async def raw_file(self, req: Request) -> Response:
         info = self._run(req, req.path_params["run_id"])
         rel = req.path_params["path"]
-        data = await anyio.to_thread.run_sync(read_confined, Path(info.run_dir), rel)
-        return Response(data, content_type="text/plain; charset=utf-8",
-                        headers={**SECURITY_HEADERS, "content-disposition": "inline"})
+        data = await anyio.to_thread.run_sync(lambda: self.s.scrub(read_confined(Path(info.run_dir), rel)))
+        return Response(data, content_type="text/plain; charset=utf-8",  # redacted above, off the loop
+                        headers={**SECURITY_HEADERS, "content-disposition": "inline"}, scrub=False)
 
     async def daemon(self, req: Request) -> Response:
         self.caller(req)

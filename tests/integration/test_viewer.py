@@ -221,6 +221,16 @@ def test_model_and_tool_output_is_escaped_and_the_canary_key_never_served(kcd):
     everything = "\n".join(seen)
     assert "alert(1)" in everything  # the pages did show the text, escaped
     assert CANARY not in everything and CANARY_KEYS["OPENROUTER_API_KEY"] not in everything
+    # a key that reached a run file anyway (written by an older kcd, or by hand) is still not
+    # served: every page and raw file is redacted on its way out
+    with kcd.http() as sock:
+        run_dir = Path(sock.get(f"/v1/runs/{shell_id}").json()["run_dir"])
+    (run_dir / "workspace.diff").write_text(f"+ leaked {CANARY}\n")
+    for path in (f"/ui/runs/{shell_id}/files/workspace.diff", f"/ui/runs/{shell_id}/fragment/diff",
+                 f"/ui/runs/{shell_id}"):
+        r = client.get(path)
+        assert r.status_code == 200 and "leaked" in r.text, (path, r.text[:300])
+        assert CANARY not in r.text and "***REDACTED***" in r.text, path
 
 
 def test_a_live_run_streams_its_events_to_the_page(kcd):
