@@ -6,7 +6,8 @@ over one inherited socket (`kcd.rayplane.messages`) and restarts it with
 backoff when it dies (`kcd.rayplane.supervisor`).
 
 Threads: the main thread reads kcd's messages and submits turns; a completion
-thread waits on the refs in flight (`ray.wait`) and sends each result; a
+thread sends each turn's result as soon as Ray reports it done (a callback on the turn's
+future queues it: no polling, so a short turn is never held behind a long one); a
 liveness thread asks the GCS for the node table every `check_s` and reports a
 `Status` (a check that does not answer in `check_timeout_s` is `degraded`).
 When kcd's end of the socket closes, the driver shuts Ray down and exits.
@@ -25,6 +26,7 @@ import socket
 import sys
 import threading
 import time
+from concurrent.futures import Future
 from typing import Any
 
 from pathlib import Path
@@ -74,7 +76,7 @@ class Driver:
         self._cancelled: set[int] = set()
         self._resumed: dict[int, float] = {}  # turn id -> when it was sent again after a node died
         self._lock = threading.Lock()
-        self._new = queue.SimpleQueue()  # refs submitted since the completion thread last looked
+        self._done: queue.SimpleQueue[tuple[Any, Future[Any]]] = queue.SimpleQueue()  # (ref, its future), ended
         self._stop = threading.Event()
         self._remote: Any = None
         self._node_id = ""
@@ -204,7 +206,8 @@ class Driver:
         with self._lock:
             self._pending[ref] = (turn, attempt)
             self._refs[turn.id] = ref
-        self._new.put(ref)
+        # called on a Ray thread once the result (or the error) is here, already deserialised
+        ref.future().add_done_callback(lambda future, ref=ref: self._done.put((ref, future)))
 
     def _fail_unplaceable(self) -> None:
         """A turn resumed after its node died waits for a node with room; once the cluster
@@ -279,28 +282,17 @@ class Driver:
         threading.Thread(target=force, daemon=True).start()
 
     def completion_loop(self) -> None:
-        import ray
-
-        waiting: list[Any] = []
         while not self._stop.is_set():
-            while True:
-                try:
-                    waiting.append(self._new.get_nowait())
-                except queue.Empty:
-                    break
-            if not waiting:
-                try:
-                    waiting.append(self._new.get(timeout=0.2))
-                except queue.Empty:
-                    continue
-            ready, waiting = ray.wait(waiting, num_returns=1, timeout=0.2)
-            for ref in ready:
-                with self._lock:
-                    entry = self._pending.pop(ref, None)
-                if entry is not None:
-                    self._finish(ref, *entry)
+            try:
+                ref, future = self._done.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            with self._lock:
+                entry = self._pending.pop(ref, None)
+            if entry is not None:  # None: given up on (`_fail_unplaceable`)
+                self._finish(future, *entry)
 
-    def _finish(self, ref: Any, turn: Turn, attempt: int) -> None:
+    def _finish(self, future: Future[Any], turn: Turn, attempt: int) -> None:
         import ray
 
         with self._lock:
@@ -311,7 +303,7 @@ class Driver:
         with self._runs_lock:
             run = self._runs.get(turn.workspace)
         try:
-            outcomes, packed, node_id, _ = ray.get(ref)
+            outcomes, packed, node_id, _ = future.result()
         except (ray.exceptions.TaskCancelledError, ray.exceptions.RayTaskError) as exc:
             # Cancelled, or the turn itself failed on the node (the tools report their own
             # errors as outcomes, so this is ours: unpacking, the cache, ...).
