@@ -4,15 +4,18 @@ The node keeps the run's workspace in a cache directory between turns; `version`
 which snapshot kcd's copy is at. On a cache miss (first turn here, another node had the
 run, the cache was cleaned) the snapshot is fetched from the object store (`snapshot` is
 a one-element list, so Ray does not fetch it unless it is needed) and unpacked. After the
-calls, a changed workspace goes back packed; an unchanged one does not.
+calls, a changed workspace goes back packed; an unchanged one does not. Shell calls run in
+the worker process's tool host, kept between turns (`WorkerToolHost`).
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,10 +23,41 @@ from typing import Any
 from kcd.agent.calls import ToolInvocation, ToolOutcome, ToolSettings
 from kcd.agent.tools import execute_calls
 from kcd.rayplane.wsync import pack_tree, replace_tree, tree_signature
+from kcd.sandbox.host import ToolHost
 
-__all__ = ["cache_root", "release_on_node", "run_turn_on_node"]
+__all__ = ["WorkerToolHost", "cache_root", "release_on_node", "run_turn_on_node"]
 
 _STALE_S = 24 * 3600.0  # caches of runs nobody released (a driver that died) are removed after a day
+
+
+class WorkerToolHost:
+    """The tool host of this Ray worker process, kept between the turns it runs.
+
+    Ray runs many tasks in one worker process, one after another. A tool host costs ~130 ms to
+    start and stop (its cgroup tree, its /etc view, a spare supervisor) against ~10 ms for a call
+    on a running one: started per turn, it was most of a shell turn's time on Ray. The worker
+    process is its owner, so this is kcd's one piece of per-process state: made on the worker's
+    first shell call, closed when the worker exits; a worker killed outright closes its end of
+    the helper's channel, and the helper exits on that. Like kcd's own host under the in-process
+    executor it serves every run: it holds no keys (an allow-listed environment) and nothing of
+    a run (each call carries its run's scope and limits; a cancelled call is killed when its
+    control socket closes, whatever the host's lifetime).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._host: ToolHost | None = None
+        self._pid = 0
+
+    def get(self) -> ToolHost:
+        with self._lock:
+            if self._host is None or self._pid != os.getpid():  # none yet, or a forked copy
+                self._host, self._pid = ToolHost(), os.getpid()  # the helper starts on first use
+                atexit.register(self._host.close)
+            return self._host
+
+
+_WORKER_HOST = WorkerToolHost()  # this worker process's (see the class)
 
 
 def cache_root() -> Path:
@@ -52,7 +86,7 @@ def run_turn_on_node(run: str, version: int, snapshot: list[Any], calls: list[To
         replace_tree(ray.get(snapshot[0]), workspace)
         marker.write_text(str(version))
     before = tree_signature(workspace)
-    outcomes = execute_calls(str(workspace), calls, settings)
+    outcomes = execute_calls(str(workspace), calls, settings, host=_WORKER_HOST.get())
     packed = None
     if tree_signature(workspace) != before:
         packed = pack_tree(workspace)

@@ -232,6 +232,38 @@ def test_demo_run_on_ray(ray_kcd):
     assert_complete_run_dir(_run_dir(proc.stdout), native=True)
 
 
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+@pytest.mark.ray
+def test_a_ray_worker_keeps_its_tool_host_between_turns(ray_kcd):
+    # Started and stopped per turn, a tool host was ~130 ms of every shell turn on Ray.
+    with ray_kcd.http() as c:
+        deadline = time.monotonic() + 90
+        while c.get("/v1/health").json()["executor"]["state"] != "ready" and time.monotonic() < deadline:
+            time.sleep(0.2)
+    steps = [{"name": "run_shell", "arguments": {"command": f"echo turn{i}"}} for i in range(4)]
+    proc = ray_kcd.kcctl("run", str(TEST_CONFIGS / "script.yaml"), "--task", json.dumps(steps),
+                         "--workspace", str(SEED))
+    assert proc.returncode == 0, proc.stdout + proc.stderr + ray_kcd.log()[-3000:]
+    run_dir = _run_dir(proc.stdout)
+    rows = [row for turn in range(1, 5)
+            for row in json.loads((run_dir / f"provider_native/tool_results/turn_{turn}.json").read_text())]
+    assert [row["out"].split("\n")[1] for row in rows] == ["turn0", "turn1", "turn2", "turn3"], rows
+    workers = {row["data"]["worker_pid"] for row in rows}
+    assert os.getpid() not in workers and ray_kcd.proc.pid not in workers  # they ran in Ray workers
+    for pid in workers:  # each worker's host is still up after its turns, ready for the next
+        hosts = [c for c in _children(pid)
+                 if b"kcd.sandbox.helper" in Path(f"/proc/{c}/cmdline").read_bytes()]
+        assert len(hosts) == 1, (pid, hosts)
+        environ = Path(f"/proc/{hosts[0]}/environ").read_bytes().split(b"\0")
+        assert not any(b"KEY" in v or b"TOKEN" in v for v in environ), environ  # still keyless
+
+
 def test_autostart_user_daemon(kcd_root):
     from .conftest import base_env
 

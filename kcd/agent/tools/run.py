@@ -50,8 +50,8 @@ def execute_calls(
 
     `handlers` replaces implementations by name (tests inject slow or failing
     tools); arguments are still checked against the catalogue. `host` runs shell
-    commands (see kcd.sandbox); without one, a host is started for this reply's
-    shell calls and closed after them (Ray workers).
+    commands (see kcd.sandbox: kcd's own, or a Ray worker's); without one, a host
+    is started for this reply's shell calls and closed after them (~130 ms).
     """
     if not calls:
         return []
