@@ -41,6 +41,7 @@ def page(title: str, body: str, *, nav: bool = True) -> str:
     return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>{esc(title)} · kcd</title>"
+            "<link rel=\"icon\" href=\"/ui/static/favicon.svg\" type=\"image/svg+xml\">"
             "<link rel=\"stylesheet\" href=\"/ui/static/viewer.css\">"
             "<script src=\"/ui/static/viewer.js\" defer></script></head>"
             f"<body><header><strong>kcd viewer</strong> {links}</header>\n{body}\n</body></html>\n")

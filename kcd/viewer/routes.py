@@ -43,7 +43,8 @@ COOKIE = "kc_viewer"
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _WHEN = re.compile(r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?Z?)?")
 MAX_REPLAYS_LISTED = 20  # on a recorded run's page, newest first
-_STATIC = {"viewer.css": "text/css; charset=utf-8", "viewer.js": "text/javascript; charset=utf-8"}
+_STATIC = {"viewer.css": "text/css; charset=utf-8", "viewer.js": "text/javascript; charset=utf-8",
+           "favicon.svg": "image/svg+xml"}  # the icon: else a browser asks for /favicon.ico, a 404
 
 
 @dataclass(frozen=True, kw_only=True)

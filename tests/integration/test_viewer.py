@@ -105,6 +105,11 @@ def test_kcctl_view_links_to_the_runs_list_and_a_run_page(kcd):
     with kcd.http() as sock:
         assert f'data-run-id="{run_id}"' in sock.get(f"/ui/runs/{run_id}").text
         assert sock.get("/ui/static/viewer.js").headers["content-type"].startswith("text/javascript")
+    # the page names its icon, so a browser does not ask for /favicon.ico (a 404 in its console)
+    assert '<link rel="icon" href="/ui/static/favicon.svg" type="image/svg+xml">' in html
+    icon = client.get("/ui/static/favicon.svg")
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/svg+xml"
+    assert icon.headers["x-content-type-options"] == "nosniff" and icon.text.startswith("<svg")
 
 
 def test_kcctl_view_open_hands_the_link_to_the_browser(kcd, tmp_path):
