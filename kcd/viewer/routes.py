@@ -34,8 +34,8 @@ from kcd.viewer.replays import ReplayView, load_report
 from kcd.viewer.rundata import RunRecord, load_run
 from kcd.viewer.sessions import SessionTable
 from kcd.viewer.sse import FollowingResponse, sse_messages
-from kcd.viewer.timeline import AXES
 from kcd.viewer.tcpowner import loopback_peer_uid
+from kcd.viewer.timeline import AXES
 
 __all__ = ["COOKIE", "ViewerAPI", "ViewerServices", "read_view"]
 
