@@ -163,7 +163,7 @@ class Response:
         self.status = status
         self.body = body
         self.headers = {"content-type": content_type, **(headers or {})}
-        self.scrub = scrub  # False only for a body the daemon made itself (a login link) or scrubbed already
+        self.scrub = scrub  # False only for a body the daemon made itself (a fresh login link)
 
     async def send(self, send: Callable) -> None:
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]

@@ -219,13 +219,18 @@ def test_runs_survive_in_the_index_across_a_restart(make_kcd, kcd_root):
         assert json.loads(replay[-1])["type"] == "run.end"
 
 
+def _ray_ready(daemon) -> dict:
+    """The daemon's health once its Ray executor is ready (or after 90 s)."""
+    with daemon.http() as c:
+        deadline = time.monotonic() + 90
+        while (h := c.get("/v1/health").json())["executor"]["state"] != "ready" and time.monotonic() < deadline:
+            time.sleep(0.2)
+    return h
+
+
 @pytest.mark.ray
 def test_demo_run_on_ray(ray_kcd):
-    with ray_kcd.http() as c:
-        deadline = time.monotonic() + 90
-        while c.get("/v1/health").json()["executor"]["state"] != "ready" and time.monotonic() < deadline:
-            time.sleep(0.2)
-        h = c.get("/v1/health").json()
+    h = _ray_ready(ray_kcd)
     assert h["executor"]["mode"] == "ray" and h["executor"]["state"] == "ready", h
     proc = ray_kcd.kcctl("run", str(CONFIGS / "demo.yaml"), "--task", TASK, "--workspace", str(SEED))
     assert proc.returncode == 0, proc.stdout + proc.stderr + ray_kcd.log()
@@ -242,10 +247,7 @@ def _children(pid: int) -> list[int]:
 @pytest.mark.ray
 def test_a_ray_worker_keeps_its_tool_host_between_turns(ray_kcd):
     # Started and stopped per turn, a tool host was ~130 ms of every shell turn on Ray.
-    with ray_kcd.http() as c:
-        deadline = time.monotonic() + 90
-        while c.get("/v1/health").json()["executor"]["state"] != "ready" and time.monotonic() < deadline:
-            time.sleep(0.2)
+    assert _ray_ready(ray_kcd)["executor"]["state"] == "ready"
     steps = [{"name": "run_shell", "arguments": {"command": f"echo turn{i}"}} for i in range(4)]
     proc = ray_kcd.kcctl("run", str(TEST_CONFIGS / "script.yaml"), "--task", json.dumps(steps),
                          "--workspace", str(SEED))
